@@ -1,0 +1,5 @@
+"""`python -m runbook_exec` is the same as the `runbook-exec` command."""
+
+from .cli import main
+
+main()

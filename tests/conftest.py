@@ -1,0 +1,64 @@
+"""Fixtures named for what they give: real sshd hosts (`lab`), files to feed the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from runbook_exec.lab import SshLab
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLab]:
+    """Six real sshd hosts on loopback, in groups web (all), dc1 (1-3) and dc2 (4-6)."""
+    with SshLab() as started:
+        started.start(
+            6,
+            prefix="web",
+            groups={
+                "web": [f"web{i}" for i in range(1, 7)],
+                "dc1": ["web1", "web2", "web3"],
+                "dc2": ["web4", "web5", "web6"],
+            },
+        )
+        yield started
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write a file under the test's own directory and return its path."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the installed `runbook-exec` command as a user would, in the test's directory."""
+
+    def _run(
+        *args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "runbook-exec"), *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=cwd or tmp_path,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200", **(env or {})},
+        )
+
+    return _run
