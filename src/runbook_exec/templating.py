@@ -1,0 +1,180 @@
+"""Jinja2 rendering for runbook fields: sandboxed, strict about undefined names, and never
+rendering its own output again, so a parameter value holding `{{ … }}` stays data."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import shlex
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class TemplateProblem(ValueError):
+    """A template that does not parse, or that uses a name the context does not have."""
+
+
+def quote(value: Any) -> str:
+    """Shell-quote a value for `sh -c`: the value reaches the command as one word, unchanged."""
+    return shlex.quote(value if isinstance(value, str) else _text(value))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
+    env.filters.update(
+        quote=quote, to_json=_to_json, basename=posixpath.basename, dirname=posixpath.dirname
+    )
+    return env
+
+
+ENV = _environment()
+
+
+def is_template(text: str) -> bool:
+    return "{{" in text or "{%" in text or "{#" in text
+
+
+@lru_cache(maxsize=4096)
+def _compile(text: str) -> Any:
+    try:
+        return ENV.from_string(text)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"template syntax: {exc.message}") from None
+
+
+@lru_cache(maxsize=4096)
+def _compile_expression(text: str) -> Any:
+    try:
+        ENV.compile_expression(text)  # parses `text` as one expression, nothing more
+        return ENV.from_string("{% set result = (" + text + ") %}")
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"expression syntax: {exc.message}") from None
+
+
+def _context(template: Any, names: Mapping[str, Any]) -> Any:
+    """A Jinja2 context that reads `names` lazily instead of copying every value first."""
+    lazy = names if isinstance(names, HostVars) else HostVars({}, names)
+    return template.new_context(lazy, shared=True)
+
+
+def render(text: str, context: Mapping[str, Any]) -> str:
+    """`text` rendered once with `context`; plain text comes back untouched.
+
+    `context` is read lazily (only the names the template uses), so it may be a `HostVars`
+    whose own templated values are rendered on first use."""
+    if not is_template(text):
+        return text
+    template = _compile(text)
+    try:
+        return str(ENV.concat(template.root_render_func(_context(template, context))))
+    except TemplateProblem:
+        raise
+    except TemplateError as exc:
+        raise TemplateProblem(_explain(exc)) from None
+    except RecursionError:
+        raise TemplateProblem("variables refer to each other in a loop") from None
+
+
+class HostVars(Mapping[str, Any]):
+    """A host's names for templates. Inventory values that are templates themselves
+    (`app_root: "{{ base }}/app"`) are rendered when first used, as Ansible does; `data`
+    values (parameters, `run`, registered results) are never rendered, and win over
+    inventory values of the same name."""
+
+    def __init__(self, inventory: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+        self._inventory = inventory
+        self._data = data
+        self._rendered: dict[str, Any] = {}
+        self._active: set[str] = set()
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._data:
+            return self._data[name]
+        if name in self._rendered:
+            return self._rendered[name]
+        if name not in self._inventory:
+            if name in ENV.globals:
+                return ENV.globals[name]
+            raise KeyError(name)
+        if name in self._active:
+            raise TemplateProblem(f"inventory variable '{name}' refers to itself")
+        self._active.add(name)
+        try:
+            value = render_data(self._inventory[name], self)
+        except TemplateProblem as exc:
+            raise TemplateProblem(f"in inventory variable '{name}': {exc}") from None
+        finally:
+            self._active.discard(name)
+        self._rendered[name] = value
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._data or name in self._inventory or name in ENV.globals
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self._inventory, **self._data})
+
+    def __len__(self) -> int:
+        return len({**self._inventory, **self._data})
+
+    def extended(self, data: Mapping[str, Any]) -> HostVars:
+        """The same host with more data names (registered results); rendered values kept."""
+        more = HostVars(self._inventory, {**self._data, **data})
+        more._rendered = self._rendered
+        return more
+
+
+def render_data(value: Any, context: Mapping[str, Any]) -> Any:
+    """Every string inside `value` (dicts, lists) rendered once."""
+    if isinstance(value, str):
+        return render(value, context)
+    if isinstance(value, dict):
+        return {key: render_data(item, context) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render_data(item, context) for item in value]
+    return value
+
+
+def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
+    """A bare Jinja2 expression (as in `when:`), evaluated to a value."""
+    template = _compile_expression(expression)
+    try:
+        context_ = _context(template, context)
+        for _ in template.root_render_func(context_):
+            pass
+        return context_.vars["result"]
+    except TemplateProblem:
+        raise
+    except TemplateError as exc:
+        raise TemplateProblem(_explain(exc)) from None
+
+
+def names_used(text: str, *, expression: bool = False) -> set[str]:
+    """The top-level names a template (or a bare expression) reads from its context."""
+    source = "{{ " + text + " }}" if expression else text
+    try:
+        return set(meta.find_undeclared_variables(ENV.parse(source)))
+    except TemplateSyntaxError as exc:
+        kind = "expression" if expression else "template"
+        raise TemplateProblem(f"{kind} syntax: {exc.message}") from None
+
+
+def _explain(exc: TemplateError) -> str:
+    message = exc.message or str(exc)
+    return message.replace("jinja2.exceptions.", "")
