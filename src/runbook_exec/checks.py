@@ -1,0 +1,176 @@
+"""What `check` verifies beyond the model: local files the steps need, template syntax, and
+referenced playbooks (through `ansible-playbook --syntax-check`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .errors import Problem
+from .model import PlaybookStep, ScriptStep, StepBase, TemplateStep, UploadStep
+from .plan import Plan
+from .runbook import RunbookFile
+from .templating import TemplateProblem, is_template, names_used
+
+SYNTAX_CHECK_TIMEOUT = 120
+
+
+def local_files(runbook_file: RunbookFile, plan: Plan | None) -> Iterator[tuple[str, Any, str]]:
+    """(field, loc, path) for every controller-side file a step reads, rendered when a plan
+    is at hand; templated paths with no plan are skipped."""
+    rendered = {(s.section, s.index): s for s in (plan.steps + plan.rollback)} if plan else {}
+    for section, steps in (
+        ("steps", runbook_file.runbook.steps),
+        ("rollback", runbook_file.runbook.rollback),
+    ):
+        for index, step in enumerate(steps):
+            for key, raw in _file_fields(step):
+                loc = (section, index, *key)
+                field = runbook_file.step_field(section, index, ".".join(key))
+                if not is_template(raw):
+                    yield field, loc, raw
+                    continue
+                planned = rendered.get((section, index))
+                for action in planned.actions if planned else ():
+                    value: Any = action.action
+                    for part in key:
+                        value = value.get(part) if isinstance(value, dict) else None
+                    if isinstance(value, str) and "at run time>" not in value:
+                        yield field, loc, value
+
+
+def _file_fields(step: StepBase) -> Iterator[tuple[tuple[str, ...], str]]:
+    if isinstance(step, UploadStep):
+        yield ("upload", "src"), step.upload.src
+    elif isinstance(step, TemplateStep):
+        yield ("template", "src"), step.template.src
+    elif isinstance(step, ScriptStep):
+        yield ("script", "src"), step.script.src
+    elif isinstance(step, PlaybookStep):
+        yield ("playbook",), step.playbook
+        if step.vault_password_file:
+            yield ("vault_password_file",), step.vault_password_file
+
+
+def missing_files(runbook_file: RunbookFile, plan: Plan | None) -> list[Problem]:
+    problems: dict[tuple[str, str], Problem] = {}
+    for field, loc, raw in local_files(runbook_file, plan):
+        path = resolve_local(runbook_file, raw)
+        if not path.exists() and (field, raw) not in problems:
+            problems[(field, raw)] = Problem(
+                f"file not found: {raw} (looked in {path.parent})",
+                runbook_file.display_path,
+                runbook_file.line_of(loc),
+                field,
+            )
+    return list(problems.values())
+
+
+def resolve_local(runbook_file: RunbookFile, raw: str) -> Path:
+    path = Path(os.path.expanduser(raw))
+    return path if path.is_absolute() else runbook_file.workspace / path
+
+
+def template_syntax(runbook_file: RunbookFile) -> list[Problem]:
+    """Template and `when:` syntax in every step, checked without any host."""
+    problems = []
+    for section, steps in (
+        ("steps", runbook_file.runbook.steps),
+        ("rollback", runbook_file.runbook.rollback),
+    ):
+        for index, step in enumerate(steps):
+            strings = list(_strings(step.payload(), (section, index)))
+            if step.name:
+                strings.append(((section, index, "name"), step.name))
+            for loc, text in strings:
+                try:
+                    names_used(text)
+                except TemplateProblem as exc:
+                    problems.append(_at(runbook_file, loc, str(exc)))
+            if step.when is not None:
+                try:
+                    names_used(step.when, expression=True)
+                except TemplateProblem as exc:
+                    problems.append(_at(runbook_file, (section, index, "when"), str(exc)))
+    return problems
+
+
+def _strings(value: Any, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
+    if isinstance(value, str):
+        yield loc, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, (*loc, key))
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            yield from _strings(item, (*loc, position))
+
+
+def _at(runbook_file: RunbookFile, loc: tuple[Any, ...], message: str) -> Problem:
+    section, index, *rest = loc
+    field = runbook_file.step_field(section, index, ".".join(str(p) for p in rest) or None)
+    return Problem(message, runbook_file.display_path, runbook_file.line_of(loc), field)
+
+
+def playbook_syntax(runbook_file: RunbookFile) -> list[Problem]:
+    """`ansible-playbook --syntax-check` on every playbook the runbook names (in parallel)."""
+    jobs: dict[Path, tuple[str, int | None]] = {}
+    for section, steps in (
+        ("steps", runbook_file.runbook.steps),
+        ("rollback", runbook_file.runbook.rollback),
+    ):
+        for index, step in enumerate(steps):
+            if isinstance(step, PlaybookStep) and not is_template(step.playbook):
+                path = resolve_local(runbook_file, step.playbook)
+                if path.exists() and path not in jobs:
+                    field = runbook_file.step_field(section, index, "playbook")
+                    jobs[path] = (field, runbook_file.line_of((section, index, "playbook")))
+    if not jobs:
+        return []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(_syntax_check, jobs))
+    return [
+        Problem(message, runbook_file.display_path, jobs[path][1], jobs[path][0])
+        for path, message in zip(jobs, results, strict=True)
+        if message
+    ]
+
+
+def _syntax_check(playbook: Path) -> str | None:
+    binary = Path(sys.executable).with_name("ansible-playbook")
+    command = str(binary) if binary.exists() else shutil.which("ansible-playbook")
+    if command is None:
+        return "cannot check playbook syntax: ansible-playbook is not installed"
+    env = {
+        **os.environ,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_LOCALHOST_WARNING": "False",
+        "ANSIBLE_HOST_PATTERN_MISMATCH": "ignore",
+    }
+    try:
+        done = subprocess.run(
+            [command, "--syntax-check", "-i", "localhost,", str(playbook)],
+            capture_output=True,
+            text=True,
+            timeout=SYNTAX_CHECK_TIMEOUT,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"ansible-playbook --syntax-check took over {SYNTAX_CHECK_TIMEOUT}s"
+    if done.returncode == 0:
+        return None
+    text = (done.stderr or done.stdout).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("[WARNING]")]
+    first = next((ln for ln in lines if ln.startswith("[ERROR]")), lines[0] if lines else text)
+    origin = next((ln for ln in lines if ln.startswith("Origin:")), "")
+    detail = re.sub(r"^\[ERROR\]:\s*", "", first)
+    return f"playbook syntax: {detail} {origin}".strip()

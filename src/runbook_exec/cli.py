@@ -1,0 +1,254 @@
+"""The `runbook-exec` command: parses options, calls the layers below, renders the result.
+
+Heavy imports (Pydantic models, Ansible) happen inside the commands that need them, so
+`runbook-exec --help` stays instant. Error families map to exit codes in `main` alone.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, Problem, RunbookExecError
+
+if TYPE_CHECKING:
+    from .inventory import Host
+    from .params import ResolvedParams
+    from .plan import Plan
+    from .runbook import RunbookFile
+
+DEFAULT_DB = "sqlite:///.runbook-exec/state.db"
+
+app = typer.Typer(
+    name="runbook-exec",
+    help=(
+        "Run declarative runbooks (deploy, gray release, rollback, restart) on real servers "
+        "over SSH and Ansible, with an audit trail that proves itself.\n\n"
+        "Start with [bold]check[/bold] (is the runbook valid?) and [bold]plan[/bold] (what "
+        "would a run do, host by host?). Exit codes: 0 ok, 1 run failed, 2 bad input, "
+        "3 refused, 4 audit trail not writable, 130 interrupted."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+RunbookArg = Annotated[
+    Path, typer.Argument(help="The runbook YAML file.", show_default=False, metavar="RUNBOOK")
+]
+InventoryOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--inventory",
+        "-i",
+        metavar="INVENTORY",
+        help="Ansible inventory: INI or YAML file, or a directory with group_vars/host_vars. "
+        "Repeatable.",
+    ),
+]
+ExtraVarsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--extra-vars",
+        "-e",
+        metavar="NAME=VALUE|@FILE",
+        help="A runbook parameter, or @params.yml with several. Repeatable; later ones win.",
+    ),
+]
+LimitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--limit",
+        "-l",
+        metavar="PATTERN",
+        help="Narrow the runbook's targets further, with an Ansible host pattern (web1:web2).",
+    ),
+]
+DbOpt = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        envvar="RUNBOOK_EXEC_DB",
+        metavar="URL",
+        help="State store: sqlite:///PATH or postgresql://USER@HOST/DB. "
+        "Default: SQLite in .runbook-exec/state.db here; RUNBOOK_EXEC_DB overrides.",
+    ),
+]
+OperatorOpt = Annotated[
+    str | None,
+    typer.Option("--operator", metavar="NAME", help="Who is acting (default: your OS user)."),
+]
+
+err = Console(stderr=True, highlight=False)
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"runbook-exec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Run declarative runbooks on real servers."""
+
+
+@app.command()
+def check(
+    runbook: RunbookArg,
+    inventory: InventoryOpt = None,
+    extra_vars: ExtraVarsOpt = None,
+    limit: LimitOpt = None,
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Validate a runbook without connecting anywhere.
+
+    Checks the runbook's fields, the parameters given with -e, the inventory and host
+    pattern (with -i), every template for every host, that local files the steps need exist,
+    and the syntax of referenced playbooks. Prints every problem, not only the first.
+    Exit 0 when all is well, 2 otherwise.
+
+    Example: runbook-exec check runbooks/deploy.yml -i inventory/staging.ini -e version=1.4.2
+    """
+    from . import checks
+    from .params import parse_extra_vars, resolve_params
+    from .runbook import load_runbook
+
+    runbook_file = load_runbook(runbook, str(runbook))
+    problems: list[Problem] = []
+    params = hosts = plan = None
+    try:
+        params = resolve_params(
+            runbook_file, parse_extra_vars(extra_vars or []), os.environ, Path.cwd()
+        )
+    except InputError as exc:
+        problems.extend(exc.problems)
+    if inventory:
+        try:
+            hosts = _select_hosts(runbook_file, inventory, limit)
+        except InputError as exc:
+            problems.extend(exc.problems)
+    problems.extend(checks.template_syntax(runbook_file))
+    if params is not None and hosts is not None and not problems:
+        try:
+            plan = _plan(runbook_file, hosts, params, limit, operator)
+        except InputError as exc:
+            problems.extend(exc.problems)
+    problems.extend(checks.missing_files(runbook_file, plan))
+    problems.extend(checks.playbook_syntax(runbook_file))
+    if problems:
+        raise InputError(problems)
+    book = runbook_file.runbook
+    summary = f"OK {runbook_file.display_path}: runbook '{book.name}', {len(book.steps)} steps"
+    if plan is not None:
+        sizes = ", ".join(str(len(b)) for b in plan.batches)
+        summary += f", {plan.host_count} hosts in {len(plan.batches)} batches ({sizes})"
+    else:
+        summary += "; give -i INVENTORY to check hosts and templates too"
+    _out().print(summary)
+
+
+@app.command()
+def plan(
+    runbook: RunbookArg,
+    inventory: InventoryOpt = None,
+    extra_vars: ExtraVarsOpt = None,
+    limit: LimitOpt = None,
+    operator: OperatorOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the plan as JSON, for scripts.")
+    ] = False,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Show what a run would do, host by host, without connecting anywhere.
+
+    Prints the hosts of each batch in order, the gates between batches, every step rendered
+    for each host (secrets masked; identical renderings grouped), and what happens on
+    failure. The same inputs always give the same plan.
+
+    Example: runbook-exec plan runbooks/deploy.yml -i inventory/staging.ini -e version=1.4.2
+    """
+    from .params import parse_extra_vars, resolve_params
+    from .runbook import load_runbook
+    from .views import print_plan
+
+    if not inventory:
+        raise InputError(Problem("plan needs an inventory: give -i INVENTORY"))
+    runbook_file = load_runbook(runbook, str(runbook))
+    problems: list[Problem] = []
+    params = hosts = None
+    try:
+        params = resolve_params(
+            runbook_file, parse_extra_vars(extra_vars or []), os.environ, Path.cwd()
+        )
+    except InputError as exc:
+        problems.extend(exc.problems)
+    try:
+        hosts = _select_hosts(runbook_file, inventory, limit)
+    except InputError as exc:
+        problems.extend(exc.problems)
+    if problems or params is None or hosts is None:
+        raise InputError(problems)
+    result = _plan(runbook_file, hosts, params, limit, operator)
+    if as_json:
+        typer.echo(result.to_json())
+    else:
+        print_plan(_out(), result)
+
+
+def _select_hosts(runbook_file: RunbookFile, sources: list[Path], limit: str | None) -> list[Host]:
+    from .inventory import Inventory
+
+    return Inventory.load(sources).select(runbook_file.runbook.targets, limit)
+
+
+def _plan(
+    runbook_file: RunbookFile,
+    hosts: list[Host],
+    params: ResolvedParams,
+    limit: str | None,
+    operator: str | None,
+) -> Plan:
+    from .plan import build_plan
+
+    run = {"id": "(assigned when the run starts)", "operator": operator or getpass.getuser()}
+    return build_plan(runbook_file, hosts, params, limit=limit, run=run)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: run the app and turn our error families into exit codes."""
+    try:
+        return app(args=argv, standalone_mode=True)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except RunbookExecError as exc:
+        problems = exc.problems if isinstance(exc, InputError) else (Problem(str(exc)),)
+        from .views import print_problems
+
+        print_problems(err, problems)
+        if isinstance(exc, InputError) and len(problems) > 1:
+            err.print(f"{len(problems)} problems; nothing was run.")
+        sys.exit(exc.exit_code)
+
+
+__all__ = ["EXIT_BAD_INPUT", "app", "main"]

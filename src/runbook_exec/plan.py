@@ -1,0 +1,387 @@
+"""The plan: hosts split into batches, gates between them, every step rendered for every host.
+
+Pure: the same runbook, hosts and parameters always give the same plan, and nothing here
+touches the network. `plan` and `check` print it; the executor carries it out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from .durations import format_duration
+from .errors import Problem, RunbookError
+from .inventory import Host
+from .model import StepBase
+from .params import ResolvedParams
+from .runbook import RunbookFile
+from .templating import HostVars, TemplateProblem, evaluate, names_used, render
+
+T = TypeVar("T")
+PER_BATCH_KINDS = frozenset({"approve", "wait"})
+
+
+def resolve_batches(hosts: Sequence[T], sizes: Sequence[int | str]) -> list[list[T]]:
+    """Split `hosts` as Ansible's `serial` does: counts or percentages of all hosts, rounded
+    down but at least 1, the last size repeating until every host has a batch."""
+    remaining = list(hosts)
+    total = len(remaining)
+    batches: list[list[T]] = []
+    index = 0
+    while remaining:
+        size = _batch_count(sizes[index], total)
+        batches.append(remaining[:size])
+        del remaining[:size]
+        index = min(index + 1, len(sizes) - 1)
+    return batches
+
+
+def _batch_count(size: int | str, total: int) -> int:
+    if isinstance(size, str):
+        return max(int(int(size.rstrip("%")) / 100.0 * total), 1)
+    return size
+
+
+class RunTimeValue:
+    """Stands for a value known only during the run (a registered result) when planning."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def __getattr__(self, name: str) -> RunTimeValue:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return RunTimeValue(f"{self._path}.{name}")
+
+    def __getitem__(self, key: Any) -> RunTimeValue:
+        return RunTimeValue(f"{self._path}[{key!r}]")
+
+    def __str__(self) -> str:
+        return f"<{self._path} at run time>"
+
+
+@dataclass(frozen=True)
+class HostAction:
+    """What one step does on some hosts: the rendered action, or why it does nothing there."""
+
+    hosts: tuple[str, ...]
+    action: Mapping[str, Any] | None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    section: str
+    index: int
+    name: str
+    kind: str
+    options: Mapping[str, Any]
+    actions: tuple[HostAction, ...]
+
+
+@dataclass(frozen=True)
+class PlannedGate:
+    after_batch: int
+    wait: float | None = None
+    approve: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run will do, in order, before it does any of it."""
+
+    runbook: Mapping[str, str]
+    targets: str
+    limit: str | None
+    lock: str
+    params: Mapping[str, Any]
+    batches: tuple[tuple[str, ...], ...]
+    gates: tuple[PlannedGate, ...]
+    max_fail_percentage: float
+    on_failure: str
+    steps: tuple[PlannedStep, ...]
+    rollback: tuple[PlannedStep, ...]
+    host_count: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host_count", sum(len(b) for b in self.batches))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runbook": dict(self.runbook),
+            "targets": self.targets,
+            "limit": self.limit,
+            "lock": self.lock,
+            "params": dict(self.params),
+            "hosts": self.host_count,
+            "batches": [list(b) for b in self.batches],
+            "gates": [_gate_dict(g) for g in self.gates],
+            "max_fail_percentage": self.max_fail_percentage,
+            "on_failure": self.on_failure,
+            "steps": [_step_dict(s) for s in self.steps],
+            "rollback": [_step_dict(s) for s in self.rollback],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the plan's canonical JSON: equal plans, equal digests."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _gate_dict(gate: PlannedGate) -> dict[str, Any]:
+    if gate.wait is not None:
+        return {"after_batch": gate.after_batch, "wait": format_duration(gate.wait)}
+    return {"after_batch": gate.after_batch, "approve": gate.approve}
+
+
+def _step_dict(step: PlannedStep) -> dict[str, Any]:
+    return {
+        "index": step.index,
+        "name": step.name,
+        "kind": step.kind,
+        "options": dict(step.options),
+        "actions": [
+            {"hosts": list(a.hosts), "action": a.action, "note": a.note} for a in step.actions
+        ],
+    }
+
+
+def build_plan(
+    runbook_file: RunbookFile,
+    hosts: Sequence[Host],
+    params: ResolvedParams,
+    *,
+    limit: str | None = None,
+    run: Mapping[str, Any] | None = None,
+) -> Plan:
+    """The plan for these hosts and parameters; `RunbookError` lists every template problem."""
+    runbook = runbook_file.runbook
+    batches = resolve_batches([h.name for h in hosts], runbook.strategy.batches)
+    gates = tuple(
+        PlannedGate(after, gate.wait, gate.approve)
+        for after in range(1, len(batches))
+        for gate in runbook.strategy.between_batches
+    )
+    renderer = _Renderer(runbook_file, hosts, params.masked(), dict(run or {}))
+    steps = renderer.section("steps", runbook.steps)
+    rollback = renderer.section("rollback", runbook.rollback)
+    if renderer.problems:
+        raise RunbookError(renderer.summarised_problems())
+    return Plan(
+        runbook={
+            "name": runbook.name,
+            "path": runbook_file.display_path,
+            "sha256": runbook_file.sha256,
+        },
+        targets=runbook.targets,
+        limit=limit,
+        lock=runbook.lock or lock_name_for(h.name for h in hosts),
+        params=params.masked(),
+        batches=tuple(tuple(b) for b in batches),
+        gates=gates,
+        max_fail_percentage=runbook.strategy.max_fail_percentage,
+        on_failure=runbook.on_failure,
+        steps=steps,
+        rollback=rollback,
+    )
+
+
+def lock_name_for(host_names: Any) -> str:
+    """The default lock: one name for exactly this set of hosts."""
+    names = sorted(host_names)
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    return f"hosts:{digest}"
+
+
+class _Renderer:
+    """Renders every step for every host, collecting problems instead of stopping at one."""
+
+    def __init__(
+        self,
+        runbook_file: RunbookFile,
+        hosts: Sequence[Host],
+        params: Mapping[str, Any],
+        run: Mapping[str, Any],
+    ) -> None:
+        self.file = runbook_file
+        self.hosts = hosts
+        self.base = {**params, "run": run}
+        self.contexts = {h.name: HostVars(h.template_vars(), self.base) for h in hosts}
+        self.problems: dict[tuple[int | None, str, str], list[str]] = {}
+
+    def section(self, section: str, steps: Sequence[StepBase]) -> tuple[PlannedStep, ...]:
+        registered: set[str] = set()
+        planned = []
+        for index, step in enumerate(steps):
+            planned.append(self._step(section, index, step, registered))
+            if step.register_as:
+                registered.add(step.register_as)
+        return tuple(planned)
+
+    def _step(self, section: str, index: int, step: StepBase, registered: set[str]) -> PlannedStep:
+        loc = (section, index)
+        field = self.file.step_field(section, index)
+        late = {name: RunTimeValue(name) for name in registered}
+        per_batch = step.kind in PER_BATCH_KINDS
+        targets = self.hosts[:1] if per_batch else self.hosts
+        rows: list[tuple[str, Mapping[str, Any] | None, str]] = []
+        for position, host in enumerate(targets):
+            context = self.contexts[host.name].extended(late) if late else self.contexts[host.name]
+            note = "once per batch" if per_batch else ""
+            if step.run_once and position > 0:
+                rows.append((host.name, None, f"run_once: runs on {targets[0].name} only"))
+                continue
+            if step.run_once:
+                note = "run_once: this host only"
+            if step.when is not None:
+                decided = self._when(step.when, context, registered, loc, field, host.name)
+                if decided is False:
+                    rows.append((host.name, None, f"skipped: when {step.when!r} is false"))
+                    continue
+                if decided is None:
+                    note = _join(note, f"when {step.when!r} is decided at run time")
+            action = self._payload(step, context, loc, field, host.name)
+            rows.append((host.name, action, note))
+        return PlannedStep(
+            section=section,
+            index=index,
+            name=self._name(step, targets, loc, field),
+            kind=step.kind,
+            options=_options(step),
+            actions=_group(rows) if not per_batch else _group([("*", rows[0][1], rows[0][2])]),
+        )
+
+    def _name(self, step: StepBase, targets: Sequence[Host], loc: Any, field: str) -> str:
+        if step.name is None or not targets:
+            return step.title
+        try:
+            return render(step.name, self.contexts[targets[0].name])
+        except TemplateProblem as exc:
+            self._problem((*loc, "name"), f"{field}.name", str(exc), targets[0].name)
+            return step.name
+
+    def _when(
+        self,
+        expression: str,
+        context: Mapping[str, Any],
+        registered: set[str],
+        loc: Any,
+        field: str,
+        host: str,
+    ) -> bool | None:
+        try:
+            used = names_used(expression, expression=True)
+            if used & registered:
+                return None
+            return bool(evaluate(expression, context))
+        except TemplateProblem as exc:
+            self._problem((*loc, "when"), f"{field}.when", str(exc), host)
+            return None
+
+    def _payload(
+        self, step: StepBase, context: Mapping[str, Any], loc: Any, field: str, host: str
+    ) -> dict[str, Any] | None:
+        raw = step.payload()
+        failed = False
+
+        def walk(value: Any, path: tuple[str | int, ...]) -> Any:
+            nonlocal failed
+            if isinstance(value, str):
+                try:
+                    return render(value, context)
+                except TemplateProblem as exc:
+                    failed = True
+                    dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+                    self._problem((*loc, *path), field + dotted, str(exc), host)
+                    return value
+            if isinstance(value, dict):
+                return {k: walk(v, (*path, k)) for k, v in value.items()}
+            if isinstance(value, list):
+                return [walk(v, (*path, i)) for i, v in enumerate(value)]
+            return value
+
+        rendered: dict[str, Any] = walk(raw, ())
+        if failed:
+            return None
+        for key in ("creates", "unless"):
+            guard = getattr(step, key)
+            if guard is not None:
+                rendered[key] = walk(guard, (key,))
+        try:
+            type(step).model_validate({**rendered, "name": step.name})
+        except ValidationError as exc:
+            reported: set[tuple[str | int, ...]] = set()
+            for error in exc.errors(include_url=False):
+                path = _data_path(rendered, error["loc"])
+                if path in reported:
+                    continue  # the other alternatives of a union, failing on the same value
+                reported.add(path)
+                dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+                message = str(error["msg"]).removeprefix("Value error, ")
+                where = f"{field}{dotted}"
+                self._problem((*loc, *path), where, f"after rendering: {message}", host)
+            return None
+        return rendered
+
+    def _problem(self, loc: Any, where: str, message: str, host: str) -> None:
+        line = self.file.line_of(tuple(loc))
+        self.problems.setdefault((line, where, message), []).append(host)
+
+    def summarised_problems(self) -> list[Problem]:
+        problems = []
+        for (line, where, message), hosts in self.problems.items():
+            if len(self.hosts) > 1:
+                shown = ", ".join(hosts[:3]) + (", …" if len(hosts) > 3 else "")
+                message = f"{message} (on {len(hosts)} of {len(self.hosts)} hosts: {shown})"
+            problems.append(Problem(message, self.file.display_path, line, where))
+        return problems
+
+
+def _data_path(data: Any, loc: Sequence[str | int]) -> tuple[str | int, ...]:
+    """The part of a validation error's `loc` that exists in `data` (drops union branch names)."""
+    path: list[str | int] = []
+    for part in loc:
+        in_dict = isinstance(data, dict) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and part < len(data)
+        if not (in_dict or in_list):
+            continue
+        data = data[part]
+        path.append(part)
+    return tuple(path)
+
+
+def _join(first: str, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+def _options(step: StepBase) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key in ("when", "retries", "run_once", "ignore_errors", "register_as"):
+        value = getattr(step, key)
+        if value not in (None, False, 0):
+            options["register" if key == "register_as" else key] = value
+    for key in ("timeout", "delay"):
+        value = getattr(step, key)
+        if value is not None:
+            options[key] = format_duration(value)
+    return options
+
+
+def _group(
+    rows: Sequence[tuple[str, Mapping[str, Any] | None, str]],
+) -> tuple[HostAction, ...]:
+    """Hosts that get the identical action share one entry, in first-seen order."""
+    groups: dict[str, tuple[list[str], Mapping[str, Any] | None, str]] = {}
+    for host, action, note in rows:
+        key = json.dumps([action, note], sort_keys=True, default=str)
+        groups.setdefault(key, ([], action, note))[0].append(host)
+    return tuple(HostAction(tuple(hosts), action, note) for hosts, action, note in groups.values())

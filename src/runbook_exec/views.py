@@ -1,0 +1,135 @@
+"""How plans and problems look on a terminal (Rich) and in plain text when piped."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from .durations import format_duration
+from .errors import Problem
+from .plan import Plan, PlannedGate, PlannedStep
+
+MAX_HOSTS_SHOWN = 6
+
+
+def print_problems(console: Console, problems: Sequence[Problem]) -> None:
+    for problem in problems:
+        console.print(f"[red]error:[/red] {escape(str(problem))}", soft_wrap=True)
+
+
+def host_list(hosts: Sequence[str], total: int | None = None) -> str:
+    if total is not None and len(hosts) == total and total > 1:
+        prefix = f"all {total} hosts"
+        return prefix if total > MAX_HOSTS_SHOWN else f"{prefix}: {', '.join(hosts)}"
+    if len(hosts) <= MAX_HOSTS_SHOWN:
+        return ", ".join(hosts)
+    return f"{', '.join(hosts[:MAX_HOSTS_SHOWN])} (+{len(hosts) - MAX_HOSTS_SHOWN} more)"
+
+
+def action_summary(kind: str, action: Mapping[str, Any]) -> str:
+    """One line that says what a rendered step does."""
+    if kind == "shell":
+        return f"$ {action['shell']}"
+    if kind == "command":
+        return f"$ {shlex.join(action['command'])}"
+    if kind == "local":
+        local = action["local"]
+        return f"(controller) $ {local if isinstance(local, str) else shlex.join(local)}"
+    if kind in ("upload", "template"):
+        spec = action[kind]
+        mode = f" (mode {spec['mode']})" if spec.get("mode") else ""
+        return f"{spec['src']} → {spec['dest']}{mode}"
+    if kind == "script":
+        spec = action["script"]
+        return shlex.join([spec["src"], *spec.get("args", [])])
+    if kind == "playbook":
+        extra = {k: action[k] for k in ("vars", "tags", "skip_tags", "check") if action.get(k)}
+        return f"{action['playbook']} {_compact(extra)}".rstrip()
+    if kind == "http":
+        spec = action["http"]
+        expect = f" expect {spec.get('status', 200)}"
+        contains = f" containing {spec['contains']!r}" if spec.get("contains") else ""
+        return f"{spec.get('method', 'GET')} {spec['url']}{expect}{contains}"
+    if kind == "release":
+        spec = action["release"]
+        return f"activate {spec['activate']} under {spec['root']} (keep {spec.get('keep', 5)})"
+    if kind == "wait":
+        return f"wait {format_duration(float(action['wait']))}"
+    if kind == "approve":
+        return f"ask for approval: {action['approve']}"
+    return _compact(dict(action))
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str) if value else ""
+
+
+def print_plan(console: Console, plan: Plan) -> None:
+    book = plan.runbook
+    console.print(
+        f"[bold]Plan[/bold] for runbook [bold]{escape(book['name'])}[/bold] "
+        f"({escape(book['path'])}, sha256 {book['sha256'][:12]})"
+    )
+    limit = f" --limit {plan.limit}" if plan.limit else ""
+    console.print(
+        f"targets {escape(plan.targets)}{escape(limit)}: {plan.host_count} hosts "
+        f"in {len(plan.batches)} batches; lock {escape(plan.lock)}"
+    )
+    if plan.params:
+        shown = ", ".join(f"{k}={v!r}" for k, v in plan.params.items() if v is not None)
+        console.print(f"params: {escape(shown)}")
+    console.print()
+    console.print("[bold]Batches[/bold]")
+    gates: dict[int, list[PlannedGate]] = {}
+    for gate in plan.gates:
+        gates.setdefault(gate.after_batch, []).append(gate)
+    for number, batch in enumerate(plan.batches, 1):
+        console.print(
+            f"  {number}. {len(batch)} host{'s' if len(batch) != 1 else ''}: "
+            f"{escape(host_list(batch))}"
+        )
+        for gate in gates.get(number, []):
+            what = (
+                f"wait {format_duration(gate.wait)}"
+                if gate.wait is not None
+                else f"approval: {gate.approve}"
+            )
+            console.print(f"     [yellow]then {escape(what)}[/yellow]")
+    console.print(f"  stop when more than {plan.max_fail_percentage:g}% of a batch fails")
+    console.print()
+    _print_steps(console, "Steps (run on each batch in turn)", plan.steps, plan.host_count)
+    failure = {
+        "stop": "stop: no further batch starts; hosts already changed stay as they are",
+        "continue": "continue: failed hosts drop out, the others go on",
+        "rollback": "rollback: the rollback steps run on every host this run changed, "
+        "newest batch first",
+    }[plan.on_failure]
+    console.print(f"[bold]On failure[/bold]: {escape(failure)}")
+    if plan.rollback:
+        console.print()
+        _print_steps(console, "Rollback steps", plan.rollback, plan.host_count)
+
+
+def _print_steps(console: Console, title: str, steps: Sequence[PlannedStep], total: int) -> None:
+    console.print(f"[bold]{title}[/bold]")
+    for step in steps:
+        options = ", ".join(f"{k}={v}" for k, v in step.options.items())
+        options = f"  [dim]({escape(options)})[/dim]" if options else ""
+        console.print(
+            f"  {step.index + 1}. [cyan]{escape(step.name)}[/cyan] [dim]{step.kind}[/dim]{options}"
+        )
+        for action in step.actions:
+            who = (
+                ""
+                if action.hosts == ("*",)
+                else f"[dim]{escape(host_list(action.hosts, total))}:[/dim] "
+            )
+            what = action_summary(step.kind, action.action) if action.action else ""
+            note = f" [yellow]({escape(action.note)})[/yellow]" if action.note else ""
+            console.print(f"     {who}{escape(what)}{note}", soft_wrap=True)
+    console.print()

@@ -1,0 +1,171 @@
+"""`runbook-exec check` and `plan` as a user runs them: messages, exit codes, output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from runbook_exec.lab import SshLab
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+Write = Callable[[str, str], Path]
+
+DEPLOY = """\
+name: deploy
+targets: web
+params:
+  version: {type: str, required: true, pattern: '^[0-9A-Za-z._-]+$'}
+  token:   {type: str, secret: true, env: RBX_CLI_TOKEN}
+strategy:
+  batches: [1, "50%", "100%"]
+  between_batches:
+    - approve: "Canary healthy?"
+steps:
+  - name: Upload
+    upload: {src: files/app.tgz, dest: "{{ lab_root }}/app-{{ version }}.tgz"}
+  - name: Unpack
+    shell: tar -C {{ lab_root | quote }} -xzf {{ lab_root | quote }}/app-{{ version | quote }}.tgz
+  - name: Tell
+    command: [echo, "{{ token }}"]
+"""
+
+
+def test_misspelled_step_key_names_file_and_line(cli: Cli, write: Write) -> None:
+    path = write("runbooks/deploy.yml", DEPLOY.replace("    shell: tar", "    shel: tar"))
+    done = cli("check", path)
+    assert done.returncode == 2
+    assert f"{path}:14: steps[1] (Unpack): unknown key 'shel'; did you mean 'shell'?" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_good_runbook_checks_clean(cli: Cli, write: Write, lab: SshLab) -> None:
+    path = write("runbooks/deploy.yml", DEPLOY)
+    write("files/app.tgz", "x")
+    done = cli("check", path, "-i", lab.inventory, "-e", "version=1.0")
+    assert done.returncode == 0, done.stderr
+    assert "OK" in done.stdout and "6 hosts in 3 batches (1, 3, 2)" in done.stdout
+
+
+def test_check_reports_every_problem_at_once(cli: Cli, write: Write, lab: SshLab) -> None:
+    path = write("runbooks/deploy.yml", DEPLOY.replace("targets: web", "targets: web:&nowhere"))
+    done = cli("check", path, "-i", lab.inventory, "-e", "version=1 0", "-e", "colour=red")
+    assert done.returncode == 2
+    assert "params.version: '1 0' (from -e) does not match pattern" in done.stderr
+    assert "-e colour: 'colour' is not a parameter of this runbook" in done.stderr
+    assert "host pattern 'web:&nowhere' matches no hosts" in done.stderr
+    assert f"{path}:12: steps[0] (Upload).upload.src: file not found: files/app.tgz" in done.stderr
+    assert "4 problems; nothing was run." in done.stderr
+
+
+def test_check_finds_undefined_names_per_host(cli: Cli, write: Write, lab: SshLab) -> None:
+    path = write("runbooks/deploy.yml", DEPLOY.replace("{{ lab_root }}/app", "{{ app_root }}/app"))
+    write("files/app.tgz", "x")
+    done = cli("check", path, "-i", lab.inventory, "-e", "version=1")
+    assert done.returncode == 2
+    assert "steps[0] (Upload).upload.dest: 'app_root' is undefined (on 6 of 6 hosts" in done.stderr
+
+
+def test_check_runs_ansible_syntax_check_on_playbooks(cli: Cli, write: Write) -> None:
+    write(
+        "playbooks/broken.yml",
+        "- hosts: all\n  tasks:\n    - name: x\n      bogus_module_xyz: {}\n",
+    )
+    path = write(
+        "runbooks/pb.yml", "name: pb\ntargets: all\nsteps:\n  - playbook: playbooks/broken.yml\n"
+    )
+    done = cli("check", path)
+    assert done.returncode == 2
+    assert f"{path}:4: steps[0].playbook: playbook syntax:" in done.stderr
+    assert "bogus_module_xyz" in done.stderr
+
+
+def test_plan_splits_six_hosts_one_three_two_in_inventory_order(
+    cli: Cli, write: Write, lab: SshLab
+) -> None:
+    path = write("runbooks/deploy.yml", DEPLOY)
+    done = cli(
+        "plan",
+        path,
+        "-i",
+        lab.inventory,
+        "-e",
+        "version=1.0",
+        "--json",
+        env={"RBX_CLI_TOKEN": "s3cr3t-value"},
+    )
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["batches"] == [["web1"], ["web2", "web3", "web4"], ["web5", "web6"]]
+    assert plan["gates"] == [
+        {"after_batch": 1, "approve": "Canary healthy?"},
+        {"after_batch": 2, "approve": "Canary healthy?"},
+    ]
+    assert plan["params"] == {"version": "1.0", "token": "********"}
+    assert "s3cr3t-value" not in done.stdout + done.stderr
+    unpack = plan["steps"][1]["actions"]
+    assert unpack[0]["hosts"] == ["web1"]
+    assert unpack[0]["action"]["shell"] == (
+        f"tar -C {lab.host('web1').root} -xzf {lab.host('web1').root}/app-1.0.tgz"
+    )
+
+
+def test_plan_is_the_same_every_time(cli: Cli, write: Write, lab: SshLab) -> None:
+    path = write("runbooks/deploy.yml", DEPLOY)
+    first = cli("plan", path, "-i", lab.inventory, "-e", "version=1.0", "--json")
+    second = cli("plan", path, "-i", lab.inventory, "-e", "version=1.0", "--json")
+    assert first.returncode == 0 and first.stdout == second.stdout
+
+
+def test_plan_text_is_readable_and_limit_narrows(cli: Cli, write: Write, lab: SshLab) -> None:
+    path = write("runbooks/deploy.yml", DEPLOY)
+    done = cli(
+        "plan",
+        path,
+        "-i",
+        lab.inventory,
+        "-e",
+        "version=1.0",
+        "--limit",
+        "dc2",
+        env={"RBX_CLI_TOKEN": "s3cr3t-value"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "targets web --limit dc2: 3 hosts in 3 batches" in done.stdout
+    assert "1. 1 host: web4" in done.stdout and "then approval: Canary healthy?" in done.stdout
+    assert "$ echo '********'" in done.stdout
+    assert "s3cr3t-value" not in done.stdout
+
+
+def test_plan_needs_an_inventory(cli: Cli, write: Write) -> None:
+    done = cli("plan", write("rb.yml", DEPLOY), "-e", "version=1")
+    assert done.returncode == 2 and "plan needs an inventory: give -i INVENTORY" in done.stderr
+
+
+def test_missing_runbook_file_is_bad_input(cli: Cli) -> None:
+    done = cli("check", "nope.yml")
+    assert done.returncode == 2 and "nope.yml: file not found" in done.stderr
+
+
+def test_unknown_option_is_a_usage_error(cli: Cli) -> None:
+    done = cli("plan", "x.yml", "--frobnicate")
+    assert done.returncode == 2 and "--frobnicate" in done.stderr
+
+
+def test_help_teaches_commands_and_global_options(cli: Cli) -> None:
+    top = cli("--help")
+    assert top.returncode == 0 and "check" in top.stdout and "plan" in top.stdout
+    plan_help = cli("plan", "--help").stdout
+    assert "--db" in plan_help and "RUNBOOK_EXEC_DB" in plan_help and "Example:" in plan_help
+
+
+def test_module_entry_point_and_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runbook_exec", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout.startswith("runbook-exec ")
