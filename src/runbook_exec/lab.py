@@ -1,0 +1,266 @@
+"""A local lab of real SSH hosts: one OpenSSH `sshd` per host on loopback, each with its own
+port, directory, host key and client key. The tests, the benchmarks and the demo use it.
+
+Run as root, the hosts log in a dedicated user (`rbx-test`, created if missing) whose shell is
+`/bin/sh` and whose home holds no start-up files, so nothing from anyone's shell set-up leaks
+into a test. Run as another user, the hosts log in that user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LAB_USER = "rbx-test"
+SSHD = "/usr/sbin/sshd"
+READY_TIMEOUT = 20.0
+
+
+@dataclass
+class LabHost:
+    """One running sshd and the directory that stands for that host's filesystem."""
+
+    name: str
+    port: int
+    dir: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def root(self) -> Path:
+        """A directory on the "host" the login user owns: where runbooks may write."""
+        return self.dir / "root"
+
+    def freeze(self) -> None:
+        """Stop the sshd process (SIGSTOP): connections hang, as with a dead machine."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.thaw()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class SshLab:
+    """Start N sshd hosts; write an inventory and a known_hosts file for them; stop them."""
+
+    def __init__(self, base: Path | None = None, user: str | None = None) -> None:
+        self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix="rbx-lab-"))
+        self.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base, 0o755)
+        self.user = user or (LAB_USER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name)
+        self.hosts: list[LabHost] = []
+        self.client_key = self.base / "client_key"
+        self.known_hosts = self.base / "known_hosts"
+        self.inventory = self.base / "inventory.ini"
+
+    def start(
+        self,
+        count: int,
+        *,
+        prefix: str = "host",
+        groups: Mapping[str, Sequence[str]] | None = None,
+        host_vars: Mapping[str, str] | None = None,
+    ) -> SshLab:
+        """Start `count` hosts named prefix1..prefixN, all in group `lab` and in `groups`."""
+        if not Path(SSHD).exists():
+            raise RuntimeError(f"{SSHD} not found: install openssh-server")
+        if os.geteuid() == 0:
+            ensure_lab_user(self.user)
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        if not self.client_key.exists():
+            _keygen(self.client_key)
+        names = [f"{prefix}{i}" for i in range(len(self.hosts) + 1, len(self.hosts) + count + 1)]
+        new = [self._launch(name) for name in names]
+        self.hosts.extend(new)
+        for host in new:
+            _wait_ready(host)
+        self._write_known_hosts()
+        self._write_inventory(groups or {}, host_vars or {})
+        return self
+
+    def _launch(self, name: str) -> LabHost:
+        host_dir = self.base / name
+        (host_dir / "root").mkdir(parents=True, exist_ok=True)
+        os.chmod(host_dir, 0o755)
+        _keygen(host_dir / "host_key")
+        authorized = host_dir / "authorized_keys"
+        shutil.copyfile(self.client_key.with_suffix(".pub"), authorized)
+        os.chmod(authorized, 0o644)
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(self.user)
+            os.chown(host_dir / "root", entry.pw_uid, entry.pw_gid)
+        port = _free_port()
+        config = host_dir / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    f"ListenAddress 127.0.0.1:{port}",
+                    f"HostKey {host_dir / 'host_key'}",
+                    f"PidFile {host_dir / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {authorized}",
+                    f"AllowUsers {self.user}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "UseDNS no",
+                    "PrintMotd no",
+                    "PrintLastLog no",
+                    "MaxStartups 200:30:400",
+                    "MaxSessions 100",
+                    "LogLevel ERROR",
+                    f"SetEnv RBX_LAB_HOST={name}",
+                    "Subsystem sftp internal-sftp",
+                    "",
+                ]
+            )
+        )
+        log = open(host_dir / "sshd.log", "wb")  # noqa: SIM115 - handed to the child process
+        process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        return LabHost(name, port, host_dir, process)
+
+    def _write_known_hosts(self) -> None:
+        lines = []
+        for host in self.hosts:
+            public = (host.dir / "host_key.pub").read_text().split()
+            lines.append(f"[127.0.0.1]:{host.port} {public[0]} {public[1]}")
+        self.known_hosts.write_text("\n".join(lines) + "\n")
+
+    def _write_inventory(
+        self, groups: Mapping[str, Sequence[str]], host_vars: Mapping[str, str]
+    ) -> None:
+        extra = "".join(f" {key}={value}" for key, value in host_vars.items())
+        lines = ["[lab]"]
+        for host in self.hosts:
+            lines.append(
+                f"{host.name} ansible_host=127.0.0.1 ansible_port={host.port} "
+                f"ansible_user={self.user} ansible_ssh_private_key_file={self.client_key} "
+                f"lab_root={host.root}{extra}"
+            )
+        for group, members in groups.items():
+            lines += ["", f"[{group}]", *members]
+        self.inventory.write_text("\n".join(lines) + "\n")
+
+    def host(self, name: str) -> LabHost:
+        return next(h for h in self.hosts if h.name == name)
+
+    def ssh_command(self, host: LabHost, command: str) -> list[str]:
+        """An OpenSSH client command line that runs `command` on `host` (for checks)."""
+        return [
+            "ssh",
+            "-i",
+            str(self.client_key),
+            "-p",
+            str(host.port),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            f"{self.user}@127.0.0.1",
+            command,
+        ]
+
+    def stop(self) -> None:
+        for host in self.hosts:
+            host.stop()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> SshLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def ensure_lab_user(name: str = LAB_USER) -> None:
+    """Create the lab's login user (root only): shell /bin/sh, an empty home, not locked."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        home = Path("/var/lib") / name
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--home-dir",
+                str(home),
+                "--no-create-home",
+                "--shell",
+                "/bin/sh",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        entry = pwd.getpwnam(name)
+    home = Path(entry.pw_dir)
+    home.mkdir(parents=True, exist_ok=True)
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    # An account whose password field starts with "!" is locked, and sshd refuses it.
+    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "rbx-lab", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(host: LabHost) -> None:
+    """Until the sshd answers with its banner, or fail with its log."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        assert host.process is not None
+        if host.process.poll() is not None:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", host.port), timeout=1) as sock:
+                if sock.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    log = (host.dir / "sshd.log").read_text(errors="replace")
+    raise RuntimeError(f"sshd for {host.name} on port {host.port} did not start:\n{log}")
