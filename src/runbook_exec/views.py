@@ -15,6 +15,7 @@ from .errors import Problem
 from .plan import Plan, PlannedGate, PlannedStep
 
 MAX_HOSTS_SHOWN = 6
+MAX_ACTIONS_SHOWN = 3
 
 
 def print_problems(console: Console, problems: Sequence[Problem]) -> None:
@@ -63,6 +64,13 @@ def action_summary(kind: str, action: Mapping[str, Any]) -> str:
     if kind == "approve":
         return f"ask for approval: {action['approve']}"
     return _compact(dict(action))
+
+
+def _guards(action: Mapping[str, Any] | None) -> str:
+    if not action:
+        return ""
+    text = f" [skip if {action['creates']} exists]" if action.get("creates") else ""
+    return text + (f" [skip if `{action['unless']}` succeeds]" if action.get("unless") else "")
 
 
 def _compact(value: Any) -> str:
@@ -123,7 +131,7 @@ def _print_steps(console: Console, title: str, steps: Sequence[PlannedStep], tot
         console.print(
             f"  {step.index + 1}. [cyan]{escape(step.name)}[/cyan] [dim]{step.kind}[/dim]{options}"
         )
-        for action in step.actions:
+        for action in step.actions[:MAX_ACTIONS_SHOWN]:
             who = (
                 ""
                 if action.hosts == ("*",)
@@ -131,5 +139,13 @@ def _print_steps(console: Console, title: str, steps: Sequence[PlannedStep], tot
             )
             what = action_summary(step.kind, action.action) if action.action else ""
             note = f" [yellow]({escape(action.note)})[/yellow]" if action.note else ""
-            console.print(f"     {who}{escape(what)}{note}", soft_wrap=True)
+            console.print(
+                f"     {who}{escape(what + _guards(action.action))}{note}", soft_wrap=True
+            )
+        hidden = step.actions[MAX_ACTIONS_SHOWN:]
+        if hidden:
+            count = sum(len(a.hosts) for a in hidden)
+            console.print(
+                f"     [dim]… {count} more hosts, each rendered for itself (--json shows all)[/dim]"
+            )
     console.print()
