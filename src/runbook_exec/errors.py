@@ -70,3 +70,26 @@ class Refused(RunbookExecError):
     """The request is valid but not allowed now: a lock is held, an approval is missing."""
 
     exit_code = EXIT_REFUSED
+
+
+class LockHeld(Refused):
+    """Another run holds the lock this run needs."""
+
+    def __init__(self, message: str, holder: object = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class NotFound(InputError):
+    """A run id, lock or other named thing does not exist in the store."""
+
+
+class StoreError(RunbookExecError):
+    """The state store cannot be opened, read or written. A run stops before its next remote
+    step and can be resumed once the store is back."""
+
+    exit_code = EXIT_AUDIT
+
+
+class HostKeyError(RunbookExecError):
+    """A host presented a host key that is unknown or does not match known_hosts."""

@@ -1,0 +1,329 @@
+"""The state store: runs, their hosts and host-steps, gates and locks, in SQLite or PostgreSQL.
+
+The only code that touches the database. SQLAlchemy errors are turned into `StoreError` here;
+the schema is created and upgraded by the Alembic migrations beside this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from ..errors import LockHeld, StoreError
+from .schema import gates, host_steps, locks, run_hosts, runs
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a lock, and whether that holder is known to be gone."""
+
+    name: str
+    run_id: str
+    operator: str
+    machine: str
+    pid: int
+    since: float
+    run_status: str | None
+
+    @property
+    def stale(self) -> bool:
+        """The holding process is known to be gone: on this machine and not running, or its
+        run has ended. A holder on another machine is never presumed dead."""
+        if self.run_status in ("succeeded", "failed", "rolled_back", "rejected"):
+            return True
+        return self.machine == socket.gethostname() and not _pid_alive(self.pid)
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
+        state = f", run {self.run_status}" if self.run_status else ""
+        stale = "; the holder is gone (stale)" if self.stale else ""
+        return (
+            f"lock '{self.name}' is held by run {self.run_id} ({self.operator} on "
+            f"{self.machine}, pid {self.pid}, since {since}{state}){stale}"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """One database: open it with `Store.open(url)`, which applies pending migrations."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            path = Path(url.removeprefix("sqlite:///"))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create {path.parent}: {exc.strerror}") from None
+        try:
+            engine = create_engine(url, future=True)
+        except (SQLAlchemyError, ValueError, ImportError) as exc:
+            raise StoreError(f"cannot open the state store {_safe_url(url)}: {exc}") from None
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        store.migrate()
+        return store
+
+    def migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot prepare the state store: {_first_line(exc)}") from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the state store could not be written: {_first_line(exc)}") from None
+
+    def _read(self, statement: Any) -> list[dict[str, Any]]:
+        try:
+            with self.engine.connect() as connection:
+                return [dict(row._mapping) for row in connection.execute(statement)]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the state store could not be read: {_first_line(exc)}") from None
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def create_run(self, record: Mapping[str, Any], hosts: Sequence[tuple[str, int]]) -> None:
+        with self._tx() as tx:
+            tx.execute(insert(runs).values(**_encode(record)))
+            if hosts:
+                tx.execute(
+                    insert(run_hosts),
+                    [
+                        {"run_id": record["id"], "host": h, "batch": b, "status": "pending"}
+                        for h, b in hosts
+                    ],
+                )
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        with self._tx() as tx:
+            tx.execute(update(runs).where(runs.c.id == run_id).values(**_encode(fields)))
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        rows = self._read(select(runs).where(runs.c.id == run_id))
+        return _decode(rows[0]) if rows else None
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        statement = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+        return [_decode(row) for row in self._read(statement)]
+
+    # --- hosts and host-steps ---------------------------------------------------------------
+
+    def set_host_status(
+        self, run_id: str, host: str, status: str, message: str | None = None
+    ) -> None:
+        with self._tx() as tx:
+            tx.execute(
+                update(run_hosts)
+                .where(run_hosts.c.run_id == run_id, run_hosts.c.host == host)
+                .values(status=status, message=message)
+            )
+
+    def hosts_of(self, run_id: str) -> list[dict[str, Any]]:
+        return self._read(
+            select(run_hosts).where(run_hosts.c.run_id == run_id).order_by(run_hosts.c.batch)
+        )
+
+    def steps_started(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record host-steps as running (replacing a record left running by a crash)."""
+        if not rows:
+            return
+        with self._tx() as tx:
+            for row in rows:
+                key = (
+                    (host_steps.c.run_id == row["run_id"])
+                    & (host_steps.c.section == row["section"])
+                    & (host_steps.c.step_index == row["step_index"])
+                    & (host_steps.c.host == row["host"])
+                )
+                changed = tx.execute(
+                    update(host_steps)
+                    .where(key)
+                    .values(
+                        status="running", started_at=row["started_at"], attempts=0, finished_at=None
+                    )
+                ).rowcount
+                if not changed:
+                    tx.execute(insert(host_steps).values(status="running", attempts=0, **row))
+
+    def step_finished(
+        self, run_id: str, section: str, index: int, host: str, **fields: Any
+    ) -> None:
+        with self._tx() as tx:
+            tx.execute(
+                update(host_steps)
+                .where(
+                    host_steps.c.run_id == run_id,
+                    host_steps.c.section == section,
+                    host_steps.c.step_index == index,
+                    host_steps.c.host == host,
+                )
+                .values(**fields)
+            )
+
+    def host_steps_of(self, run_id: str) -> list[dict[str, Any]]:
+        return self._read(
+            select(host_steps)
+            .where(host_steps.c.run_id == run_id)
+            .order_by(host_steps.c.started_at, host_steps.c.id)
+        )
+
+    # --- gates ------------------------------------------------------------------------------
+
+    def gates_of(self, run_id: str) -> dict[str, dict[str, Any]]:
+        rows = self._read(select(gates).where(gates.c.run_id == run_id))
+        return {row["gate_key"]: row for row in rows}
+
+    def set_gate(self, run_id: str, key: str, **fields: Any) -> None:
+        with self._tx() as tx:
+            changed = tx.execute(
+                update(gates)
+                .where(gates.c.run_id == run_id, gates.c.gate_key == key)
+                .values(**fields)
+            ).rowcount
+            if not changed:
+                tx.execute(insert(gates).values(run_id=run_id, gate_key=key, **fields))
+
+    # --- locks ------------------------------------------------------------------------------
+
+    def acquire_lock(
+        self, name: str, run_id: str, operator: str, *, steal_stale: bool = False
+    ) -> LockHolder | None:
+        """Take `name` for `run_id`. Returns the stale holder it replaced, if any; raises
+        `LockHeld` when someone else holds it."""
+        mine = {
+            "run_id": run_id,
+            "operator": operator,
+            "machine": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.time(),
+        }
+        try:
+            with self._tx() as tx:
+                tx.execute(insert(locks).values(name=name, **mine))
+            return None
+        except IntegrityError:
+            pass
+        holder = self.lock_holder(name)
+        if holder is None:
+            return self.acquire_lock(name, run_id, operator, steal_stale=steal_stale)
+        if holder.run_id != run_id and not (steal_stale and holder.stale):
+            raise LockHeld(holder.describe(), holder)
+        with self._tx() as tx:
+            taken = tx.execute(
+                update(locks)
+                .where(
+                    locks.c.name == name, locks.c.run_id == holder.run_id, locks.c.pid == holder.pid
+                )
+                .values(**mine)
+            ).rowcount
+        if not taken:
+            return self.acquire_lock(name, run_id, operator, steal_stale=steal_stale)
+        return holder if holder.run_id != run_id else None
+
+    def lock_holder(self, name: str) -> LockHolder | None:
+        rows = self._read(
+            select(locks, runs.c.status)
+            .join(runs, runs.c.id == locks.c.run_id, isouter=True)
+            .where(locks.c.name == name)
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return LockHolder(
+            row["name"],
+            row["run_id"],
+            row["operator"],
+            row["machine"],
+            row["pid"],
+            row["since"],
+            row["status"],
+        )
+
+    def release_lock(self, name: str, run_id: str) -> None:
+        with self._tx() as tx:
+            tx.execute(locks.delete().where(locks.c.name == name, locks.c.run_id == run_id))
+
+    def force_unlock(self, name: str) -> LockHolder | None:
+        holder = self.lock_holder(name)
+        if holder is not None:
+            with self._tx() as tx:
+                tx.execute(locks.delete().where(locks.c.name == name))
+        return holder
+
+
+_JSON_FIELDS = ("params", "secret_names", "inventory", "plan", "options")
+
+
+def _encode(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: json.dumps(value, sort_keys=True) if key in _JSON_FIELDS else value
+        for key, value in record.items()
+    }
+
+
+def _decode(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: json.loads(value) if key in _JSON_FIELDS and value is not None else value
+        for key, value in row.items()
+    }
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    return url
