@@ -8,6 +8,7 @@ into a test. Run as another user, the hosts log in that user.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -40,13 +41,31 @@ class LabHost:
         return self.dir / "root"
 
     def freeze(self) -> None:
-        """Stop the sshd process (SIGSTOP): connections hang, as with a dead machine."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
+        """SIGSTOP this host's sshd and everything under it: new and open connections hang,
+        and running commands stop, as on a machine that stopped answering."""
+        for pid in self._tree():
+            _signal(pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
+        for pid in reversed(self._tree()):
+            _signal(pid, signal.SIGCONT)
+
+    def _tree(self) -> list[int]:
+        """The sshd's pid and its descendants' (from /proc), parents first."""
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        tree, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop(0)
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        return tree
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -233,6 +252,11 @@ def ensure_lab_user(name: str = LAB_USER) -> None:
     os.chown(home, entry.pw_uid, entry.pw_gid)
     # An account whose password field starts with "!" is locked, and sshd refuses it.
     subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
 
 
 def _keygen(path: Path) -> None:

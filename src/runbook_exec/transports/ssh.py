@@ -1,0 +1,292 @@
+"""SSH to hosts with asyncssh: one connection per host, opened once and reused by every step.
+
+Every command has a timeout. The command runs under the login shell, which sshd makes a
+session (and process group) leader when no terminal is allocated; the wrapper prints that
+shell's pid first, so on a timeout the whole process group is killed over a second channel,
+not merely abandoned. Keepalives notice a host that stops answering mid-command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from ..errors import HostKeyError
+from ..inventory import Host
+
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT_MAX = 3
+KILL_GRACE = 2.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a remote (or local) command did: exit code, captured output, time taken."""
+
+    rc: int | None
+    stdout: str
+    stderr: str
+    duration: float
+    timed_out: bool = False
+    output_bytes: int = 0
+    output_sha256: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and not self.timed_out
+
+
+class Unreachable(Exception):
+    """The host could not be connected to, or the connection dropped."""
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    known_hosts: Path
+    accept_new_host_keys: bool = False
+    connect_timeout: float = 10.0
+    output_limit: int = 64 * 1024
+
+
+class OutputCapture:
+    """Keeps the head and tail of a stream within a limit, with the full size and SHA-256."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.size = 0
+        self.digest = hashlib.sha256()
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self.digest.update(chunk)
+        room = self.limit // 2 - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            del self.tail[: max(0, len(self.tail) - self.limit // 2)]
+
+    def text(self) -> str:
+        omitted = self.size - len(self.head) - len(self.tail)
+        body = bytes(self.head)
+        if omitted > 0:
+            body += f"\n… [{omitted} bytes omitted] …\n".encode()
+        return (body + bytes(self.tail)).decode("utf-8", errors="replace")
+
+
+class SshSession:
+    """A live connection to one host."""
+
+    def __init__(self, host: Host, connection: asyncssh.SSHClientConnection, options: SshOptions):
+        self.host = host
+        self.connection = connection
+        self.options = options
+        self._kills: list[asyncio.Future[None]] = []
+
+    async def run(self, command: str, timeout: float, stdin: bytes | None = None) -> CommandResult:
+        """Run `command` with `sh -c` semantics (via the login shell), within `timeout`."""
+        if self.host.become:
+            user = self.host.vars.get("ansible_become_user") or "root"
+            command = f"sudo -n -u {shlex.quote(str(user))} -- sh -c {shlex.quote(command)}"
+        wrapped = f"echo $$; exec sh -c {shlex.quote(command)}"
+        started = time.monotonic()
+        stdout, stderr = (
+            OutputCapture(self.options.output_limit),
+            OutputCapture(self.options.output_limit),
+        )
+        pid: list[str] = []
+        process: Any = None
+
+        async def pump_stdout() -> None:
+            first = True
+            pending = b""
+            while chunk := await process.stdout.read(65536):
+                if first:
+                    pending += chunk
+                    if b"\n" not in pending:
+                        continue
+                    line, chunk = pending.split(b"\n", 1)
+                    pid.append(line.decode(errors="replace").strip())
+                    first = False
+                stdout.feed(chunk)
+
+        async def pump_stderr() -> None:
+            while chunk := await process.stderr.read(65536):
+                stderr.feed(chunk)
+
+        async def execute() -> None:
+            nonlocal process
+            process = await self.connection.create_process(
+                wrapped, encoding=None, stdin=asyncssh.DEVNULL if stdin is None else asyncssh.PIPE
+            )
+            if stdin is not None:
+                process.stdin.write(stdin)
+                process.stdin.write_eof()
+            await asyncio.gather(pump_stdout(), pump_stderr(), process.wait())
+
+        timed_out = False
+        try:
+            await asyncio.wait_for(execute(), timeout)
+        except TimeoutError:
+            timed_out = True
+            # Kill in the background: a host that stopped answering must not hold the step
+            # past its timeout; close() waits for the kill to finish or give up.
+            self._kills.append(asyncio.ensure_future(self._kill(pid[0] if pid else None)))
+            if process is not None:
+                process.close()
+        except (asyncssh.Error, OSError) as exc:
+            raise Unreachable(f"connection lost: {_reason(exc)}") from None
+        rc = None if timed_out else process.exit_status
+        if rc is None and not timed_out and process.exit_signal:
+            rc = 128 + _signal_number(process.exit_signal[0])
+        return CommandResult(
+            rc=rc,
+            stdout=stdout.text(),
+            stderr=stderr.text(),
+            duration=time.monotonic() - started,
+            timed_out=timed_out,
+            output_bytes=stdout.size + stderr.size,
+            output_sha256=_combined_digest(stdout, stderr),
+        )
+
+    async def _kill(self, pid: str | None) -> None:
+        """Kill the timed-out command's process group: TERM, a grace period, then KILL."""
+        if not pid or not pid.isdigit():
+            return
+        sudo = "sudo -n " if self.host.become else ""
+        kill = (
+            f"{sudo}kill -TERM -{pid} 2>/dev/null && sleep {KILL_GRACE} && "
+            f"{sudo}kill -KILL -{pid} 2>/dev/null; true"
+        )
+        # If the host stopped answering too, the step has failed either way.
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(self.connection.run(kill, check=False), KILL_GRACE + 5)
+
+    async def upload(self, local: Path, remote: str, mode: str | None) -> None:
+        try:
+            async with self.connection.start_sftp_client() as sftp:
+                await sftp.put(str(local), remote)
+                if mode:
+                    await sftp.chmod(remote, int(mode, 8))
+        except (asyncssh.Error, OSError) as exc:
+            raise OSError(f"upload to {remote} failed: {_reason(exc)}") from None
+
+    async def close(self) -> None:
+        if self._kills:
+            await asyncio.wait(self._kills, timeout=KILL_GRACE + 5)
+        self.connection.close()
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(self.connection.wait_closed(), 2)
+
+
+async def connect(host: Host, options: SshOptions) -> SshSession:
+    """Open a connection to `host`, verifying its host key against known_hosts."""
+    kwargs: dict[str, Any] = {
+        "port": host.port or 22,
+        "connect_timeout": options.connect_timeout,
+        "keepalive_interval": KEEPALIVE_INTERVAL,
+        "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+    }
+    if host.user:
+        kwargs["username"] = host.user
+    if host.key_file:
+        kwargs["client_keys"] = [host.key_file]
+    known = _known_hosts(options.known_hosts)
+    try:
+        connection = await asyncssh.connect(host.address, known_hosts=known, **kwargs)
+    except asyncssh.HostKeyNotVerifiable as exc:
+        if not options.accept_new_host_keys or _has_entry(options.known_hosts, host):
+            raise HostKeyError(_host_key_message(host, options, exc)) from None
+        connection = await _trust_on_first_use(host, options, kwargs)
+    except (asyncssh.Error, OSError, TimeoutError) as exc:
+        raise Unreachable(_reason(exc)) from None
+    return SshSession(host, connection, options)
+
+
+async def _trust_on_first_use(host: Host, options: SshOptions, kwargs: dict[str, Any]) -> Any:
+    try:
+        connection = await asyncssh.connect(host.address, known_hosts=None, **kwargs)
+    except (asyncssh.Error, OSError, TimeoutError) as exc:
+        raise Unreachable(_reason(exc)) from None
+    key = connection.get_server_host_key()
+    if key is not None:
+        name = host.address if (host.port or 22) == 22 else f"[{host.address}]:{host.port}"
+        line = f"{name} {key.export_public_key('openssh').decode().strip()}\n"
+        options.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with open(options.known_hosts, "a") as handle:
+            handle.write(line)
+    return connection
+
+
+def _known_hosts(path: Path) -> Any:
+    if not path.exists():
+        return ([], [], [])  # nothing trusted: every host is unknown
+    return str(path)
+
+
+def _has_entry(path: Path, host: Host) -> bool:
+    """Whether known_hosts names this host at all (then a mismatch is a changed key)."""
+    if not path.exists():
+        return False
+    try:
+        known = asyncssh.read_known_hosts(str(path))
+    except (asyncssh.Error, OSError, ValueError):
+        return False
+    trusted = known.match(host.address, host.address, host.port or 22)
+    return any(trusted[:3])
+
+
+def _host_key_message(host: Host, options: SshOptions, exc: Exception) -> str:
+    where = f"{host.name} ({host.address}:{host.port or 22})"
+    if _has_entry(options.known_hosts, host):
+        return (
+            f"{where}: host key does not match {options.known_hosts}; refusing to connect "
+            "(the host was reinstalled, or someone is in the middle)"
+        )
+    return (
+        f"{where}: host key is not in {options.known_hosts}; refusing to connect. "
+        "Add it (ssh-keyscan), or pass --accept-new-host-keys to trust and record it"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out connecting"
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return "permission denied (check ansible_user and ansible_ssh_private_key_file)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    text = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
+    return text
+
+
+def _signal_number(name: str) -> int:
+    import signal
+
+    try:
+        return int(signal.Signals[f"SIG{name}"])
+    except KeyError:
+        return 0
+
+
+def _combined_digest(*captures: OutputCapture) -> str:
+    digest = hashlib.sha256()
+    for capture in captures:
+        digest.update(capture.digest.digest())
+    return digest.hexdigest()
+
+
+def default_known_hosts() -> Path:
+    return Path(os.path.expanduser("~/.ssh/known_hosts"))
