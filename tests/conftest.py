@@ -62,3 +62,51 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return _run
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[SshLab]:
+    """Four fresh sshd hosts (host1..host4, group `app`) for a test that changes them."""
+    with SshLab() as started:
+        started.start(4, groups={"app": ["host1", "host2", "host3", "host4"]})
+        yield started
+
+
+@pytest.fixture
+def runbook_exec(tmp_path: Path, hosts: SshLab) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`runbook-exec` against the `hosts` lab: its inventory, known_hosts and a test database.
+    Pass a command and its arguments; `-i`/`--known-hosts`/`--db` are added where they fit."""
+    db = f"sqlite:///{tmp_path / 'state.db'}"
+
+    def argv(command: str, args: tuple[str | Path, ...]) -> list[str]:
+        extra: list[str] = ["--db", db]
+        if command == "run":
+            extra += ["-i", str(hosts.inventory), "--known-hosts", str(hosts.known_hosts)]
+        return [str(BIN / "runbook-exec"), command, *map(str, args), *extra]
+
+    def _run(
+        command: str, *args: str | Path, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv(command, args),
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=timeout,
+            env={**os.environ, "COLUMNS": "200", **(env or {})},
+        )
+
+    def spawn(command: str, *args: str | Path) -> subprocess.Popen[str]:
+        """The same command in the background, for tests that kill or race it."""
+        return subprocess.Popen(
+            argv(command, args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    _run.db = db  # type: ignore[attr-defined]
+    _run.spawn = spawn  # type: ignore[attr-defined]
+    return _run

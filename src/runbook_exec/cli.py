@@ -7,6 +7,7 @@ Heavy imports (Pydantic models, Ansible) happen inside the commands that need th
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import sys
 from pathlib import Path
@@ -92,7 +93,10 @@ err = Console(stderr=True, highlight=False)
 
 
 def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # logs and pipes: do not wrap tables narrowly
+    return console
 
 
 def _version(value: bool) -> None:
@@ -213,6 +217,328 @@ def plan(
         typer.echo(result.to_json())
     else:
         print_plan(_out(), result)
+
+
+KnownHostsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--known-hosts",
+        metavar="FILE",
+        help="known_hosts file to verify host keys against (default ~/.ssh/known_hosts).",
+    ),
+]
+AcceptNewOpt = Annotated[
+    bool,
+    typer.Option(
+        "--accept-new-host-keys",
+        help="Trust hosts not yet in known_hosts and record their keys there. "
+        "A changed key is always refused.",
+    ),
+]
+ForksOpt = Annotated[int, typer.Option("--forks", "-f", min=1, help="Hosts worked on at once.")]
+TimeoutOpt = Annotated[
+    str,
+    typer.Option(
+        "--timeout",
+        metavar="DURATION",
+        help="Default timeout of every remote command (a step's `timeout` wins).",
+    ),
+]
+ConnectTimeoutOpt = Annotated[
+    str, typer.Option("--connect-timeout", metavar="DURATION", help="SSH connect timeout.")
+]
+NoInputOpt = Annotated[
+    bool,
+    typer.Option("--no-input", help="Never prompt: at an approval gate, save the run and exit 3."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary at the end.")]
+StealOpt = Annotated[
+    bool,
+    typer.Option(
+        "--steal-stale-lock", help="Take over a lock whose holder is known to be gone (recorded)."
+    ),
+]
+
+
+@app.command()
+def run(
+    runbook: RunbookArg,
+    inventory: InventoryOpt = None,
+    extra_vars: ExtraVarsOpt = None,
+    limit: LimitOpt = None,
+    change_id: Annotated[
+        str | None, typer.Option("--change-id", metavar="ID", help="Change ticket, recorded.")
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", metavar="TEXT", help="Why, recorded.")
+    ] = None,
+    operator: OperatorOpt = None,
+    forks: ForksOpt = 50,
+    timeout: TimeoutOpt = "10m",
+    connect_timeout: ConnectTimeoutOpt = "10s",
+    output_limit: Annotated[
+        int,
+        typer.Option(
+            "--output-limit",
+            metavar="BYTES",
+            help="Output kept per stream of each host-step (head and tail).",
+        ),
+    ] = 65536,
+    known_hosts: KnownHostsOpt = None,
+    accept_new_host_keys: AcceptNewOpt = False,
+    steal_stale_lock: StealOpt = False,
+    no_input: NoInputOpt = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and stop; connects nowhere.")
+    ] = False,
+    as_json: JsonOpt = False,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Run a runbook on its hosts, batch by batch, recording every step.
+
+    Everything is validated before any connection is made (exit 2 on bad input). The run
+    takes a lock (the runbook's `lock`, or its exact set of hosts); a second run that needs it
+    is refused with exit 3. At an approval gate it asks (on a terminal) or saves the run and
+    exits 3. Ctrl-C stops starting new work and leaves the run resumable (exit 130).
+    Exit 0 only when every host succeeded; 1 when any host failed.
+
+    Example: runbook-exec run runbooks/deploy.yml -i inventory/ -e version=1.4.2
+    --change-id CHG-1042 --reason "Q4 release"
+    """
+    from . import runner
+    from .durations import parse_duration
+    from .executor import RunOptions
+    from .store import Store
+    from .views import print_plan
+
+    who = runner.operator_name(operator)
+    prepared = runner.prepare(runbook, inventory or [], extra_vars or [], limit, who)
+    if dry_run:
+        print_plan(_out(), prepared.plan)
+        return
+    options = RunOptions(
+        forks=forks,
+        timeout=_duration_option("--timeout", timeout, parse_duration),
+        connect_timeout=_duration_option("--connect-timeout", connect_timeout, parse_duration),
+        output_limit=output_limit,
+        known_hosts=(known_hosts or Path("~/.ssh/known_hosts").expanduser()).resolve(),
+        accept_new_host_keys=accept_new_host_keys,
+    )
+    store = Store.open(db)
+    _carry_out(
+        as_json,
+        no_input,
+        prepared.plan.batches,
+        lambda view, approver, note: runner.start(
+            store,
+            prepared,
+            operator=who,
+            change_id=change_id,
+            reason=reason,
+            options=options,
+            view=view,
+            approver=approver,
+            steal_stale_lock=steal_stale_lock,
+            on_note=note,
+        ),
+    )
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to carry on.")],
+    operator: OperatorOpt = None,
+    steal_stale_lock: StealOpt = False,
+    no_input: NoInputOpt = False,
+    as_json: JsonOpt = False,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Carry on a run after a crash, a kill, Ctrl-C, or an approval.
+
+    Host-steps that finished are not run again; a host-step that started and never finished
+    (the controller died while it ran) runs again. Secret parameters are read again from
+    their environment variables. The same run id, one continuous record.
+    """
+    from . import runner
+    from .store import Store
+
+    store = Store.open(db)
+    record = runner.load_run(store, run_id)
+    who = runner.operator_name(operator)
+    _carry_out(
+        as_json,
+        no_input,
+        record["plan"]["batches"],
+        lambda view, approver, note: runner.resume(
+            store,
+            run_id,
+            operator=who,
+            options=None,
+            view=view,
+            approver=approver,
+            steal_stale_lock=steal_stale_lock,
+            on_note=note,
+        ),
+    )
+
+
+def _carry_out(as_json: bool, no_input: bool, batches: Any, go: Any) -> None:
+    """Run with a view and an approver fit for where we are, print the outcome, and exit
+    with its code."""
+    import asyncio
+
+    from .live import ConsoleRecorder, print_outcome
+    from .runner import summary_json
+
+    console = Console(highlight=False, soft_wrap=True, stderr=as_json)
+    interactive = sys.stdin.isatty() and console.is_terminal and not no_input
+    views: list[ConsoleRecorder] = []
+
+    def view(run_id: str) -> ConsoleRecorder:
+        views.append(ConsoleRecorder(console, run_id, batches, live=console.is_terminal))
+        views[-1].start()
+        return views[-1]
+
+    async def approver(message: str) -> tuple[bool, str | None] | None:
+        if not interactive:
+            return None
+        for shown in views:
+            shown.stop()
+        answer = await asyncio.to_thread(console.input, f"[bold]{message}[/bold] [y/N] ")
+        for shown in views:
+            shown.start()
+        return answer.strip().lower() in ("y", "yes"), None
+
+    def note(text: str) -> None:
+        console.print(f"[yellow]{text}[/yellow]")
+
+    try:
+        outcome = go(view, approver, note)
+    finally:
+        for shown in views:
+            shown.stop()
+    print_outcome(console, outcome.run_id, outcome.status, outcome.hosts, outcome.exit_code)
+    if as_json:
+        typer.echo(summary_json(outcome))
+    raise typer.Exit(outcome.exit_code)
+
+
+RunIdArg = Annotated[str, typer.Argument(metavar="RUN_ID", help="A run id from `runs`.")]
+CommentOpt = Annotated[
+    str | None, typer.Option("--comment", "-m", metavar="TEXT", help="Recorded with it.")
+]
+
+
+@app.command()
+def approve(
+    run_id: RunIdArg,
+    comment: CommentOpt = None,
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Approve the gate a run is waiting at; then `resume RUN_ID` carries it on."""
+    _decide(run_id, True, comment, operator, db)
+
+
+@app.command()
+def reject(
+    run_id: RunIdArg,
+    comment: CommentOpt = None,
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Reject the gate a run is waiting at: the run ends there, as rejected."""
+    _decide(run_id, False, comment, operator, db)
+
+
+def _decide(
+    run_id: str, approved: bool, comment: str | None, operator: str | None, db: str
+) -> None:
+    from . import runner
+    from .store import Store
+
+    who = runner.operator_name(operator)
+    message = runner.decide(Store.open(db), run_id, approved, who, comment)
+    if approved:
+        _out().print(f"approved by {who}: {message}\ncarry on with `runbook-exec resume {run_id}`")
+    else:
+        _out().print(f"rejected by {who}: {message}; run {run_id} ends here")
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option("--last", "-n", min=1, help="How many runs.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """List runs, newest first: id, runbook, operator, change id, start, duration, status."""
+    from .store import Store
+    from .views import print_runs, run_summary
+
+    records = Store.open(db).list_runs(limit)
+    if as_json:
+        typer.echo(json.dumps([run_summary(r) for r in records], indent=2))
+    else:
+        print_runs(_out(), records)
+
+
+@app.command()
+def show(
+    run_id: RunIdArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Every step of a run on every host: status, exit code, duration and output."""
+    from . import runner
+    from .store import Store
+    from .views import print_run, run_summary
+
+    store = Store.open(db)
+    record = runner.load_run(store, run_id)
+    steps = store.host_steps_of(run_id)
+    gates = store.gates_of(run_id)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    **run_summary(record),
+                    "params": record["params"],
+                    "host_steps": steps,
+                    "gates": list(gates.values()),
+                    "hosts": store.hosts_of(run_id),
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    else:
+        print_run(_out(), record, store.hosts_of(run_id), steps, gates)
+
+
+@app.command()
+def unlock(
+    name: Annotated[
+        str, typer.Argument(metavar="LOCK", help="The lock's name (from the refusal).")
+    ],
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Force a lock open. Only for a holder you know is gone; the run it belonged to can
+    still be resumed, and takes the lock again."""
+    from . import runner
+    from .store import Store
+
+    holder = Store.open(db).force_unlock(name)
+    if holder is None:
+        raise InputError(Problem(f"no lock named {name!r}"))
+    _out().print(f"unlocked by {runner.operator_name(operator)}: {holder.describe()}")
+
+
+def _duration_option(name: str, value: str, parse: Any) -> float:
+    try:
+        return float(parse(value))
+    except ValueError as exc:
+        raise InputError(Problem(str(exc), field=name)) from None
 
 
 def _select_hosts(runbook_file: RunbookFile, sources: list[Path], limit: str | None) -> list[Host]:

@@ -143,6 +143,16 @@ class StepBase(_Strict):
     def title(self) -> str:
         return self.name or self.kind
 
+    def action(self) -> dict[str, Any]:
+        """The kind-specific fields with their defaults, and the `creates`/`unless` guards
+        when set: what the executor acts on (once rendered)."""
+        common = {i.alias or n for n, i in StepBase.model_fields.items()} - {"creates", "unless"}
+        return {
+            key: value
+            for key, value in self.model_dump(mode="json", by_alias=True).items()
+            if key not in common and not (key in ("creates", "unless") and value is None)
+        }
+
     def payload(self) -> dict[str, Any]:
         """The kind-specific fields, as they appear in the runbook."""
         common = set(StepBase.model_fields)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -290,47 +290,10 @@ class _Renderer:
     def _payload(
         self, step: StepBase, context: Mapping[str, Any], loc: Any, field: str, host: str
     ) -> dict[str, Any] | None:
-        raw = step.payload()
-        failed = False
+        def problem(path: tuple[str | int, ...], message: str) -> None:
+            self._problem((*loc, *path), field + _dotted(path), message, host)
 
-        def walk(value: Any, path: tuple[str | int, ...]) -> Any:
-            nonlocal failed
-            if isinstance(value, str):
-                try:
-                    return render(value, context)
-                except TemplateProblem as exc:
-                    failed = True
-                    dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
-                    self._problem((*loc, *path), field + dotted, str(exc), host)
-                    return value
-            if isinstance(value, dict):
-                return {k: walk(v, (*path, k)) for k, v in value.items()}
-            if isinstance(value, list):
-                return [walk(v, (*path, i)) for i, v in enumerate(value)]
-            return value
-
-        rendered: dict[str, Any] = walk(raw, ())
-        if failed:
-            return None
-        for key in ("creates", "unless"):
-            guard = getattr(step, key)
-            if guard is not None:
-                rendered[key] = walk(guard, (key,))
-        try:
-            type(step).model_validate({**rendered, "name": step.name})
-        except ValidationError as exc:
-            reported: set[tuple[str | int, ...]] = set()
-            for error in exc.errors(include_url=False):
-                path = _data_path(rendered, error["loc"])
-                if path in reported:
-                    continue  # the other alternatives of a union, failing on the same value
-                reported.add(path)
-                dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
-                message = str(error["msg"]).removeprefix("Value error, ")
-                where = f"{field}{dotted}"
-                self._problem((*loc, *path), where, f"after rendering: {message}", host)
-            return None
-        return rendered
+        return render_action(step, context, problem)
 
     def _problem(self, loc: Any, where: str, message: str, host: str) -> None:
         line = self.file.line_of(tuple(loc))
@@ -344,6 +307,56 @@ class _Renderer:
                 message = f"{message} (on {len(hosts)} of {len(self.hosts)} hosts: {shown})"
             problems.append(Problem(message, self.file.display_path, line, where))
         return problems
+
+
+def render_action(
+    step: StepBase,
+    context: Mapping[str, Any],
+    problem: Callable[[tuple[str | int, ...], str], None],
+) -> dict[str, Any] | None:
+    """The step's kind-specific fields (and `creates`/`unless`) rendered for one host and
+    validated again; each problem goes to `problem(path, message)` and gives None."""
+    failed = False
+
+    def walk(value: Any, path: tuple[str | int, ...]) -> Any:
+        nonlocal failed
+        if isinstance(value, str):
+            try:
+                return render(value, context)
+            except TemplateProblem as exc:
+                failed = True
+                problem(path, str(exc))
+                return value
+        if isinstance(value, dict):
+            return {k: walk(v, (*path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, (*path, i)) for i, v in enumerate(value)]
+        return value
+
+    rendered: dict[str, Any] = walk(step.payload(), ())
+    for key in ("creates", "unless"):
+        guard = getattr(step, key)
+        if guard is not None:
+            rendered[key] = walk(guard, (key,))
+    if failed:
+        return None
+    try:
+        validated = type(step).model_validate({**rendered, "name": step.name})
+    except ValidationError as exc:
+        reported: set[tuple[str | int, ...]] = set()
+        for error in exc.errors(include_url=False):
+            path = _data_path(rendered, error["loc"])
+            if path in reported:
+                continue  # the other alternatives of a union, failing on the same value
+            reported.add(path)
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problem(path, f"after rendering: {message}")
+        return None
+    return validated.action()
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
 
 
 def _data_path(data: Any, loc: Sequence[str | int]) -> tuple[str | int, ...]:

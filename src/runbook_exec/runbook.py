@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import Problem, RunbookError
 from .model import STEP_CLASSES, STEP_KINDS, TAG_PREFIX, Runbook, StepBase, step_kinds_in
-from .yamlsource import Loc, SourceMap, load_yaml
+from .yamlsource import Loc, SourceMap, load_yaml, parse_yaml
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,16 @@ def load_runbook(path: Path, display_path: str | None = None) -> RunbookFile:
     """Load and validate a runbook; raise `RunbookError` listing every problem found."""
     shown = display_path or str(path)
     data, source, text = load_yaml(path, display_path=shown)
+    return _validated(path, shown, text, data, source)
+
+
+def runbook_from_text(text: str, display_path: str) -> RunbookFile:
+    """A runbook from its recorded text (to resume a run exactly as it started)."""
+    data, source = parse_yaml(text, display_path)
+    return _validated(Path(display_path), display_path, text, data, source)
+
+
+def _validated(path: Path, shown: str, text: str, data: Any, source: SourceMap) -> RunbookFile:
     if not isinstance(data, dict):
         raise RunbookError(Problem("a runbook is a mapping (name:, targets:, steps: …)", shown, 1))
     try:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from .durations import format_duration
 from .errors import Problem
@@ -149,3 +151,111 @@ def _print_steps(console: Console, title: str, steps: Sequence[PlannedStep], tot
                 f"     [dim]… {count} more hosts, each rendered for itself (--json shows all)[/dim]"
             )
     console.print()
+
+
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
+
+
+def run_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    ended = record.get("finished_at")
+    return {
+        "run_id": record["id"],
+        "runbook": record["runbook_name"],
+        "operator": record["operator"],
+        "change_id": record["change_id"],
+        "reason": record["reason"],
+        "status": record["status"],
+        "started": _when(record["created_at"]) + "Z",
+        "duration_s": round(ended - record["created_at"], 3) if ended else None,
+    }
+
+
+def print_runs(console: Console, records: Sequence[Mapping[str, Any]]) -> None:
+    if not records:
+        console.print("no runs yet")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("run", "runbook", "operator", "change", "started (UTC)", "took", "status"):
+        table.add_column(column)
+    for record in records:
+        summary = run_summary(record)
+        took = summary["duration_s"]
+        table.add_row(
+            record["id"],
+            escape(record["runbook_name"]),
+            escape(record["operator"]),
+            escape(record["change_id"] or "-"),
+            _when(record["created_at"]),
+            f"{took:.1f}s" if took is not None else "-",
+            _status(record["status"]),
+        )
+    console.print(table)
+
+
+def _status(status: str) -> str:
+    style = {
+        "succeeded": "green",
+        "ok": "green",
+        "failed": "red",
+        "timeout": "red",
+        "unreachable": "red",
+        "rolled_back": "yellow",
+        "rollback_failed": "red",
+        "skipped": "dim",
+    }.get(status, "yellow")
+    return f"[{style}]{status.replace('_', ' ')}[/{style}]"
+
+
+def print_run(
+    console: Console,
+    record: Mapping[str, Any],
+    hosts: Sequence[Mapping[str, Any]],
+    steps: Sequence[Mapping[str, Any]],
+    gates: Mapping[str, Any],
+) -> None:
+    console.print(f"[bold]run {record['id']}[/bold] {_status(record['status'])}")
+    console.print(
+        f"runbook {escape(record['runbook_name'])} ({escape(record['runbook_path'])}, "
+        f"sha256 {record['runbook_sha256'][:12]})"
+    )
+    console.print(
+        f"by {escape(record['operator'])} (OS user {escape(record['os_user'])} on "
+        f"{escape(record['machine'])}), started {_when(record['created_at'])} UTC, "
+        f"ended {_when(record['finished_at'])}"
+    )
+    if record["change_id"] or record["reason"]:
+        console.print(
+            f"change {escape(record['change_id'] or '-')}: {escape(record['reason'] or '')}"
+        )
+    shown = ", ".join(f"{k}={v!r}" for k, v in record["params"].items() if v is not None)
+    console.print(f"params: {escape(shown)}")
+    if record.get("message"):
+        console.print(f"[yellow]{escape(record['message'])}[/yellow]")
+    for gate in gates.values():
+        by = f" by {gate['decided_by']}" if gate.get("decided_by") else ""
+        console.print(
+            f"gate {gate['gate_key']}: {gate['kind']} {escape(gate['message'] or '')}"
+            f" → {gate['status']}{escape(by)}"
+        )
+    console.print()
+    for host in hosts:
+        console.print(
+            f"[bold]{escape(host['host'])}[/bold] (batch {host['batch']}) "
+            f"{_status(host['status'])} {escape(host['message'] or '')}"
+        )
+        for step in (s for s in steps if s["host"] == host["host"]):
+            took = (step["finished_at"] or step["started_at"]) - step["started_at"]
+            rc = f"rc={step['rc']}" if step["rc"] is not None else ""
+            where = "↩ " if step["section"] == "rollback" else ""
+            console.print(
+                f"  {where}{step['step_index'] + 1}. {escape(step['step_name'])} "
+                f"{_status(step['status'])} {rc} {took:.2f}s "
+                f"{escape(step['message'] or '')}"
+            )
+            for stream in ("stdout", "stderr"):
+                text = (step[stream] or "").rstrip()
+                for line in text.splitlines():
+                    console.print(f"     [dim]{stream[3:]}│[/dim] {escape(line)}")

@@ -1,0 +1,487 @@
+"""Carries a plan out: batch by batch, each step on the batch's hosts at once, with retries,
+timeouts, the failure policy, gates and rollback.
+
+Everything it does goes to one `Recorder` before it goes on, so a run killed at any point can
+be resumed from the store: host-steps that finished are not run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import HostKeyError
+from .inventory import Host
+from .model import StepBase
+from .params import MASK, ResolvedParams
+from .plan import render_action
+from .runbook import RunbookFile
+from .steps import HostContext, guard_skips, perform
+from .templating import HostVars, TemplateProblem, evaluate, render
+from .transports.ssh import CommandResult, SshOptions, SshSession, Unreachable, connect
+
+FINISHED = frozenset({"ok", "skipped", "failed", "timeout", "unreachable"})
+FAILED = frozenset({"failed", "timeout", "unreachable"})
+
+
+@dataclass(frozen=True)
+class HostStepResult:
+    """How one step ended on one host."""
+
+    host: str
+    section: str
+    index: int
+    name: str
+    status: str  # ok | skipped | failed | timeout | unreachable
+    rc: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    message: str = ""
+    duration: float = 0.0
+    attempts: int = 0
+    output_bytes: int = 0
+    output_sha256: str = ""
+    ignored: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILED and not self.ignored
+
+
+class Recorder(Protocol):
+    """Where the executor reports every state change, in order, before acting on the next."""
+
+    def batch_started(self, batch: int, hosts: Sequence[str]) -> None: ...
+    def steps_started(
+        self, batch: int, section: str, index: int, name: str, hosts: Sequence[str]
+    ) -> None: ...
+    def step_finished(self, batch: int, result: HostStepResult) -> None: ...
+    def host_status(self, host: str, status: str, message: str | None = None) -> None: ...
+    def gate(
+        self,
+        key: str,
+        kind: str,
+        message: str,
+        status: str,
+        by: str | None = None,
+        comment: str | None = None,
+    ) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+Approver = Callable[[str], Awaitable[tuple[bool, str | None] | None]]
+
+
+@dataclass
+class RunOptions:
+    forks: int = 50
+    timeout: float = 600.0
+    connect_timeout: float = 10.0
+    output_limit: int = 64 * 1024
+    known_hosts: Path = field(default_factory=lambda: Path("~/.ssh/known_hosts").expanduser())
+    accept_new_host_keys: bool = False
+
+
+@dataclass
+class RunState:
+    """What is known about a run before the executor starts (empty for a new run)."""
+
+    finished: dict[tuple[str, int, str], HostStepResult] = field(default_factory=dict)
+    host_status: dict[str, str] = field(default_factory=dict)
+    gates: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Executor:
+    def __init__(
+        self,
+        run_id: str,
+        operator: str,
+        runbook_file: RunbookFile,
+        hosts: Sequence[Host],
+        batches: Sequence[Sequence[str]],
+        params: ResolvedParams,
+        recorder: Recorder,
+        options: RunOptions,
+        state: RunState | None = None,
+        approver: Approver | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.operator = operator
+        self.file = runbook_file
+        self.book = runbook_file.runbook
+        self.hosts = {h.name: h for h in hosts}
+        self.batches = [list(b) for b in batches]
+        self.params = params
+        self.recorder = recorder
+        self.options = options
+        self.state = state or RunState()
+        self.approver = approver
+        self.stopping = False
+        self.sessions: dict[str, asyncio.Future[SshSession]] = {}
+        self.failed: dict[str, str] = {
+            h: s for h, s in self.state.host_status.items() if s in ("failed", "rollback_failed")
+        }
+        self.registered: dict[str, dict[str, Any]] = {h: {} for h in self.hosts}
+        self.run_once_done: dict[tuple[str, int], dict[str, Any]] = {}
+        self.forks = asyncio.Semaphore(max(1, options.forks))
+        self.ssh = SshOptions(
+            options.known_hosts,
+            options.accept_new_host_keys,
+            options.connect_timeout,
+            options.output_limit,
+        )
+        base = {**params.values, "run": {"id": run_id, "operator": operator}}
+        self.names = {h.name: HostVars(h.template_vars(), base) for h in hosts}
+        self._restore_registered()
+
+    # --- the run ----------------------------------------------------------------------------
+
+    async def execute(self) -> str:
+        """Run to the end, or to a stop; returns the run's status."""
+        try:
+            return await self._batches()
+        finally:
+            await self._close()
+
+    async def _batches(self) -> str:
+        policy = self.book.strategy
+        for number, batch in enumerate(self.batches, 1):
+            if self.stopping:
+                return "interrupted"
+            if self._batch_done(number, batch):
+                continue
+            self.recorder.batch_started(number, batch)
+            for host in batch:
+                if host not in self.failed:
+                    self.recorder.host_status(host, "active")
+            outcome = await self._section("steps", self.book.steps, number, batch)
+            if outcome:
+                return outcome
+            if self.stopping:
+                return "interrupted"
+            breached = self._failed_share(batch) > policy.max_fail_percentage
+            last = len(self.book.steps) - 1
+            for host in batch:
+                if host not in self.failed:
+                    complete = ("steps", last, host) in self.state.finished
+                    self.recorder.host_status(
+                        host,
+                        "ok" if complete else "stopped",
+                        None if complete else "the batch stopped early",
+                    )
+            if breached and self.book.on_failure != "continue":
+                return await self._stop(number)
+            if number < len(self.batches):
+                for index, gate in enumerate(policy.between_batches):
+                    outcome = await self._gate(f"after:{number}:{index}", gate.wait, gate.approve)
+                    if outcome:
+                        return outcome
+        return "failed" if self.failed else "succeeded"
+
+    def _batch_done(self, number: int, batch: Sequence[str]) -> bool:
+        """On resume: every host of this batch finished the last step or dropped out, and
+        the gates after it were passed."""
+        last = len(self.book.steps) - 1
+        hosts_done = all(
+            host in self.failed or ("steps", last, host) in self.state.finished for host in batch
+        )
+        gates = range(len(self.book.strategy.between_batches)) if number < len(self.batches) else ()
+        gates_done = all(
+            self.state.gates.get(f"after:{number}:{i}", {}).get("status") in ("approved", "done")
+            for i in gates
+        )
+        return hosts_done and gates_done
+
+    def _failed_share(self, batch: Sequence[str]) -> float:
+        return 100.0 * sum(1 for h in batch if h in self.failed) / max(len(batch), 1)
+
+    async def _stop(self, number: int) -> str:
+        names = ", ".join(h for h in self.batches[number - 1] if h in self.failed)
+        self.recorder.note(f"batch {number} failed on {names}: no further batch starts")
+        if self.book.on_failure == "rollback":
+            return await self._rollback(number)
+        return "failed"
+
+    async def _rollback(self, up_to: int) -> str:
+        """The rollback steps on every host this run changed, newest batch first."""
+        touched = {
+            host
+            for (section, _, host), r in self.state.finished.items()
+            if section == "steps" and r.status != "skipped"
+        }
+        failures = False
+        for number in range(up_to, 0, -1):
+            hosts = [h for h in self.batches[number - 1] if h in touched]
+            if not hosts:
+                continue
+            self.recorder.note(f"rolling back batch {number}: {', '.join(hosts)}")
+            for host in hosts:
+                self.failed.pop(host, None)
+            outcome = await self._section("rollback", self.book.rollback, number, hosts)
+            if outcome:
+                return outcome
+            for host in hosts:
+                failures |= host in self.failed
+                self.recorder.host_status(
+                    host, "rollback_failed" if host in self.failed else "rolled_back"
+                )
+        return "rollback_failed" if failures else "rolled_back"
+
+    async def _section(
+        self, section: str, steps: Sequence[StepBase], number: int, batch: Sequence[str]
+    ) -> str | None:
+        """Run `steps` on the batch's live hosts; a non-None result ends the run with it."""
+        policy = self.book.strategy
+        for index, step in enumerate(steps):
+            if self.stopping:
+                return "interrupted"
+            live = [h for h in batch if h not in self.failed]
+            if not live:
+                return None
+            if step.kind in ("approve", "wait"):
+                outcome = await self._gate(
+                    f"{section}:{number}:{index}",
+                    getattr(step, "wait", None),
+                    self._render_text(getattr(step, "approve", None), live[0]),
+                )
+                if outcome:
+                    return outcome
+                continue
+            await self._step(section, index, step, number, live)
+            breached = self._failed_share(batch) > policy.max_fail_percentage
+            if section == "steps" and breached and self.book.on_failure != "continue":
+                return None  # the batch stops here, as Ansible's does; the caller applies policy
+        return None
+
+    async def _step(
+        self, section: str, index: int, step: StepBase, number: int, live: Sequence[str]
+    ) -> None:
+        todo = [h for h in live if (section, index, h) not in self.state.finished]
+        if step.run_once:
+            await self._run_once(section, index, step, number, live, todo)
+            return
+        if not todo:
+            return
+        self.recorder.steps_started(number, section, index, step.title, todo)
+        await asyncio.gather(*(self._host_step(section, index, step, number, h) for h in todo))
+
+    async def _run_once(
+        self,
+        section: str,
+        index: int,
+        step: StepBase,
+        number: int,
+        live: Sequence[str],
+        todo: Sequence[str],
+    ) -> None:
+        """Once per run: on the first live host of the first batch that reaches the step."""
+        done = next(
+            (
+                r
+                for (s, i, _), r in self.state.finished.items()
+                if s == section and i == index and r.status != "skipped"
+            ),
+            None,
+        )
+        if done is None and todo:
+            first = todo[0]
+            self.recorder.steps_started(number, section, index, step.title, [first])
+            done = await self._host_step(section, index, step, number, first)
+        others = [h for h in todo if done is None or h != done.host]
+        if others:
+            self.recorder.steps_started(number, section, index, step.title, others)
+        for host in others:
+            where = done.host if done else "another host"
+            self._finish(
+                number,
+                HostStepResult(
+                    host, section, index, step.title, "skipped", message=f"run_once: ran on {where}"
+                ),
+            )
+            if step.register_as and done is not None:
+                self.registered[host][step.register_as] = _registered(done)
+
+    async def _host_step(
+        self, section: str, index: int, step: StepBase, number: int, host: str
+    ) -> HostStepResult:
+        async with self.forks:
+            result = await self._attempts(section, index, step, host)
+        self._finish(number, result)
+        return result
+
+    def _finish(self, number: int, result: HostStepResult) -> None:
+        self.state.finished[(result.section, result.index, result.host)] = result
+        self.recorder.step_finished(number, result)
+        step = (self.book.steps if result.section == "steps" else self.book.rollback)[result.index]
+        if step.register_as and result.status != "skipped":
+            self.registered[result.host][step.register_as] = _registered(result)
+        if result.failed and result.host not in self.failed:
+            self.failed[result.host] = result.message or f"{result.name} failed"
+            self.recorder.host_status(result.host, "failed", self.failed[result.host])
+
+    async def _attempts(
+        self, section: str, index: int, step: StepBase, host: str
+    ) -> HostStepResult:
+        names = self.names[host].extended(self.registered[host])
+        base = HostStepResult(host, section, index, step.title, "failed")
+        try:
+            if step.when is not None and not evaluate(step.when, names):
+                return _with(base, status="skipped", message=f"when {step.when!r} is false")
+            problems: list[str] = []
+            action = render_action(step, names, lambda path, msg: problems.append(msg))
+            if action is None:
+                return _with(base, message="; ".join(problems))
+        except TemplateProblem as exc:
+            return _with(base, message=str(exc))
+        context = HostContext(
+            session=lambda: self._session(host),
+            timeout=step.timeout or self.options.timeout,
+            output_limit=self.options.output_limit,
+            workspace=self.file.workspace,
+            template_names=names,
+        )
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                skip = await guard_skips(action, context) if attempts == 1 else None
+                if skip:
+                    return _with(base, status="skipped", message=skip, attempts=attempts)
+                outcome = await perform(step.kind, action, context)
+            except Unreachable as exc:
+                return _with(
+                    base,
+                    status="unreachable",
+                    message=str(exc),
+                    attempts=attempts,
+                    duration=time.monotonic() - started,
+                )
+            except HostKeyError as exc:
+                return _with(base, status="unreachable", message=str(exc), attempts=attempts)
+            except (OSError, TemplateProblem, TimeoutError, ValueError) as exc:
+                outcome = CommandResult(1, "", str(exc) or type(exc).__name__, 0.0)
+            except Exception as exc:
+                outcome = CommandResult(1, "", f"internal error: {type(exc).__name__}: {exc}", 0.0)
+            if outcome.ok or attempts > step.retries or self.stopping:
+                break
+            await asyncio.sleep(step.delay if step.delay is not None else 1.0)
+        return self._result(base, outcome, attempts, time.monotonic() - started, step)
+
+    def _result(
+        self,
+        base: HostStepResult,
+        outcome: CommandResult,
+        attempts: int,
+        duration: float,
+        step: StepBase,
+    ) -> HostStepResult:
+        if outcome.ok:
+            status, message = "ok", ""
+        elif outcome.timed_out:
+            status = "timeout"
+            message = f"timed out after {step.timeout or self.options.timeout:g}s"
+        else:
+            status = "failed"
+            detail = outcome.stderr.strip().splitlines()[-1:] if outcome.stderr.strip() else []
+            message = f"exit {outcome.rc}" + (f": {detail[0]}" if detail else "")
+        return _with(
+            base,
+            status=status,
+            rc=outcome.rc,
+            stdout=self._mask(outcome.stdout),
+            stderr=self._mask(outcome.stderr),
+            message=self._mask(message),
+            duration=duration,
+            attempts=attempts,
+            output_bytes=outcome.output_bytes,
+            output_sha256=outcome.output_sha256,
+            ignored=status != "ok" and step.ignore_errors,
+        )
+
+    # --- gates ------------------------------------------------------------------------------
+
+    async def _gate(self, key: str, wait: float | None, approve: str | None) -> str | None:
+        known = self.state.gates.get(key)
+        if known and known["status"] in ("approved", "done"):
+            return None
+        if known and known["status"] == "rejected":
+            return "rejected"
+        if wait is not None:
+            self.recorder.gate(key, "wait", f"wait {wait:g}s", "waiting")
+            await self._sleep(wait)
+            if self.stopping:
+                return "interrupted"
+            self.recorder.gate(key, "wait", f"wait {wait:g}s", "done")
+            return None
+        message = approve or "Continue?"
+        self.recorder.gate(key, "approve", message, "waiting")
+        answer = await self.approver(message) if self.approver else None
+        if answer is None:
+            return "awaiting_approval"
+        approved, comment = answer
+        status = "approved" if approved else "rejected"
+        self.recorder.gate(key, "approve", message, status, self.operator, comment)
+        self.state.gates[key] = {"status": status}
+        return None if approved else "rejected"
+
+    async def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.2, deadline - time.monotonic()))
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    async def _session(self, host: str) -> SshSession:
+        if host not in self.sessions:
+            self.sessions[host] = asyncio.ensure_future(connect(self.hosts[host], self.ssh))
+        return await asyncio.shield(self.sessions[host])
+
+    async def _close(self) -> None:
+        opened = [f for f in self.sessions.values() if f.done() and not f.exception()]
+        await asyncio.gather(*(f.result().close() for f in opened), return_exceptions=True)
+        for future in self.sessions.values():
+            if not future.done():
+                future.cancel()
+
+    def _mask(self, text: str) -> str:
+        for secret in self.params.secret_values:
+            text = text.replace(secret, MASK)
+        return text
+
+    def _render_text(self, text: str | None, host: str) -> str | None:
+        if text is None:
+            return None
+        try:
+            return render(text, self.names[host])
+        except TemplateProblem:
+            return text
+
+    def _restore_registered(self) -> None:
+        for (section, index, host), result in self.state.finished.items():
+            steps = self.book.steps if section == "steps" else self.book.rollback
+            name = steps[index].register_as if index < len(steps) else None
+            if name and result.status != "skipped":
+                self.registered[host][name] = _registered(result)
+
+
+def _with(base: HostStepResult, **changes: Any) -> HostStepResult:
+    return replace(base, **changes)
+
+
+def _registered(result: HostStepResult) -> dict[str, Any]:
+    """What `register:` makes available to later steps' templates. As in Ansible, stdout and
+    stderr lose their final line break."""
+    return {
+        "stdout": result.stdout.rstrip("\r\n"),
+        "stderr": result.stderr.rstrip("\r\n"),
+        "rc": result.rc,
+        "status": result.status,
+        "failed": result.status in FAILED,
+        "skipped": result.status == "skipped",
+        "stdout_lines": result.stdout.splitlines(),
+    }

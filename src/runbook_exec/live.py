@@ -1,0 +1,169 @@
+"""What a run shows while it goes: a live Rich view on a terminal, one plain line per event
+otherwise. Failures are always printed in full, with their output."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from .executor import HostStepResult
+
+OUTPUT_LINES = 12
+STATUS_STYLE = {
+    "ok": "green",
+    "skipped": "dim",
+    "failed": "red",
+    "timeout": "red",
+    "unreachable": "red",
+}
+
+
+class ConsoleRecorder:
+    """Shows a run to a person. `live=True` redraws a compact view in place (for a
+    terminal); otherwise every event is one line, for logs and pipes."""
+
+    def __init__(
+        self,
+        console: Console,
+        run_id: str,
+        batches: Sequence[Sequence[str]],
+        live: bool,
+        quiet: bool = False,
+    ) -> None:
+        self.console = console
+        self.run_id = run_id
+        self.batches = batches
+        self.quiet = quiet
+        self.current = 0
+        self.steps: dict[tuple[str, int], dict[str, Any]] = {}
+        self.live = (
+            Live(
+                console=console,
+                auto_refresh=True,
+                refresh_per_second=8,
+                transient=True,
+                get_renderable=self._view,
+            )
+            if live
+            else None
+        )
+
+    def start(self) -> None:
+        if self.live:
+            self.live.start()
+
+    def stop(self) -> None:
+        if self.live:
+            self.live.stop()
+
+    def _line(self, text: str) -> None:
+        if not self.quiet:
+            stamp = time.strftime("%H:%M:%S")
+            self.console.print(f"[dim]{stamp}[/dim] {text}", soft_wrap=True)
+
+    def batch_started(self, batch: int, hosts: Sequence[str]) -> None:
+        self.current = batch
+        self.steps = {}
+        shown = ", ".join(hosts) if len(hosts) <= 8 else f"{', '.join(hosts[:8])}, …"
+        self._line(
+            f"[bold]batch {batch}/{len(self.batches)}[/bold]: "
+            f"{len(hosts)} host{'s' if len(hosts) != 1 else ''} ({escape(shown)})"
+        )
+
+    def steps_started(
+        self, batch: int, section: str, index: int, name: str, hosts: Sequence[str]
+    ) -> None:
+        entry = self.steps.setdefault(
+            (section, index), {"name": name, "hosts": 0, "done": Counter(), "section": section}
+        )
+        entry["hosts"] += len(hosts)
+        if self.live is None:
+            where = "rollback " if section == "rollback" else ""
+            self._line(
+                f"  {where}step {index + 1} [cyan]{escape(name)}[/cyan] on "
+                f"{len(hosts)} host{'s' if len(hosts) != 1 else ''}"
+            )
+
+    def step_finished(self, batch: int, result: HostStepResult) -> None:
+        entry = self.steps.get((result.section, result.index))
+        if entry is not None:
+            entry["done"][result.status] += 1
+        style = STATUS_STYLE.get(result.status, "")
+        if result.status in ("failed", "timeout", "unreachable"):
+            ignored = " (ignored)" if result.ignored else ""
+            self._line(
+                f"  [{style}]{result.status.upper()}[/{style}]{ignored} "
+                f"{escape(result.host)} · {escape(result.name)}: {escape(result.message)}"
+            )
+            for stream in (result.stderr, result.stdout):
+                lines = stream.rstrip().splitlines()[-OUTPUT_LINES:]
+                for line in lines:
+                    self._line(f"      [dim]│[/dim] {escape(line)}")
+        elif self.live is None:
+            detail = f" ({escape(result.message)})" if result.message else ""
+            self._line(
+                f"    [{style}]{result.status}[/{style}] {escape(result.host)} · "
+                f"{escape(result.name)} {result.duration:.2f}s{detail}"
+            )
+
+    def host_status(self, host: str, status: str, message: str | None = None) -> None:
+        if status in ("rolled_back", "rollback_failed"):
+            self._line(f"  {escape(host)}: {status.replace('_', ' ')}")
+
+    def gate(
+        self,
+        key: str,
+        kind: str,
+        message: str,
+        status: str,
+        by: str | None = None,
+        comment: str | None = None,
+    ) -> None:
+        if kind == "wait" and status == "waiting":
+            self._line(f"[yellow]{escape(message)}[/yellow]")
+        elif kind == "approve" and status == "waiting":
+            self._line(f"[yellow]approval needed:[/yellow] {escape(message)}")
+        elif kind == "approve":
+            said = f" ({escape(comment)})" if comment else ""
+            self._line(f"[yellow]{status} by {escape(by or '?')}{said}[/yellow]")
+
+    def note(self, text: str) -> None:
+        self._line(f"[yellow]{escape(text)}[/yellow]")
+
+    def _view(self) -> Any:
+        table = Table.grid(padding=(0, 2))
+        for entry in self.steps.values():
+            done = entry["done"]
+            finished = sum(done.values())
+            marks = " ".join(f"[{STATUS_STYLE.get(k, '')}]{v} {k}[/]" for k, v in done.items())
+            state = "✓" if finished >= entry["hosts"] else "…"
+            label = ("↩ " if entry["section"] == "rollback" else "") + entry["name"]
+            table.add_row(state, escape(label), f"{finished}/{entry['hosts']}", marks)
+        header = f"[bold]run {self.run_id}[/bold] · batch {self.current}/{len(self.batches)}"
+        return Group(header, table)
+
+
+def print_outcome(
+    console: Console, run_id: str, status: str, hosts: dict[str, str], exit_code: int
+) -> None:
+    counts = Counter(hosts.values())
+    style = "green" if status == "succeeded" else "red" if exit_code in (1, 4) else "yellow"
+    parts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
+    console.print(f"[{style}]run {run_id} {status.replace('_', ' ')}[/{style}] ({parts})")
+    bad = [h for h, s in hosts.items() if s in ("failed", "rollback_failed")]
+    if bad:
+        console.print(f"failed hosts: {escape(', '.join(bad))}")
+    if status == "awaiting_approval":
+        console.print(
+            f"waiting for approval: `runbook-exec approve {run_id}` "
+            f"(or `reject`), then `runbook-exec resume {run_id}`"
+        )
+    elif status == "interrupted":
+        console.print(f"interrupted; carry on with `runbook-exec resume {run_id}`")

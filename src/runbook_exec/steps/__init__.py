@@ -1,0 +1,148 @@
+"""Each step kind turned into transport calls, for one host. The executor decides when and
+where; this module only says how a rendered step is carried out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..templating import render
+from ..transports.http import check_http
+from ..transports.local import run_local
+from ..transports.ssh import CommandResult, SshSession
+
+NOT_YET = {
+    "playbook": "playbook steps (Ansible through ansible-runner)",
+    "module": "module steps (one Ansible module)",
+    "release": "release steps (the atomic release switch)",
+}
+
+PORT_PROBE = (
+    "(command -v nc >/dev/null 2>&1 && nc -z {h} {p}) || "
+    "(command -v bash >/dev/null 2>&1 && bash -c 'exec 3<>/dev/tcp/'{h}'/'{p}) || "
+    "(command -v python3 >/dev/null 2>&1 && python3 -c "
+    "'import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 2)' {h} {p})"
+)
+
+
+@dataclass
+class HostContext:
+    """What a step needs to act on one host."""
+
+    session: Callable[[], Awaitable[SshSession]]
+    timeout: float
+    output_limit: int
+    workspace: Path
+    template_names: Mapping[str, Any]
+
+
+def ok(stdout: str = "", started: float | None = None) -> CommandResult:
+    duration = time.monotonic() - started if started is not None else 0.0
+    return CommandResult(rc=0, stdout=stdout, stderr="", duration=duration)
+
+
+async def perform(kind: str, action: Mapping[str, Any], host: HostContext) -> CommandResult:
+    """Carry out one rendered step on one host and say what happened."""
+    if kind == "shell":
+        return await (await host.session()).run(action["shell"], host.timeout)
+    if kind == "command":
+        return await (await host.session()).run(shlex.join(action["command"]), host.timeout)
+    if kind == "local":
+        return await run_local(
+            action["local"], host.timeout, host.output_limit, str(host.workspace)
+        )
+    if kind == "http":
+        return await check_http(action["http"], host.timeout)
+    if kind in ("upload", "template"):
+        return await _transfer(kind, action[kind], host)
+    if kind == "script":
+        return await _script(action["script"], host)
+    if kind == "wait_for":
+        return await _wait_for(action["wait_for"], host)
+    raise ValueError(f"{kind} steps are not run per host")
+
+
+def local_path(host: HostContext, raw: str) -> Path:
+    path = Path(os.path.expanduser(raw))
+    return path if path.is_absolute() else host.workspace / path
+
+
+async def _transfer(kind: str, spec: Mapping[str, Any], host: HostContext) -> CommandResult:
+    started = time.monotonic()
+    source = local_path(host, spec["src"])
+    session = await host.session()
+    if kind == "upload":
+        await asyncio.wait_for(session.upload(source, spec["dest"], spec.get("mode")), host.timeout)
+        return ok(f"uploaded {source.stat().st_size} bytes to {spec['dest']}", started)
+    text = render(source.read_text(encoding="utf-8"), host.template_names)
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", delete=False, suffix=".rendered"
+    ) as out:
+        out.write(text)
+    try:
+        await asyncio.wait_for(
+            session.upload(Path(out.name), spec["dest"], spec.get("mode")), host.timeout
+        )
+    finally:
+        os.unlink(out.name)
+    return ok(f"rendered {spec['src']} to {spec['dest']}", started)
+
+
+async def _script(spec: Mapping[str, Any], host: HostContext) -> CommandResult:
+    session = await host.session()
+    made = await session.run("mktemp /tmp/rbx-script.XXXXXX", host.timeout)
+    if not made.ok:
+        return made
+    remote = made.stdout.strip()
+    await asyncio.wait_for(
+        session.upload(local_path(host, spec["src"]), remote, "0700"), host.timeout
+    )
+    argv = shlex.join([remote, *spec.get("args", [])])
+    return await session.run(f"{argv}; rc=$?; rm -f {shlex.quote(remote)}; exit $rc", host.timeout)
+
+
+async def _wait_for(spec: Mapping[str, Any], host: HostContext) -> CommandResult:
+    """Probe until it succeeds or `spec.timeout` runs out; each probe has its own timeout."""
+    session = await host.session()
+    started = time.monotonic()
+    if spec.get("command") is not None:
+        probe = spec["command"]
+        what = f"`{probe}` to succeed"
+    else:
+        probe = PORT_PROBE.format(h=shlex.quote(str(spec["host"])), p=int(spec["port"]))
+        what = f"port {spec['port']} on {spec['host']} to answer"
+    deadline = started + float(spec["timeout"])
+    attempts = 0
+    last: CommandResult | None = None
+    while True:
+        attempts += 1
+        last = await session.run(probe, min(host.timeout, max(deadline - time.monotonic(), 1.0)))
+        if last.ok:
+            return CommandResult(0, last.stdout, last.stderr, time.monotonic() - started)
+        if time.monotonic() + float(spec["interval"]) > deadline:
+            break
+        await asyncio.sleep(float(spec["interval"]))
+    message = f"gave up waiting for {what} after {attempts} tries"
+    stderr = f"{last.stderr}\n{message}".strip() if last else message
+    return CommandResult(1, last.stdout if last else "", stderr, time.monotonic() - started)
+
+
+async def guard_skips(action: Mapping[str, Any], host: HostContext) -> str | None:
+    """Why the step is skipped on this host (`creates` exists, `unless` succeeds), or None."""
+    if action.get("creates"):
+        path = action["creates"]
+        done = await (await host.session()).run(f"test -e {shlex.quote(path)}", host.timeout)
+        if done.ok:
+            return f"{path} exists"
+    if action.get("unless"):
+        done = await (await host.session()).run(action["unless"], host.timeout)
+        if done.ok:
+            return f"`{action['unless']}` succeeded"
+    return None

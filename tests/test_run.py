@@ -1,0 +1,330 @@
+"""`runbook-exec run` on real sshd hosts: step kinds, batches, failure policy, timeouts and
+host keys. Each test gets four fresh hosts (host1..host4 in group `app`)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from runbook_exec.lab import SshLab
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+Write = Callable[[str, str], Path]
+
+
+def header(body: str, *, batches: str = '["100%"]', extra: str = "") -> str:
+    return f"name: test\ntargets: app\nstrategy:\n  batches: {batches}\n{extra}steps:\n{body}"
+
+
+def marker(hosts: SshLab, host: str, name: str) -> Path:
+    return hosts.host(host).root / name
+
+
+def show(runbook_exec: Run, run_id: str) -> dict[str, object]:
+    done = runbook_exec("show", run_id, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def summary(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def web_server() -> Iterator[str]:
+    """A local HTTP server answering /health with 200 "healthy" and anything else with 503."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            healthy = self.path == "/health"
+            body = b"healthy" if healthy else b"down"
+            self.send_response(200 if healthy else 503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_every_step_kind_acts_on_real_hosts(
+    runbook_exec: Run, write: Write, hosts: SshLab, web_server: str, tmp_path: Path
+) -> None:
+    write("files/hello.txt", "hello upload\n")
+    write("files/app.conf.j2", "host={{ inventory_hostname }} port={{ ansible_port }}\n")
+    write("files/probe.sh", '#!/bin/sh\necho "script on $RBX_LAB_HOST args $*" > "$1/script.out"\n')
+    body = f"""\
+  - name: Shell
+    shell: echo "shell on $RBX_LAB_HOST" > {{{{ lab_root | quote }}}}/shell.out
+  - name: Command
+    command: [touch, "{{{{ lab_root }}}}/command.out"]
+  - name: Script
+    script: {{src: files/probe.sh, args: ["{{{{ lab_root }}}}", two]}}
+  - name: Upload
+    upload: {{src: files/hello.txt, dest: "{{{{ lab_root }}}}/hello.txt", mode: "0600"}}
+  - name: Template
+    template: {{src: files/app.conf.j2, dest: "{{{{ lab_root }}}}/app.conf"}}
+  - name: HTTP
+    http: {{url: "{web_server}/health", status: 200, contains: healthy}}
+  - name: Port
+    wait_for: {{port: "{{{{ ansible_port }}}}", timeout: 10s}}
+  - name: Until
+    wait_for: {{command: "test -f {{{{ lab_root }}}}/command.out", timeout: 10s}}
+  - name: Local
+    local: echo local {{{{ inventory_hostname }}}} >> {tmp_path}/local.out
+  - name: Pause
+    wait: 1s
+  - name: Register
+    command: [cat, "{{{{ lab_root }}}}/hello.txt"]
+    register: hello
+  - name: Use it
+    shell: echo {{{{ hello.stdout | quote }}}} > {{{{ lab_root | quote }}}}/registered.out
+    when: hello.rc == 0 and inventory_hostname != 'host2'
+  - name: Guarded
+    shell: echo again >> {{{{ lab_root | quote }}}}/shell.out
+    creates: "{{{{ lab_root }}}}/shell.out"
+  - name: Unless
+    shell: echo nope > {{{{ lab_root | quote }}}}/unless.out
+    unless: test -f {{{{ lab_root | quote }}}}/hello.txt
+  - name: Once
+    shell: echo once >> {{{{ lab_root | quote }}}}/once.out
+    run_once: true
+  - name: Tolerated
+    shell: exit 3
+    ignore_errors: true
+  - name: Retried
+    shell: >-
+      n=$(cat {{{{ lab_root | quote }}}}/tries 2>/dev/null || echo 0);
+      echo $((n+1)) > {{{{ lab_root | quote }}}}/tries; test $n -ge 2
+    retries: 3
+    delay: 100ms
+"""
+    done = runbook_exec("run", write("runbooks/all.yml", header(body)), "--json")
+    assert done.returncode == 0, done.stderr
+    for name in ("host1", "host2", "host3", "host4"):
+        root = hosts.host(name).root
+        assert (root / "shell.out").read_text() == f"shell on {name}\n"
+        assert (root / "command.out").exists()
+        assert (root / "script.out").read_text() == f"script on {name} args {root} two\n"
+        assert (root / "hello.txt").read_text() == "hello upload\n"
+        assert (root / "hello.txt").stat().st_mode & 0o777 == 0o600
+        assert (root / "app.conf").read_text() == f"host={name} port={hosts.host(name).port}\n"
+        assert (root / "registered.out").exists() == (name != "host2")
+        assert not (root / "unless.out").exists()
+        assert (root / "tries").read_text() == "3\n"
+    assert (hosts.host("host1").root / "registered.out").read_text() == "hello upload\n"
+    assert sorted((tmp_path / "local.out").read_text().split("\n")[:-1]) == [
+        f"local host{i}" for i in range(1, 5)
+    ]
+    assert (hosts.host("host1").root / "once.out").read_text() == "once\n"
+    assert not any((hosts.host(h).root / "once.out").exists() for h in ("host2", "host3", "host4"))
+    record = show(runbook_exec, str(summary(done)["run_id"]))
+    steps = record["host_steps"]
+    assert isinstance(steps, list)
+    tolerated = [s for s in steps if s["step_name"] == "Tolerated"]
+    assert {s["status"] for s in tolerated} == {"failed"}
+    assert all(s["message"].startswith("ignored:") for s in tolerated)
+    retried = [s for s in steps if s["step_name"] == "Retried"]
+    assert {s["attempts"] for s in retried} == {3}
+
+
+def test_failed_http_check_fails_the_host(runbook_exec: Run, write: Write, web_server: str) -> None:
+    body = f'  - http: {{url: "{web_server}/missing", status: 200}}\n'
+    done = runbook_exec("run", write("rb.yml", header(body, extra="  max_fail_percentage: 100\n")))
+    assert done.returncode == 1
+    assert "HTTP 503, expected 200" in done.stdout
+
+
+FAIL_ON = """\
+  - name: Mark
+    shell: touch {{{{ lab_root | quote }}}}/marked
+  - name: Break
+    shell: test {{{{ inventory_hostname }}}} != {bad}
+  - name: After
+    shell: touch {{{{ lab_root | quote }}}}/after
+"""
+
+
+def test_a_failed_batch_stops_the_run_and_later_batches_never_start(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    path = write("rb.yml", header(FAIL_ON.format(bad="host1"), batches="[2]"))
+    done = runbook_exec("run", path, "--json")
+    assert done.returncode == 1
+    # As with Ansible, the batch stops right after the step that broke the threshold.
+    assert summary(done)["hosts"] == {
+        "host1": "failed",
+        "host2": "stopped",
+        "host3": "pending",
+        "host4": "pending",
+    }
+    assert marker(hosts, "host2", "marked").exists()
+    assert not marker(hosts, "host2", "after").exists()
+    assert not marker(hosts, "host1", "after").exists()
+    assert not marker(hosts, "host3", "marked").exists()
+    assert not marker(hosts, "host4", "marked").exists()
+
+
+def test_failures_within_max_fail_percentage_go_on_but_still_exit_1(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    text = header(FAIL_ON.format(bad="host1"), batches="[2]", extra="  max_fail_percentage: 50\n")
+    done = runbook_exec("run", write("rb.yml", text), "--json")
+    assert done.returncode == 1
+    assert summary(done)["status"] == "failed"
+    assert summary(done)["hosts"]["host1"] == "failed"  # type: ignore[index]
+    assert all(marker(hosts, h, "after").exists() for h in ("host2", "host3", "host4"))
+    assert "failed hosts: host1" in done.stderr
+
+
+def test_on_failure_continue_lets_the_other_hosts_finish(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    text = header(FAIL_ON.format(bad="host3"), batches="[1]").replace(
+        "steps:", "on_failure: continue\nsteps:"
+    )
+    done = runbook_exec("run", write("rb.yml", text), "--json")
+    assert done.returncode == 1
+    assert [h for h, s in summary(done)["hosts"].items() if s == "failed"] == ["host3"]  # type: ignore[union-attr]
+    assert all(marker(hosts, h, "after").exists() for h in ("host1", "host2", "host4"))
+
+
+def test_rollback_touches_exactly_the_changed_hosts_newest_batch_first(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    text = (
+        header(FAIL_ON.format(bad="host2"), batches="[1, 1, 2]").replace(
+            "steps:", "on_failure: rollback\nsteps:"
+        )
+        + "rollback:\n  - name: Undo\n    shell: >-\n      rm -f {{ lab_root | quote }}/marked;\n"
+        "      date +%s%N > {{ lab_root | quote }}/undone\n"
+    )
+    done = runbook_exec("run", write("rb.yml", text), "--json")
+    assert done.returncode == 1
+    assert summary(done)["status"] == "rolled_back"
+    assert summary(done)["hosts"] == {
+        "host1": "rolled_back",
+        "host2": "rolled_back",
+        "host3": "pending",
+        "host4": "pending",
+    }
+    for name in ("host1", "host2"):
+        assert not marker(hosts, name, "marked").exists()
+    assert int(marker(hosts, "host2", "undone").read_text()) < int(
+        marker(hosts, "host1", "undone").read_text()
+    )
+    for name in ("host3", "host4"):
+        assert list(hosts.host(name).root.iterdir()) == []
+
+
+def test_a_frozen_host_fails_its_step_at_the_timeout_and_the_run_goes_on(
+    runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path
+) -> None:
+    body = """\
+  - name: First
+    shell: touch {{ lab_root | quote }}/first
+  - name: Slow
+    shell: sleep 2; touch {{ lab_root | quote }}/slow
+    timeout: 5s
+"""
+    path = write("rb.yml", header(body, extra="  max_fail_percentage: 50\n"))
+    process = runbook_exec.spawn("run", path, "--json")  # type: ignore[attr-defined]
+    try:
+        wait_until(lambda: marker(hosts, "host2", "first").exists())
+        hosts.host("host2").freeze()
+        out, err = process.communicate(timeout=60)
+    finally:
+        hosts.host("host2").thaw()
+        process.kill()
+    assert process.returncode == 1, err
+    result = json.loads(out)
+    assert result["hosts"]["host2"] == "failed"
+    assert [h for h, s in result["hosts"].items() if s == "ok"] == ["host1", "host3", "host4"]
+    assert "TIMEOUT host2 · Slow: timed out after 5s" in err
+
+
+def test_unknown_host_keys_are_refused_unless_accepted(
+    runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path
+) -> None:
+    path = write("rb.yml", header("  - shell: 'true'\n", extra="  max_fail_percentage: 100\n"))
+    empty = tmp_path / "known_hosts"
+    hosts.known_hosts.rename(tmp_path / "real_known_hosts")
+    hosts.known_hosts.write_text("")
+    done = runbook_exec("run", path, "--json")
+    assert done.returncode == 1
+    assert set(summary(done)["hosts"].values()) == {"failed"}  # type: ignore[union-attr]
+    assert "host key is not in" in done.stderr
+    done = runbook_exec("run", path, "--json", "--accept-new-host-keys")
+    assert done.returncode == 0, done.stderr
+    assert len(hosts.known_hosts.read_text().splitlines()) == 4
+    assert not empty.exists()
+
+
+def test_a_changed_host_key_is_refused_even_with_accept_new(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    path = write("rb.yml", header("  - shell: 'true'\n", extra="  max_fail_percentage: 100\n"))
+    lines = hosts.known_hosts.read_text().splitlines()
+    other_key = (hosts.host("host2").dir / "host_key.pub").read_text().split()[1]
+    lines[0] = " ".join([*lines[0].split()[:2], other_key])
+    hosts.known_hosts.write_text("\n".join(lines) + "\n")
+    done = runbook_exec("run", path, "--json", "--accept-new-host-keys")
+    assert done.returncode == 1
+    assert summary(done)["hosts"]["host1"] == "failed"  # type: ignore[index]
+    assert "host key does not match" in done.stderr
+
+
+def test_shell_metacharacters_reach_the_host_byte_for_byte(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    nasty = "a'b\"c $(touch /tmp/rbx-pwned) `id` ; rm -rf / && {{ 7*7 }} {% raw %} \\ end"
+    body = """\
+  - shell: printf %s {{ value | quote }} > {{ lab_root | quote }}/via-shell
+  - command: [sh, -c, 'printf %s "$1" > "$2"', sh, "{{ value }}", "{{ lab_root }}/via-command"]
+"""
+    text = header(body).replace("steps:", "params:\n  value: {type: str}\nsteps:")
+    done = runbook_exec("run", write("rb.yml", text), "-e", f"value={nasty}")
+    assert done.returncode == 0, done.stderr
+    for name in ("host1", "host4"):
+        assert marker(hosts, name, "via-shell").read_text() == nasty
+        assert marker(hosts, name, "via-command").read_text() == nasty
+    assert not Path("/tmp/rbx-pwned").exists()
+
+
+def test_steps_this_version_cannot_run_are_refused_before_connecting(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    write("playbooks/p.yml", "- hosts: all\n  tasks: []\n")
+    text = header("  - shell: touch {{ lab_root }}/ran\n  - playbook: playbooks/p.yml\n")
+    done = runbook_exec("run", write("runbooks/rb.yml", text))
+    assert done.returncode == 2
+    assert "steps[1]: playbook steps (Ansible through ansible-runner) cannot run yet" in done.stderr
+    assert not marker(hosts, "host1", "ran").exists()
+
+
+def test_bad_input_is_refused_before_anything_runs(runbook_exec: Run, write: Write) -> None:
+    done = runbook_exec("run", write("rb.yml", header("  - shel: x\n")))
+    assert done.returncode == 2 and "did you mean 'shell'" in done.stderr
+    done = runbook_exec("runs", "--json")
+    assert json.loads(done.stdout) == []
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
