@@ -235,6 +235,10 @@ def resume(
     record = load_run(store, run_id)
     if record["status"] in ENDED or record["status"] == "refused":
         raise Refused(f"run {run_id} has ended ({record['status']}); nothing to resume")
+    holder = store.lock_holder(record["lock_name"])
+    if holder is not None and holder.run_id == run_id and not holder.stale:
+        raise Refused(f"run {run_id} is still running (pid {holder.pid} on {holder.machine}); "
+                      "stop it first, or wait for it")
     runbook_file = runbook_from_text(record["runbook_text"], record["runbook_path"])
     secrets_needed = set(record["secret_names"])
     given = {k: v for k, v in record["params"].items() if k not in secrets_needed and v is not None}

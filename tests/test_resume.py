@@ -1,0 +1,224 @@
+"""Durable runs on real hosts: kill -9 and resume, locks, approval gates, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from runbook_exec.lab import SshLab
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+Write = Callable[[str, str], Path]
+
+COUNTED = """\
+name: counted
+targets: app
+strategy:
+  batches: [2]
+steps:
+  - name: Before
+    shell: echo x >> {{ lab_root | quote }}/before
+  - name: Slow
+    shell: sleep 2
+  - name: After
+    shell: echo x >> {{ lab_root | quote }}/after
+"""
+
+GATED = """\
+name: gated
+targets: app
+strategy:
+  batches: [1, "100%"]
+  between_batches:
+    - approve: "Canary healthy? Promote."
+steps:
+  - name: Touch
+    shell: touch {{ lab_root | quote }}/done
+"""
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def lines(hosts: SshLab, host: str, name: str) -> int:
+    path = hosts.host(host).root / name
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def latest_run(runbook_exec: Run) -> dict[str, object]:
+    done = runbook_exec("runs", "--json")
+    return json.loads(done.stdout)[0]  # type: ignore[no-any-return]
+
+
+def test_kill_9_in_batch_2_then_resume_runs_every_step_once_per_host(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    path = write("rb.yml", COUNTED)
+    process = runbook_exec.spawn("run", path)  # type: ignore[attr-defined]
+    wait_until(lambda: lines(hosts, "host3", "before") == 1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run = latest_run(runbook_exec)
+    assert run["status"] == "running"  # what a crash leaves behind
+    assert lines(hosts, "host3", "after") == 0
+
+    done = runbook_exec("resume", str(run["run_id"]), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["run_id"] == run["run_id"]
+    for host in ("host1", "host2", "host3", "host4"):
+        assert lines(hosts, host, "before") == 1, host
+        assert lines(hosts, host, "after") == 1, host
+    record = json.loads(runbook_exec("show", str(run["run_id"]), "--json").stdout)
+    assert {(s["host"], s["step_name"]) for s in record["host_steps"]} == {
+        (h, s) for h in ("host1", "host2", "host3", "host4") for s in ("Before", "Slow", "After")
+    }
+    assert record["status"] == "succeeded"
+
+
+def test_a_second_run_on_the_same_hosts_is_refused_with_who_holds_the_lock(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    path = write("rb.yml", COUNTED)
+    first = runbook_exec.spawn("run", path)  # type: ignore[attr-defined]
+    try:
+        wait_until(lambda: lines(hosts, "host1", "before") == 1)
+        second = runbook_exec("run", path)
+        holder = latest_run(runbook_exec)
+    finally:
+        first.wait(timeout=60)
+    assert second.returncode == 3
+    assert "is held by run" in second.stderr and f"pid {first.pid}" in second.stderr
+    assert first.returncode == 0
+    assert holder["status"] == "refused"  # the refused attempt is on record too
+    assert lines(hosts, "host1", "before") == 1
+
+
+def test_a_lock_left_by_a_dead_run_is_stale_and_can_be_stolen_or_unlocked(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    path = write("rb.yml", COUNTED)
+    process = runbook_exec.spawn("run", path)  # type: ignore[attr-defined]
+    wait_until(lambda: lines(hosts, "host1", "before") == 1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    refused = runbook_exec("run", path)
+    assert refused.returncode == 3
+    assert "(stale)" in refused.stderr and "--steal-stale-lock" in refused.stderr
+    stolen = runbook_exec("run", path, "--steal-stale-lock")
+    assert stolen.returncode == 0, stolen.stderr
+    assert "took over a stale lock" in stolen.stdout
+
+    lock = json.loads(runbook_exec("plan", path, "-i", hosts.inventory, "--json").stdout)["lock"]
+    assert runbook_exec("unlock", lock).returncode == 2  # nothing held now
+    process = runbook_exec.spawn("run", path)  # type: ignore[attr-defined]
+    wait_until(lambda: lines(hosts, "host1", "before") == 3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    unlocked = runbook_exec("unlock", lock)
+    assert unlocked.returncode == 0 and "unlocked by" in unlocked.stdout
+    assert runbook_exec("run", path).returncode == 0
+
+
+def test_resume_refuses_a_run_that_is_still_running(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    process = runbook_exec.spawn("run", write("rb.yml", COUNTED))  # type: ignore[attr-defined]
+    try:
+        wait_until(lambda: lines(hosts, "host1", "before") == 1)
+        done = runbook_exec("resume", str(latest_run(runbook_exec)["run_id"]))
+    finally:
+        process.wait(timeout=60)
+    assert done.returncode == 3 and "is still running" in done.stderr
+
+
+def test_approval_gate_waits_then_approve_and_resume_finish_the_run(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    done = runbook_exec("run", write("rb.yml", GATED), "--no-input")
+    assert done.returncode == 3
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    assert f"runbook-exec approve {run_id}" in done.stdout
+    assert (hosts.host("host1").root / "done").exists()
+    assert not (hosts.host("host2").root / "done").exists()
+    assert latest_run(runbook_exec)["status"] == "awaiting_approval"
+
+    again = runbook_exec("resume", run_id)
+    assert again.returncode == 3  # still no decision
+    assert not (hosts.host("host2").root / "done").exists()
+
+    approved = runbook_exec(
+        "approve", run_id, "--comment", "canary looks good", "--operator", "alice"
+    )
+    assert approved.returncode == 0 and "approved by alice" in approved.stdout
+    finished = runbook_exec("resume", run_id)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert all((hosts.host(h).root / "done").exists() for h in ("host2", "host3", "host4"))
+    record = json.loads(runbook_exec("show", run_id, "--json").stdout)
+    (gate,) = record["gates"]
+    assert (gate["status"], gate["decided_by"], gate["comment"]) == (
+        "approved",
+        "alice",
+        "canary looks good",
+    )
+
+
+def test_rejecting_a_gate_ends_the_run_and_frees_its_lock(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    path = write("rb.yml", GATED)
+    assert runbook_exec("run", path, "--no-input").returncode == 3
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    rejected = runbook_exec("reject", run_id, "-m", "error rate up")
+    assert rejected.returncode == 0 and "ends here" in rejected.stdout
+    assert latest_run(runbook_exec)["status"] == "rejected"
+    assert runbook_exec("resume", run_id).returncode == 3
+    assert runbook_exec("approve", run_id).returncode == 3
+    assert not (hosts.host("host2").root / "done").exists()
+    assert runbook_exec("run", path, "--no-input").returncode == 3  # the lock was freed
+
+
+def test_ctrl_c_stops_new_work_and_leaves_a_resumable_run(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    process = runbook_exec.spawn("run", write("rb.yml", COUNTED))  # type: ignore[attr-defined]
+    wait_until(lambda: lines(hosts, "host1", "before") == 1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    assert "interrupted; carry on with `runbook-exec resume" in out
+    run = latest_run(runbook_exec)
+    assert run["status"] == "interrupted"
+    assert lines(hosts, "host3", "before") == 0  # batch 2 never started
+    done = runbook_exec("resume", str(run["run_id"]))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(lines(hosts, h, "after") == 1 for h in ("host1", "host2", "host3", "host4"))
+
+
+def test_runs_and_show_tell_who_did_what_and_why(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    path = write(
+        "rb.yml",
+        GATED.replace('    - approve: "Canary healthy? Promote."\n', "    - wait: 100ms\n"),
+    )
+    done = runbook_exec(
+        "run", path, "--change-id", "CHG-1042", "--reason", "Q4 release", "--operator", "bob"
+    )
+    assert done.returncode == 0, done.stderr
+    listing = runbook_exec("runs").stdout
+    assert "gated" in listing and "bob" in listing and "CHG-1042" in listing
+    assert "succeeded" in listing
+    shown = runbook_exec("show", str(latest_run(runbook_exec)["run_id"])).stdout
+    assert "change CHG-1042: Q4 release" in shown
+    assert "host4 (batch 2) ok" in shown and "1. Touch ok rc=0" in shown
+    missing = runbook_exec("show", "nope")
+    assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
