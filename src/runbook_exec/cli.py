@@ -542,9 +542,9 @@ def _duration_option(name: str, value: str, parse: Any) -> float:
 
 
 def _select_hosts(runbook_file: RunbookFile, sources: list[Path], limit: str | None) -> list[Host]:
-    from .inventory import Inventory
+    from .inventory import select_hosts
 
-    return Inventory.load(sources).select(runbook_file.runbook.targets, limit)
+    return select_hosts(sources, runbook_file.runbook.targets, limit)
 
 
 def _plan(

@@ -71,6 +71,8 @@ class Recorder(Protocol):
         comment: str | None = None,
     ) -> None: ...
     def note(self, text: str) -> None: ...
+    async def flush(self) -> None:
+        """Return once everything reported so far is durably recorded (or raise)."""
 
 
 Approver = Callable[[str], Awaitable[tuple[bool, str | None] | None]]
@@ -143,7 +145,9 @@ class Executor:
     async def execute(self) -> str:
         """Run to the end, or to a stop; returns the run's status."""
         try:
-            return await self._batches()
+            status = await self._batches()
+            await self.recorder.flush()
+            return status
         finally:
             await self._close()
 
@@ -267,6 +271,7 @@ class Executor:
         if not todo:
             return
         self.recorder.steps_started(number, section, index, step.title, todo)
+        await self.recorder.flush()  # recorded as started before any host begins it
         await asyncio.gather(*(self._host_step(section, index, step, number, h) for h in todo))
 
     async def _run_once(
@@ -290,6 +295,7 @@ class Executor:
         if done is None and todo:
             first = todo[0]
             self.recorder.steps_started(number, section, index, step.title, [first])
+            await self.recorder.flush()
             done = await self._host_step(section, index, step, number, first)
         others = [h for h in todo if done is None or h != done.host]
         if others:
@@ -406,6 +412,7 @@ class Executor:
     # --- gates ------------------------------------------------------------------------------
 
     async def _gate(self, key: str, wait: float | None, approve: str | None) -> str | None:
+        await self.recorder.flush()
         known = self.state.gates.get(key)
         if known and known["status"] in ("approved", "done"):
             return None

@@ -8,6 +8,8 @@ is imported only when an inventory is loaded, and its warnings are captured here
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -157,6 +159,83 @@ class Inventory:
             self._loader, list(self.sources), entities, "task"
         )
         return found
+
+
+CACHE_ENTRIES = 64
+
+
+def select_hosts(
+    sources: Sequence[str | Path],
+    pattern: str,
+    limit: str | None = None,
+    cache_dir: Path | None = None,
+) -> list[Host]:
+    """`Inventory.load(sources).select(pattern, limit)`, remembered for static inventories.
+
+    The answer is kept under a key made from the SHA-256 of every inventory file (and the
+    group_vars/host_vars beside them), the pattern, the limit, Ansible's version and the
+    ANSIBLE_* settings, so any change to any of them misses. An inventory with an executable
+    (a dynamic inventory script) is never cached. A hit does not import Ansible at all."""
+    folder = cache_dir if cache_dir is not None else default_cache_dir()
+    key = _fingerprint(sources, pattern, limit)
+    entry = folder / "inventory" / f"{key}.json" if key else None
+    if entry is not None and entry.exists():
+        try:
+            rows = json.loads(entry.read_text())
+            return [Host(r["name"], tuple(r["groups"]), r["vars"]) for r in rows]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a damaged entry is simply recomputed
+    hosts = Inventory.load(sources).select(pattern, limit)
+    if entry is not None:
+        _remember(
+            entry, [{"name": h.name, "groups": list(h.groups), "vars": h.vars} for h in hosts]
+        )
+    return hosts
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(os.environ.get("RUNBOOK_EXEC_CACHE", Path(base) / "runbook-exec"))
+
+
+def _fingerprint(sources: Sequence[str | Path], pattern: str, limit: str | None) -> str | None:
+    from importlib.metadata import version
+
+    digest = hashlib.sha256()
+    settings = sorted((k, v) for k, v in os.environ.items() if k.startswith("ANSIBLE_"))
+    digest.update(json.dumps([version("ansible-core"), settings, pattern, limit]).encode())
+    files: list[Path] = []
+    if limit and limit.startswith("@"):
+        files.append(Path(limit[1:]))
+    for source in map(Path, sources):
+        beside = source if source.is_dir() else source.parent
+        for folder in (beside / "group_vars", beside / "host_vars"):
+            files.extend(p for p in sorted(folder.rglob("*")) if p.is_file())
+        if source.is_dir():
+            files.extend(p for p in sorted(source.rglob("*")) if p.is_file())
+        else:
+            files.append(source)
+    try:
+        for path in dict.fromkeys(files):
+            if os.access(path, os.X_OK) and path.suffix not in (".yml", ".yaml", ".ini", ".json"):
+                return None  # a dynamic inventory script: its answer can change any time
+            digest.update(str(path.resolve()).encode() + b"\0" + path.read_bytes() + b"\0")
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _remember(entry: Path, rows: list[dict[str, Any]]) -> None:
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        temporary = entry.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(rows))
+        temporary.replace(entry)
+        kept = sorted(entry.parent.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[CACHE_ENTRIES:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # the cache is an optimisation; a read-only home must not stop a run
 
 
 def _plain(value: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import types
 import typing
@@ -17,7 +18,7 @@ from .model import STEP_CLASSES, STEP_KINDS, TAG_PREFIX, Runbook, StepBase, step
 from .yamlsource import Loc, SourceMap, load_yaml, parse_yaml
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RunbookFile:
     """A runbook as loaded: the model, its text and digest, and where its parts are in the file."""
 
@@ -28,7 +29,7 @@ class RunbookFile:
     runbook: Runbook
     source: SourceMap
 
-    @property
+    @functools.cached_property
     def workspace(self) -> Path:
         """Where relative paths in the runbook resolve: the folder that holds `runbooks/`
         when the runbook lives in one, otherwise the runbook's own folder."""

@@ -10,9 +10,11 @@ import asyncio
 import getpass
 import json
 import os
+import queue
 import secrets
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +31,10 @@ from .errors import (
     NotFound,
     Problem,
     Refused,
+    StoreError,
 )
 from .executor import Approver, Executor, HostStepResult, Recorder, RunOptions, RunState
-from .inventory import Host, Inventory
+from .inventory import Host, select_hosts
 from .params import ResolvedParams, parse_extra_vars, resolve_params
 from .plan import Plan, build_plan
 from .runbook import RunbookFile, load_runbook, runbook_from_text
@@ -119,7 +122,7 @@ def _prepare(
         problems.append(Problem("no inventory given; use -i INVENTORY (repeatable)"))
     else:
         try:
-            hosts = Inventory.load(inventory).select(runbook_file.runbook.targets, limit)
+            hosts = select_hosts(inventory, runbook_file.runbook.targets, limit)
         except InputError as exc:
             problems.extend(exc.problems)
     problems.extend(_unsupported(runbook_file))
@@ -237,8 +240,10 @@ def resume(
         raise Refused(f"run {run_id} has ended ({record['status']}); nothing to resume")
     holder = store.lock_holder(record["lock_name"])
     if holder is not None and holder.run_id == run_id and not holder.stale:
-        raise Refused(f"run {run_id} is still running (pid {holder.pid} on {holder.machine}); "
-                      "stop it first, or wait for it")
+        raise Refused(
+            f"run {run_id} is still running (pid {holder.pid} on {holder.machine}); "
+            "stop it first, or wait for it"
+        )
     runbook_file = runbook_from_text(record["runbook_text"], record["runbook_path"])
     secrets_needed = set(record["secret_names"])
     given = {k: v for k, v in record["params"].items() if k not in secrets_needed and v is not None}
@@ -411,11 +416,59 @@ def _options_record(options: RunOptions) -> dict[str, Any]:
 
 
 class StoreRecorder:
-    """Writes every state change of a run to the store, before the executor goes on."""
+    """Writes every state change of a run to the store. Writes go, in order, to one writer
+    thread that commits whatever has queued up in a single transaction (group commit), so
+    they overlap the hosts' work; `flush` is the barrier the executor awaits before any new
+    remote action, and it raises if anything could not be written."""
 
     def __init__(self, store: Store, run_id: str) -> None:
         self.store = store
         self.run_id = run_id
+        self.queue: queue.Queue[Callable[[], None] | dict[str, Any] | None] = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write, name="store-writer", daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        while True:
+            operations = [self.queue.get()]
+            while True:
+                try:
+                    operations.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                if self.error is None:
+                    with self.store.batch():
+                        finished: list[dict[str, Any]] = []
+                        for pending in operations:
+                            if isinstance(pending, dict):
+                                finished.append(pending)  # consecutive ones: one statement
+                                continue
+                            self.store.steps_finished(finished)
+                            finished = []
+                            if pending is not None:
+                                pending()
+                        self.store.steps_finished(finished)
+            except BaseException as exc:  # surfaced by flush()
+                self.error = exc
+            finally:
+                for _ in operations:
+                    self.queue.task_done()
+            if None in operations:
+                return
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(self.queue.join)
+        if self.error is not None:
+            error = self.error
+            if isinstance(error, StoreError):
+                raise error
+            raise StoreError(f"the state store could not be written: {error}")
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
 
     def batch_started(self, batch: int, hosts: Sequence[str]) -> None:
         pass  # the batch's hosts become "active" through host_status
@@ -424,41 +477,42 @@ class StoreRecorder:
         self, batch: int, section: str, index: int, name: str, hosts: Sequence[str]
     ) -> None:
         now = time.time()
-        self.store.steps_started(
-            [
-                {
-                    "run_id": self.run_id,
-                    "batch": batch,
-                    "section": section,
-                    "step_index": index,
-                    "step_name": name,
-                    "host": host,
-                    "started_at": now,
-                }
-                for host in hosts
-            ]
-        )
+        rows = [
+            {
+                "run_id": self.run_id,
+                "batch": batch,
+                "section": section,
+                "step_index": index,
+                "step_name": name,
+                "host": host,
+                "started_at": now,
+            }
+            for host in hosts
+        ]
+        self.queue.put(lambda: self.store.steps_started(rows))
 
     def step_finished(self, batch: int, result: HostStepResult) -> None:
         message = f"ignored: {result.message}" if result.ignored else result.message
-        self.store.step_finished(
-            self.run_id,
-            result.section,
-            result.index,
-            result.host,
-            status=result.status,
-            rc=result.rc,
-            stdout=result.stdout,
-            stderr=result.stderr,
-            message=message,
-            output_bytes=result.output_bytes,
-            output_sha256=result.output_sha256,
-            attempts=result.attempts,
-            finished_at=time.time(),
+        self.queue.put(
+            {
+                "k_run": self.run_id,
+                "k_section": result.section,
+                "k_index": result.index,
+                "k_host": result.host,
+                "status": result.status,
+                "rc": result.rc,
+                "stdout": result.stdout,
+                "stderr": result.stderr,
+                "message": message,
+                "output_bytes": result.output_bytes,
+                "output_sha256": result.output_sha256,
+                "attempts": result.attempts,
+                "finished_at": time.time(),
+            }
         )
 
     def host_status(self, host: str, status: str, message: str | None = None) -> None:
-        self.store.set_host_status(self.run_id, host, status, message)
+        self.queue.put(lambda: self.store.set_host_status(self.run_id, host, status, message))
 
     def gate(
         self,
@@ -469,23 +523,28 @@ class StoreRecorder:
         by: str | None = None,
         comment: str | None = None,
     ) -> None:
-        self.store.set_gate(
-            self.run_id,
-            key,
-            kind=kind,
-            message=message,
-            status=status,
-            decided_by=by,
-            comment=comment,
-            decided_at=time.time() if by else None,
-        )
-        if status == "waiting" and kind == "approve":
-            self.store.update_run(self.run_id, status="awaiting_approval")
-        elif status in ("approved", "rejected", "done"):
-            self.store.update_run(self.run_id, status="running")
+        decided = time.time() if by else None
+
+        def write() -> None:
+            self.store.set_gate(
+                self.run_id,
+                key,
+                kind=kind,
+                message=message,
+                status=status,
+                decided_by=by,
+                comment=comment,
+                decided_at=decided,
+            )
+            if status == "waiting" and kind == "approve":
+                self.store.update_run(self.run_id, status="awaiting_approval")
+            elif status in ("approved", "rejected", "done"):
+                self.store.update_run(self.run_id, status="running")
+
+        self.queue.put(write)
 
     def note(self, text: str) -> None:
-        self.store.update_run(self.run_id, message=text)
+        self.queue.put(lambda: self.store.update_run(self.run_id, message=text))
 
 
 class Fanout:
@@ -527,6 +586,10 @@ class Fanout:
     def note(self, text: str) -> None:
         for recorder in self.recorders:
             recorder.note(text)
+
+    async def flush(self) -> None:
+        for recorder in self.recorders:
+            await recorder.flush()
 
 
 def summary_json(outcome: Outcome) -> str:

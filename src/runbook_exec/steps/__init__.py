@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from ..templating import render
-from ..transports.http import check_http
 from ..transports.local import run_local
 from ..transports.ssh import CommandResult, SshSession
 
@@ -59,6 +58,8 @@ async def perform(kind: str, action: Mapping[str, Any], host: HostContext) -> Co
             action["local"], host.timeout, host.output_limit, str(host.workspace)
         )
     if kind == "http":
+        from ..transports.http import check_http  # urllib costs 0.3 s to import; only if used
+
         return await check_http(action["http"], host.timeout)
     if kind in ("upload", "template"):
         return await _transfer(kind, action[kind], host)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,7 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import LockHeld, StoreError
@@ -70,6 +80,7 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._local = threading.local()
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -90,6 +101,9 @@ class Store:
         return store
 
     def migrate(self) -> None:
+        """Bring the schema to the newest migration (Alembic is loaded only if needed)."""
+        if self._schema_is_current():
+            return
         from alembic import command
         from alembic.config import Config
 
@@ -102,8 +116,34 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot prepare the state store: {_first_line(exc)}") from None
 
+    def _schema_is_current(self) -> bool:
+        heads = {p.stem.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*.py")}
+        newest = max(heads) if heads else None
+        try:
+            with self.engine.connect() as connection:
+                version = connection.exec_driver_sql(
+                    "SELECT version_num FROM alembic_version"
+                ).scalar()
+        except SQLAlchemyError:
+            return False
+        return version is not None and version == newest
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write in this block (in this thread) commits together, or not at all."""
+        with self._tx() as connection:
+            self._local.connection = connection
+            try:
+                yield
+            finally:
+                self._local.connection = None
+
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
+        shared = getattr(self._local, "connection", None)
+        if shared is not None:
+            yield shared
+            return
         try:
             with self.engine.begin() as connection:
                 yield connection
@@ -184,20 +224,23 @@ class Store:
                 if not changed:
                     tx.execute(insert(host_steps).values(status="running", attempts=0, **row))
 
-    def step_finished(
-        self, run_id: str, section: str, index: int, host: str, **fields: Any
-    ) -> None:
-        with self._tx() as tx:
-            tx.execute(
-                update(host_steps)
-                .where(
-                    host_steps.c.run_id == run_id,
-                    host_steps.c.section == section,
-                    host_steps.c.step_index == index,
-                    host_steps.c.host == host,
-                )
-                .values(**fields)
+    def steps_finished(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record how host-steps ended: one statement for all of `rows` (executemany).
+        Each row names its host-step with k_run, k_section, k_index and k_host."""
+        if not rows:
+            return
+        statement = (
+            update(host_steps)
+            .where(
+                host_steps.c.run_id == bindparam("k_run"),
+                host_steps.c.section == bindparam("k_section"),
+                host_steps.c.step_index == bindparam("k_index"),
+                host_steps.c.host == bindparam("k_host"),
             )
+            .values({name: bindparam(name) for name in rows[0] if not name.startswith("k_")})
+        )
+        with self._tx() as tx:
+            tx.execute(statement, list(rows))
 
     def host_steps_of(self, run_id: str) -> list[dict[str, Any]]:
         return self._read(
