@@ -241,3 +241,82 @@ def test_runs_and_show_tell_who_did_what_and_why(
     assert "host4 (batch 2) ok" in shown and "1. Touch ok rc=0" in shown
     missing = runbook_exec("show", "nope")
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+
+
+def test_on_a_terminal_the_gate_asks_and_records_who_said_yes(
+    runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path
+) -> None:
+    import os
+    import pty
+    import select
+    import sys
+
+    path = write("rb.yml", GATED)
+    controller, terminal = pty.openpty()
+    command = [
+        str(Path(sys.executable).with_name("runbook-exec")),
+        "run",
+        str(path),
+        "-i",
+        str(hosts.inventory),
+        "--known-hosts",
+        str(hosts.known_hosts),
+        "--db",
+        runbook_exec.db,
+        "--operator",
+        "carol",  # type: ignore[attr-defined]
+    ]
+    process = subprocess.Popen(
+        command,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    os.close(terminal)
+    seen = b""
+    deadline = time.monotonic() + 60
+    answered = False
+    while process.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(controller, 65536)
+            except OSError:
+                break
+        if not answered and b"[y/N]" in seen:
+            os.write(controller, b"y\n")
+            answered = True
+    process.wait(timeout=30)
+    os.close(controller)
+    assert answered, seen.decode(errors="replace")
+    assert process.returncode == 0, seen.decode(errors="replace")
+    assert all((hosts.host(h).root / "done").exists() for h in ("host2", "host3", "host4"))
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    (gate,) = json.loads(runbook_exec("show", run_id, "--json").stdout)["gates"]
+    assert (gate["status"], gate["decided_by"]) == ("approved", "carol")
+
+
+def test_resume_reads_secrets_again_from_their_environment_variables(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    declared = "params:\n  token: {type: str, secret: true, required: true, env: RBX_TOKEN}\n"
+    text = GATED.replace("steps:", declared + "steps:").replace(
+        "touch {{ lab_root | quote }}/done",
+        "printf %s {{ token | quote }} > {{ lab_root | quote }}/done",
+    )
+    path = write("rb.yml", text)
+    assert runbook_exec("run", path, "--no-input", env={"RBX_TOKEN": "s3cr3t-1"}).returncode == 3
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    assert runbook_exec("approve", run_id).returncode == 0
+
+    missing = runbook_exec("resume", run_id)  # RBX_TOKEN is not set for this one
+    assert missing.returncode == 2
+    assert "params.token: required; give it with -e token=VALUE or set $RBX_TOKEN" in missing.stderr
+    done = runbook_exec("resume", run_id, env={"RBX_TOKEN": "s3cr3t-1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (hosts.host("host4").root / "done").read_text() == "s3cr3t-1"
+    database = Path(runbook_exec.db.removeprefix("sqlite:///"))  # type: ignore[attr-defined]
+    for file in (database, Path(f"{database}-wal")):
+        assert not file.exists() or b"s3cr3t-1" not in file.read_bytes(), file

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import shutil
 import subprocess
 import threading
 import time
@@ -168,8 +170,8 @@ def test_a_failed_batch_stops_the_run_and_later_batches_never_start(
     assert summary(done)["hosts"] == {
         "host1": "failed",
         "host2": "stopped",
-        "host3": "pending",
-        "host4": "pending",
+        "host3": "not_reached",
+        "host4": "not_reached",
     }
     assert marker(hosts, "host2", "marked").exists()
     assert not marker(hosts, "host2", "after").exists()
@@ -218,8 +220,8 @@ def test_rollback_touches_exactly_the_changed_hosts_newest_batch_first(
     assert summary(done)["hosts"] == {
         "host1": "rolled_back",
         "host2": "rolled_back",
-        "host3": "pending",
-        "host4": "pending",
+        "host3": "not_reached",
+        "host4": "not_reached",
     }
     for name in ("host1", "host2"):
         assert not marker(hosts, name, "marked").exists()
@@ -328,3 +330,24 @@ def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+def test_ansible_become_runs_steps_through_sudo(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    if os.geteuid() != 0 or shutil.which("sudo") is None:
+        pytest.skip("needs root (to grant the lab user sudo) and sudo installed")
+    hosts.allow_sudo()
+    text = hosts.inventory.read_text().replace("lab_root=", "ansible_become=true lab_root=")
+    hosts.inventory.write_text(text)
+    body = (
+        "  - command: [id, -u]\n    register: who\n"
+        "  - shell: echo {{ who.stdout }} > /tmp/rbx-become-{{ inventory_hostname }}\n"
+    )
+    done = runbook_exec("run", write("rb.yml", header(body)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("host1", "host4"):
+        made = Path(f"/tmp/rbx-become-{name}")
+        assert made.read_text() == "0\n"
+        assert made.stat().st_uid == 0
+        made.unlink()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, Problem, RunbookExecError
@@ -404,7 +405,7 @@ def _carry_out(as_json: bool, no_input: bool, batches: Any, go: Any) -> None:
             return None
         for shown in views:
             shown.stop()
-        answer = await asyncio.to_thread(console.input, f"[bold]{message}[/bold] [y/N] ")
+        answer = await asyncio.to_thread(console.input, f"[bold]{escape(message)}[/bold] \\[y/N] ")
         for shown in views:
             shown.start()
         return answer.strip().lower() in ("y", "yes"), None

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LAB_USER = "rbx-test"
+SUDOERS = Path("/etc/sudoers.d/rbx-test")
 SSHD = "/usr/sbin/sshd"
 READY_TIMEOUT = 20.0
 
@@ -90,6 +91,7 @@ class SshLab:
         self.client_key = self.base / "client_key"
         self.known_hosts = self.base / "known_hosts"
         self.inventory = self.base / "inventory.ini"
+        self.granted_sudo = False
 
     def start(
         self,
@@ -188,6 +190,17 @@ class SshLab:
             lines += ["", f"[{group}]", *members]
         self.inventory.write_text("\n".join(lines) + "\n")
 
+    def allow_sudo(self) -> None:
+        """Let the lab's dedicated user run anything through `sudo -n` (root only), so
+        `ansible_become` can be tried for real."""
+        if os.geteuid() != 0 or self.user != LAB_USER:
+            raise RuntimeError("allow_sudo needs root and the dedicated lab user")
+        if shutil.which("sudo") is None:
+            raise RuntimeError("sudo is not installed")
+        SUDOERS.write_text(f"{LAB_USER} ALL=(ALL) NOPASSWD: ALL\n")
+        os.chmod(SUDOERS, 0o440)
+        self.granted_sudo = True
+
     def host(self, name: str) -> LabHost:
         return next(h for h in self.hosts if h.name == name)
 
@@ -217,6 +230,9 @@ class SshLab:
 
     def remove(self) -> None:
         self.stop()
+        if self.granted_sudo:
+            SUDOERS.unlink(missing_ok=True)
+            self.granted_sudo = False
         shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> SshLab:

@@ -43,20 +43,22 @@ class ConsoleRecorder:
         self.quiet = quiet
         self.current = 0
         self.steps: dict[tuple[str, int], dict[str, Any]] = {}
-        self.live = (
-            Live(
-                console=console,
-                auto_refresh=True,
-                refresh_per_second=8,
-                transient=True,
-                get_renderable=self._view,
-            )
-            if live
-            else None
+        self.live = self._new_live() if live else None
+
+    def _new_live(self) -> Live:
+        return Live(
+            console=self.console,
+            auto_refresh=True,
+            refresh_per_second=8,
+            transient=True,
+            get_renderable=self._view,
         )
 
     def start(self) -> None:
         if self.live:
+            # A fresh Live each time: a restarted one would move the cursor up by its old
+            # height and overwrite lines printed since (a prompt, its answer).
+            self.live = self._new_live()
             self.live.start()
 
     def stop(self) -> None:

@@ -331,6 +331,10 @@ def _execute(
     store.update_run(run_id, status=status, finished_at=time.time() if ended else None)
     if ended:
         store.release_lock(prepared.plan.lock, run_id)
+    if ended:  # hosts the run never reached say so, rather than "pending"
+        for row in store.hosts_of(run_id):
+            if row["status"] == "pending":
+                store.set_host_status(run_id, row["host"], "not_reached")
     hosts = {row["host"]: row["status"] for row in store.hosts_of(run_id)}
     return Outcome(run_id, status, hosts)
 
@@ -394,6 +398,9 @@ def decide(store: Store, run_id: str, approved: bool, operator: str, comment: st
             message=f"rejected by {operator}" + (f": {comment}" if comment else ""),
         )
         store.release_lock(record["lock_name"], run_id)
+        for row in store.hosts_of(run_id):
+            if row["status"] == "pending":
+                store.set_host_status(run_id, row["host"], "not_reached")
     return str(gate["message"])
 
 
