@@ -517,6 +517,51 @@ def show(
 
 
 @app.command()
+def releases(
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    check_hosts: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Also read each host's current link and flag drift "
+            "between the record and the host (exit 1 on drift). Needs -i.",
+        ),
+    ] = False,
+    known_hosts: KnownHostsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Which release is live on which host, which was before it, since when, by which run.
+
+    From the record of every release switch. With -i (and --limit) only those hosts. With
+    --check, each host's `current` link is read over SSH and compared with the record.
+    """
+    import asyncio
+
+    from . import releases as live
+    from .inventory import select_hosts
+    from .store import Store
+    from .transports.ssh import SshOptions
+
+    hosts = {h.name: h for h in select_hosts(inventory, "all", limit)} if inventory else None
+    if check_hosts and hosts is None:
+        raise InputError(Problem("--check needs -i INVENTORY to reach the hosts"))
+    rows = live.recorded(Store.open(db).live_releases(list(hosts) if hosts else None))
+    if check_hosts and hosts is not None:
+        options = SshOptions((known_hosts or Path("~/.ssh/known_hosts").expanduser()).resolve())
+        rows = asyncio.run(live.check(rows, hosts, options))
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        from .views import print_releases
+
+        print_releases(_out(), rows, checked=check_hosts)
+    if check_hosts and any(r.drift for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
 def unlock(
     name: Annotated[
         str, typer.Argument(metavar="LOCK", help="The lock's name (from the refusal).")

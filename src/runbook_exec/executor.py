@@ -20,7 +20,7 @@ from .model import StepBase
 from .params import MASK, ResolvedParams
 from .plan import render_action
 from .runbook import RunbookFile
-from .steps import HostContext, guard_skips, perform
+from .steps import HostContext, ReleaseSwitch, guard_skips, perform, release_switch
 from .templating import HostVars, TemplateProblem, evaluate, render
 from .transports.ssh import CommandResult, SshOptions, SshSession, Unreachable, connect
 
@@ -71,6 +71,7 @@ class Recorder(Protocol):
         comment: str | None = None,
     ) -> None: ...
     def note(self, text: str) -> None: ...
+    def release_switched(self, host: str, switch: ReleaseSwitch) -> None: ...
     async def flush(self) -> None:
         """Return once everything reported so far is durably recorded (or raise)."""
 
@@ -110,6 +111,8 @@ class Executor:
         options: RunOptions,
         state: RunState | None = None,
         approver: Approver | None = None,
+        release_history: Callable[[str, str], str | None] = lambda host, root: None,
+        between: Sequence[tuple[float | None, str | None]] = (),
     ) -> None:
         self.run_id = run_id
         self.operator = operator
@@ -122,6 +125,8 @@ class Executor:
         self.options = options
         self.state = state or RunState()
         self.approver = approver
+        self.release_history = release_history
+        self.between = list(between)  # the gates after each batch, rendered (from the plan)
         self.stopping = False
         self.sessions: dict[str, asyncio.Future[SshSession]] = {}
         self.failed: dict[str, str] = {
@@ -180,8 +185,8 @@ class Executor:
             if breached and self.book.on_failure != "continue":
                 return await self._stop(number)
             if number < len(self.batches):
-                for index, gate in enumerate(policy.between_batches):
-                    outcome = await self._gate(f"after:{number}:{index}", gate.wait, gate.approve)
+                for index, (wait, approve) in enumerate(self.between):
+                    outcome = await self._gate(f"after:{number}:{index}", wait, approve)
                     if outcome:
                         return outcome
         return "failed" if self.failed else "succeeded"
@@ -193,7 +198,7 @@ class Executor:
         hosts_done = all(
             host in self.failed or ("steps", last, host) in self.state.finished for host in batch
         )
-        gates = range(len(self.book.strategy.between_batches)) if number < len(self.batches) else ()
+        gates = range(len(self.between)) if number < len(self.batches) else ()
         gates_done = all(
             self.state.gates.get(f"after:{number}:{i}", {}).get("status") in ("approved", "done")
             for i in gates
@@ -349,6 +354,7 @@ class Executor:
             output_limit=self.options.output_limit,
             workspace=self.file.workspace,
             template_names=names,
+            previous_release=lambda root: self.release_history(host, root),
         )
         started = time.monotonic()
         attempts = 0
@@ -376,6 +382,10 @@ class Executor:
             if outcome.ok or attempts > step.retries or self.stopping:
                 break
             await asyncio.sleep(step.delay if step.delay is not None else 1.0)
+        if step.kind == "release" and outcome.ok:
+            switch = release_switch(action["release"], outcome.stdout)
+            if switch is not None:
+                self.recorder.release_switched(host, switch)
         return self._result(base, outcome, attempts, time.monotonic() - started, step)
 
     def _result(

@@ -35,6 +35,7 @@ class LabHost:
     port: int
     dir: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    app_port: int = 0
 
     @property
     def root(self) -> Path:
@@ -166,7 +167,7 @@ class SshLab:
             start_new_session=True,
         )
         log.close()
-        return LabHost(name, port, host_dir, process)
+        return LabHost(name, port, host_dir, process, app_port=_free_port())
 
     def _write_known_hosts(self) -> None:
         lines = []
@@ -184,7 +185,7 @@ class SshLab:
             lines.append(
                 f"{host.name} ansible_host=127.0.0.1 ansible_port={host.port} "
                 f"ansible_user={self.user} ansible_ssh_private_key_file={self.client_key} "
-                f"lab_root={host.root}{extra}"
+                f"lab_root={host.root} app_port={host.app_port}{extra}"
             )
         for group, members in groups.items():
             lines += ["", f"[{group}]", *members]
@@ -229,6 +230,7 @@ class SshLab:
             host.stop()
 
     def remove(self) -> None:
+        stop_apps(self)
         self.stop()
         if self.granted_sudo:
             SUDOERS.unlink(missing_ok=True)
@@ -304,3 +306,55 @@ def _wait_ready(host: LabHost) -> None:
             time.sleep(0.05)
     log = (host.dir / "sshd.log").read_text(errors="replace")
     raise RuntimeError(f"sshd for {host.name} on port {host.port} did not start:\n{log}")
+
+
+SAMPLE_APP = """\
+import http.server, os, sys
+
+here = os.path.dirname(os.path.abspath(__file__))
+version = open(os.path.join(here, "VERSION")).read().strip()
+healthy = not os.path.exists(os.path.join(here, "BROKEN"))
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == "/" or (self.path == "/health" and healthy)
+        body = (version if ok else "unhealthy " + version).encode() + b"\\n"
+        self.send_response(200 if ok else 500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def sample_release(folder: Path, version: str, *, healthy: bool = True) -> Path:
+    """A release tarball of the lab's sample app: an HTTP server that answers with its
+    VERSION, and whose /health fails when built unhealthy. Returns the .tar.gz path."""
+    import tarfile
+
+    source = folder / f"app-{version}"
+    source.mkdir(parents=True, exist_ok=True)
+    (source / "VERSION").write_text(version + "\n")
+    (source / "app.py").write_text(SAMPLE_APP)
+    if not healthy:
+        (source / "BROKEN").write_text("this release fails its health check\n")
+    path = folder / f"app-{version}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for item in sorted(source.iterdir()):
+            tar.add(item, arcname=item.name)
+    return path
+
+
+def stop_apps(lab: SshLab) -> None:
+    """Stop the sample apps the runbooks started on the lab's hosts."""
+    for host in lab.hosts:
+        pid_file = host.root / "app" / "app.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)

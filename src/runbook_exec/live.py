@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .executor import HostStepResult
+from .steps import ReleaseSwitch
 
 OUTPUT_LINES = 12
 STATUS_STYLE = {
@@ -138,6 +139,11 @@ class ConsoleRecorder:
 
     def note(self, text: str) -> None:
         self._line(text, "yellow")
+
+    def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
+        was = f" (was {switch.from_version})" if switch.from_version else ""
+        pruned = f"; pruned {', '.join(switch.pruned)}" if switch.pruned else ""
+        self._line(f"  {host}: {switch.root}/current → {switch.to_version}{was}{pruned}", "cyan")
 
     async def flush(self) -> None:
         pass

@@ -101,7 +101,7 @@ BatchSize = Annotated[int | str, BeforeValidator(_batch_size)]
 class Gate(_Strict):
     """What happens between two batches: a pause, or a human approval."""
 
-    wait: Duration | None = None
+    wait: Duration | Templated | None = None
     approve: str | None = None
 
     @model_validator(mode="after")

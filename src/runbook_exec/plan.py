@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from .durations import format_duration
+from .durations import format_duration, parse_duration
 from .errors import Problem, RunbookError
 from .inventory import Host
-from .model import StepBase
+from .model import Gate, StepBase
 from .params import ResolvedParams
 from .runbook import RunbookFile
 from .templating import HostVars, TemplateProblem, evaluate, names_used, render
@@ -166,12 +166,13 @@ def build_plan(
     """The plan for these hosts and parameters; `RunbookError` lists every template problem."""
     runbook = runbook_file.runbook
     batches = resolve_batches([h.name for h in hosts], runbook.strategy.batches)
-    gates = tuple(
-        PlannedGate(after, gate.wait, gate.approve)
-        for after in range(1, len(batches))
-        for gate in runbook.strategy.between_batches
-    )
     renderer = _Renderer(runbook_file, hosts, params.masked(), dict(run or {}))
+    between = renderer.gates(runbook.strategy.between_batches)
+    gates = tuple(
+        PlannedGate(after, wait, approve)
+        for after in range(1, len(batches))
+        for wait, approve in between
+    )
     steps = renderer.section("steps", runbook.steps)
     rollback = renderer.section("rollback", runbook.rollback)
     if renderer.problems:
@@ -216,15 +217,35 @@ class _Renderer:
         self.hosts = hosts
         self.base = {**params, "run": run}
         self.contexts = {h.name: HostVars(h.template_vars(), self.base) for h in hosts}
+        self.registered: set[str] = set()
         self.problems: dict[tuple[int | None, str, str], list[str]] = {}
 
+    def gates(self, gates: Sequence[Gate]) -> list[tuple[float | None, str | None]]:
+        """Gate fields rendered once, with the parameters (they are the same for every host)."""
+        names = HostVars({}, self.base)
+        rendered: list[tuple[float | None, str | None]] = []
+        for index, gate in enumerate(gates):
+            loc = ("strategy", "between_batches", index)
+            field = f"strategy.between_batches[{index}]"
+            try:
+                wait = gate.wait
+                if isinstance(wait, str):
+                    wait = parse_duration(render(wait, names))
+                approve = render(gate.approve, names) if gate.approve else None
+            except (TemplateProblem, ValueError) as exc:
+                self._problem(loc, field, str(exc), "(all)")
+                wait, approve = None, gate.approve
+            rendered.append((wait, approve))
+        return rendered
+
     def section(self, section: str, steps: Sequence[StepBase]) -> tuple[PlannedStep, ...]:
-        registered: set[str] = set()
+        """Plan `steps`. Names registered by earlier steps stay known afterwards: rollback
+        steps, planned after the main ones, may test what those registered."""
         planned = []
         for index, step in enumerate(steps):
-            planned.append(self._step(section, index, step, registered))
+            planned.append(self._step(section, index, step, set(self.registered)))
             if step.register_as:
-                registered.add(step.register_as)
+                self.registered.add(step.register_as)
         return tuple(planned)
 
     def _step(self, section: str, index: int, step: StepBase, registered: set[str]) -> PlannedStep:

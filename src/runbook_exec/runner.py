@@ -38,7 +38,7 @@ from .inventory import Host, select_hosts
 from .params import ResolvedParams, parse_extra_vars, resolve_params
 from .plan import Plan, build_plan
 from .runbook import RunbookFile, load_runbook, runbook_from_text
-from .steps import NOT_YET
+from .steps import NOT_YET, ReleaseSwitch
 from .store import Store
 
 ViewFactory = Callable[[str], Recorder]
@@ -313,7 +313,12 @@ def _execute(
     state: RunState,
 ) -> Outcome:
     store.update_run(run_id, status="running", pid=os.getpid(), machine=socket.gethostname())
-    recorder = Fanout(StoreRecorder(store, run_id), view(run_id))
+    writer = StoreRecorder(store, run_id)
+
+    def previous_release(host: str, root: str) -> str | None:
+        switch = store.last_switch(host, root)
+        return switch["from_version"] if switch else None
+
     executor = Executor(
         run_id,
         operator,
@@ -321,18 +326,22 @@ def _execute(
         prepared.hosts,
         prepared.plan.batches,
         prepared.params,
-        recorder,
+        Fanout(writer, view(run_id)),
         options,
         state,
         approver,
+        previous_release,
+        [(g.wait, g.approve) for g in prepared.plan.gates if g.after_batch == 1],
     )
-    status = asyncio.run(_with_signals(executor))
+    try:
+        status = asyncio.run(_with_signals(executor))
+    finally:
+        writer.close()
     ended = status in ENDED
     store.update_run(run_id, status=status, finished_at=time.time() if ended else None)
     if ended:
         store.release_lock(prepared.plan.lock, run_id)
-    if ended:  # hosts the run never reached say so, rather than "pending"
-        for row in store.hosts_of(run_id):
+        for row in store.hosts_of(run_id):  # hosts never reached say so, not "pending"
             if row["status"] == "pending":
                 store.set_host_status(run_id, row["host"], "not_reached")
     hosts = {row["host"]: row["status"] for row in store.hosts_of(run_id)}
@@ -553,6 +562,18 @@ class StoreRecorder:
     def note(self, text: str) -> None:
         self.queue.put(lambda: self.store.update_run(self.run_id, message=text))
 
+    def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
+        self.queue.put(
+            lambda: self.store.record_switch(
+                host=host,
+                root=switch.root,
+                from_version=switch.from_version,
+                to_version=switch.to_version,
+                run_id=self.run_id,
+                source=switch.source,
+            )
+        )
+
 
 class Fanout:
     """Hands every event to each recorder in turn: the store first, then the view."""
@@ -593,6 +614,10 @@ class Fanout:
     def note(self, text: str) -> None:
         for recorder in self.recorders:
             recorder.note(text)
+
+    def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
+        for recorder in self.recorders:
+            recorder.release_switched(host, switch)
 
     async def flush(self) -> None:
         for recorder in self.recorders:

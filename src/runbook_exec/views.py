@@ -259,3 +259,37 @@ def print_run(
                 text = (step[stream] or "").rstrip()
                 for line in text.splitlines():
                     console.print(f"     [dim]{stream[3:]}│[/dim] {escape(line)}")
+
+
+def print_releases(console: Console, rows: Sequence[Any], *, checked: bool) -> None:
+    if not rows:
+        console.print("no release switches recorded")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    columns = ["host", "root", "live", "previous", "since (UTC)", "run"]
+    for column in [*columns, *(["on the host"] if checked else [])]:
+        table.add_column(column)
+    for row in rows:
+        cells = [
+            escape(row.host),
+            escape(row.root),
+            escape(row.live),
+            escape(row.previous or "-"),
+            _when(row.since),
+            row.run_id,
+        ]
+        if checked:
+            if row.problem:
+                cells.append(f"[red]{escape(row.problem)}[/red]")
+            elif row.drift:
+                cells.append(f"[red]{escape(row.found or '')} (drift!)[/red]")
+            else:
+                cells.append(f"[green]{escape(row.found or '')}[/green]")
+        table.add_row(*cells)
+    console.print(table)
+    drifted = [r.host for r in rows if checked and r.drift]
+    if drifted:
+        console.print(
+            f"[red]drift on {escape(', '.join(drifted))}: the hosts do not run what "
+            "the record says[/red]"
+        )

@@ -9,7 +9,7 @@ import shlex
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,42 @@ from ..transports.ssh import CommandResult, SshSession
 NOT_YET = {
     "playbook": "playbook steps (Ansible through ansible-runner)",
     "module": "module steps (one Ansible module)",
-    "release": "release steps (the atomic release switch)",
 }
+
+# The release switch, in POSIX sh: the new `current` is made beside the old one and renamed
+# over it (rename(2) via mv -T), so there is never a moment without `current`. Releases are
+# pruned oldest first (by mtime) beyond `keep`, never the new live one nor the one it
+# replaced. With target "previous" and no record, the release before the live one on disk
+# is chosen, and the output says so.
+RELEASE_SCRIPT = """\
+set -eu
+cd "$root" 2>/dev/null || { echo "$root does not exist" >&2; exit 3; }
+old=$(readlink current 2>/dev/null || true); old=${old#releases/}
+if [ "$target" = "{previous-on-disk}" ]; then
+    target=""; seen=""
+    for r in $(ls -1t releases 2>/dev/null); do
+        [ -d "releases/$r" ] || continue
+        if [ -n "$seen" ]; then target=$r; break; fi
+        [ "$r" = "$old" ] && seen=1
+    done
+    [ -n "$target" ] || { echo "no release before ${old:-none} in $root/releases" >&2; exit 3; }
+    echo "source=disk"
+fi
+[ -d "releases/$target" ] || { echo "release $target not found in $root/releases" >&2; exit 3; }
+ln -sfn "releases/$target" ".current.$$"
+mv -T ".current.$$" current
+echo "from=$old"
+echo "to=$target"
+n=0
+for r in $(ls -1t releases); do
+    [ -d "releases/$r" ] || continue
+    n=$((n + 1))
+    if [ "$n" -gt "$keep" ] && [ "$r" != "$target" ] && [ "$r" != "$old" ]; then
+        rm -rf "releases/$r" && echo "pruned=$r"
+    fi
+done
+"""
+PREVIOUS_ON_DISK = "{previous-on-disk}"
 
 PORT_PROBE = (
     "(command -v nc >/dev/null 2>&1 && nc -z {h} {p}) || "
@@ -40,6 +74,7 @@ class HostContext:
     output_limit: int
     workspace: Path
     template_names: Mapping[str, Any]
+    previous_release: Callable[[str], str | None] = lambda root: None
 
 
 def ok(stdout: str = "", started: float | None = None) -> CommandResult:
@@ -67,6 +102,8 @@ async def perform(kind: str, action: Mapping[str, Any], host: HostContext) -> Co
         return await _script(action["script"], host)
     if kind == "wait_for":
         return await _wait_for(action["wait_for"], host)
+    if kind == "release":
+        return await _release(action["release"], host)
     raise ValueError(f"{kind} steps are not run per host")
 
 
@@ -133,6 +170,49 @@ async def _wait_for(spec: Mapping[str, Any], host: HostContext) -> CommandResult
     message = f"gave up waiting for {what} after {attempts} tries"
     stderr = f"{last.stderr}\n{message}".strip() if last else message
     return CommandResult(1, last.stdout if last else "", stderr, time.monotonic() - started)
+
+
+async def _release(spec: Mapping[str, Any], host: HostContext) -> CommandResult:
+    target = str(spec["activate"])
+    note = ""
+    if target == "previous":
+        recorded = host.previous_release(str(spec["root"]))
+        target = recorded or PREVIOUS_ON_DISK
+        if recorded is None:
+            note = "no record of an earlier release on this host; chose from what is on disk\n"
+    script = (
+        f"root={shlex.quote(str(spec['root']))}; target={shlex.quote(target)}; "
+        f"keep={int(spec['keep'])}\n{RELEASE_SCRIPT}"
+    )
+    done = await (await host.session()).run(script, host.timeout)
+    return replace(done, stdout=note + done.stdout) if note else done
+
+
+@dataclass(frozen=True)
+class ReleaseSwitch:
+    """What a release step did on a host, read from its output."""
+
+    root: str
+    from_version: str | None
+    to_version: str
+    pruned: tuple[str, ...]
+    source: str
+
+
+def release_switch(spec: Mapping[str, Any], stdout: str) -> ReleaseSwitch | None:
+    fields: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        key, _, value = line.partition("=")
+        fields.setdefault(key, []).append(value)
+    if "to" not in fields:
+        return None
+    return ReleaseSwitch(
+        root=str(spec["root"]),
+        from_version=fields.get("from", [""])[0] or None,
+        to_version=fields["to"][0],
+        pruned=tuple(fields.get("pruned", [])),
+        source=fields.get("source", ["record"])[0],
+    )
 
 
 async def guard_skips(action: Mapping[str, Any], host: HostContext) -> str | None:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    func,
     insert,
     select,
     update,
@@ -30,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import LockHeld, StoreError
-from .schema import gates, host_steps, locks, run_hosts, runs
+from .schema import gates, host_steps, locks, releases, run_hosts, runs
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -264,6 +265,34 @@ class Store:
             ).rowcount
             if not changed:
                 tx.execute(insert(gates).values(run_id=run_id, gate_key=key, **fields))
+
+    # --- releases ---------------------------------------------------------------------------
+
+    def record_switch(self, **row: Any) -> None:
+        """A release switch on a host: host, root, from_version, to_version, run_id, source."""
+        with self._tx() as tx:
+            tx.execute(insert(releases).values(at=time.time(), **row))
+
+    def last_switch(self, host: str, root: str) -> dict[str, Any] | None:
+        rows = self._read(
+            select(releases)
+            .where(releases.c.host == host, releases.c.root == root)
+            .order_by(releases.c.at.desc(), releases.c.id.desc())
+            .limit(1)
+        )
+        return rows[0] if rows else None
+
+    def live_releases(self, hosts: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The newest switch of every (host, root), optionally for some hosts only."""
+        newest = (
+            select(releases.c.host, releases.c.root, func.max(releases.c.id).label("id"))
+            .group_by(releases.c.host, releases.c.root)
+            .subquery()
+        )
+        statement = select(releases).join(newest, releases.c.id == newest.c.id)
+        if hosts is not None:
+            statement = statement.where(releases.c.host.in_(list(hosts)))
+        return self._read(statement.order_by(releases.c.host, releases.c.root))
 
     # --- locks ------------------------------------------------------------------------------
 

@@ -105,3 +105,19 @@ locks = Table(
     Column("pid", Integer, nullable=False),
     Column("since", Float, nullable=False),
 )
+
+releases = Table(
+    "releases",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("host", String(255), nullable=False),
+    Column("root", Text, nullable=False),
+    Column("from_version", Text),
+    Column("to_version", Text, nullable=False),
+    Column("run_id", String(40), nullable=False),
+    Column("source", String(10), nullable=False),  # record | disk: how "previous" was known
+    Column("at", Float, nullable=False),
+)
+Index("ix_releases_host_root", releases.c.host, releases.c.root)

@@ -1,0 +1,243 @@
+"""The shipped runbooks on real hosts: deploy, gray release with rollback, rollback, rolling
+restart, and the release switch with its record (`releases`, `--check`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from runbook_exec.lab import SshLab, sample_release
+
+REPO = Path(__file__).resolve().parent.parent
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def site(tmp_path: Path, hosts: SshLab) -> Iterator[Path]:
+    """A project folder like a user's: the shipped runbooks, and an inventory for the lab's
+    hosts in group `web` with the shipped group_vars."""
+    shutil.copytree(REPO / "runbooks", tmp_path / "runbooks")
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    text = hosts.inventory.read_text().replace("[app]", "[web]")
+    (inventory / "hosts.ini").write_text(text)
+    shutil.copytree(REPO / "inventory" / "group_vars", inventory / "group_vars")
+    hosts.inventory = inventory  # the runbook_exec fixture passes this as -i
+    yield tmp_path
+
+
+def serving(hosts: SshLab, name: str) -> str:
+    """What the sample app on a host answers (its version), or '' if it does not answer."""
+    url = f"http://127.0.0.1:{hosts.host(name).app_port}/"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode().strip())
+    except OSError:
+        return ""
+
+
+def live(hosts: SshLab, name: str) -> str:
+    link = hosts.host(name).root / "app" / "current"
+    return str(link.readlink()).removeprefix("releases/") if link.is_symlink() else ""
+
+
+def releases_of(hosts: SshLab, name: str) -> set[str]:
+    folder = hosts.host(name).root / "app" / "releases"
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
+def deploy(
+    runbook_exec: Run,
+    site: Path,
+    version: str,
+    *,
+    healthy: bool = True,
+    runbook: str = "deploy",
+    extra: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    artifact = sample_release(site / "artifacts", version, healthy=healthy)
+    return runbook_exec(
+        "run",
+        f"runbooks/{runbook}.yml",
+        "-e",
+        f"version={version}",
+        "-e",
+        f"artifact={artifact}",
+        *extra,
+    )
+
+
+HOSTS = ("host1", "host2", "host3", "host4")
+
+
+def test_deploy_switches_every_host_and_the_app_answers_the_new_version(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    assert deploy(runbook_exec, site, "1.0.0").returncode == 0
+    done = deploy(runbook_exec, site, "1.1.0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in HOSTS:
+        assert live(hosts, name) == "1.1.0"
+        assert serving(hosts, name) == "1.1.0"
+    record = json.loads(runbook_exec("releases", "--json").stdout)
+    assert {(r["host"], r["live"], r["previous"]) for r in record} == {
+        (name, "1.1.0", "1.0.0") for name in HOSTS
+    }
+
+
+def test_a_bad_release_fails_its_canary_is_rolled_back_and_goes_nowhere_else(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    assert deploy(runbook_exec, site, "1.0.0").returncode == 0
+    done = deploy(
+        runbook_exec,
+        site,
+        "2.0.0",
+        healthy=False,
+        runbook="gray-release",
+        extra=("-e", "bake_time=0s", "--json"),
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["status"] == "rolled_back"
+    assert outcome["hosts"] == {
+        "host1": "rolled_back",
+        "host2": "not_reached",
+        "host3": "not_reached",
+        "host4": "not_reached",
+    }
+    assert live(hosts, "host1") == "1.0.0" and serving(hosts, "host1") == "1.0.0"
+    for name in ("host2", "host3", "host4"):
+        assert "2.0.0" not in releases_of(hosts, name)
+        assert live(hosts, name) == "1.0.0" and serving(hosts, name) == "1.0.0"
+
+
+def test_gray_release_waits_for_approval_between_batches(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    assert deploy(runbook_exec, site, "1.0.0").returncode == 0
+    done = deploy(
+        runbook_exec,
+        site,
+        "1.1.0",
+        runbook="gray-release",
+        extra=("-e", "bake_time=100ms", "--no-input"),
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    run_id = json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"]
+    assert live(hosts, "host1") == "1.1.0" and live(hosts, "host2") == "1.0.0"
+    for _ in range(2):  # batches of 1, 1 and 2 hosts: two gates
+        assert runbook_exec("approve", run_id).returncode == 0
+        resumed = runbook_exec("resume", run_id, "--no-input")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert all(serving(hosts, name) == "1.1.0" for name in HOSTS)
+
+
+def test_rollback_restores_the_previous_release_everywhere(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    for version in ("1.0.0", "1.1.0"):
+        assert deploy(runbook_exec, site, version).returncode == 0
+    done = runbook_exec("run", "runbooks/rollback.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(live(hosts, n) == "1.0.0" and serving(hosts, n) == "1.0.0" for n in HOSTS)
+    named = runbook_exec("run", "runbooks/rollback.yml", "-e", "version=1.1.0")
+    assert named.returncode == 0
+    assert all(serving(hosts, n) == "1.1.0" for n in HOSTS)
+
+
+def test_rolling_restart_never_has_two_batches_down_at_once(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    assert deploy(runbook_exec, site, "1.0.0").returncode == 0
+    done = runbook_exec("run", "runbooks/restart.yml", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    steps = json.loads(runbook_exec("show", run_id, "--json").stdout)["host_steps"]
+    down: dict[int, tuple[float, float]] = {}
+    for step in steps:
+        start, end = down.get(step["batch"], (float("inf"), 0.0))
+        if step["step_name"] == "Restart":
+            start = min(start, step["started_at"])
+        if step["step_name"] == "Health":
+            end = max(end, step["finished_at"])
+        down[step["batch"]] = (start, end)
+    assert sorted(down) == [1, 2]
+    assert down[1][1] <= down[2][0]  # batch 1 healthy before batch 2 went down
+    assert all(serving(hosts, n) == "1.0.0" for n in HOSTS)
+
+
+def test_pruning_never_removes_the_live_or_the_previous_release(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    for version in ("1", "2", "3", "4"):
+        assert deploy(runbook_exec, site, version, extra=("-e", "keep=2")).returncode == 0
+    assert releases_of(hosts, "host1") == {"3", "4"}
+    assert runbook_exec("run", "runbooks/rollback.yml").returncode == 0  # back to 3
+    assert deploy(runbook_exec, site, "5", extra=("-e", "keep=1")).returncode == 0
+    # keep=1, but neither the new live release (5) nor the one it replaced (3) may go
+    assert releases_of(hosts, "host1") == {"3", "5"}
+
+
+def test_releases_check_finds_a_link_changed_by_hand(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    for version in ("1.0.0", "1.1.0"):
+        assert deploy(runbook_exec, site, version).returncode == 0
+    clean = runbook_exec(
+        "releases", "-i", hosts.inventory, "--check", "--known-hosts", hosts.known_hosts
+    )
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    link = hosts.host("host3").root / "app" / "current"
+    link.unlink()
+    link.symlink_to("releases/1.0.0")
+    drifted = runbook_exec(
+        "releases", "-i", hosts.inventory, "--check", "--json", "--known-hosts", hosts.known_hosts
+    )
+    assert drifted.returncode == 1
+    rows = {r["host"]: r for r in json.loads(drifted.stdout)}
+    assert rows["host3"]["drift"] and rows["host3"]["found"] == "1.0.0"
+    assert not rows["host1"]["drift"]
+
+
+def test_previous_falls_back_to_the_disk_for_a_host_deployed_by_hand(
+    runbook_exec: Run, site: Path, hosts: SshLab, write: Callable[[str, str], Path]
+) -> None:
+    for name in HOSTS:
+        app = hosts.host(name).root / "app"
+        for version in ("a", "b"):
+            (app / "releases" / version).mkdir(parents=True)
+        (app / "current").symlink_to("releases/b")
+        for path in (app, app / "releases", app / "releases" / "a", app / "releases" / "b"):
+            shutil.chown(path, user=hosts.user)  # made by hand, but as the login user
+    old = time.time() - 3600
+    for name in HOSTS:
+        os.utime(hosts.host(name).root / "app" / "releases" / "a", (old, old))
+    path = write(
+        "runbooks/back.yml",
+        "name: back\ntargets: web\nsteps:\n"
+        "  - release: {root: '{{ app_root }}', activate: previous}\n",
+    )
+    done = runbook_exec("run", path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(live(hosts, n) == "a" for n in HOSTS)
+    shown = runbook_exec("show", json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"])
+    assert "chose from what is on disk" in shown.stdout
+
+
+def test_activating_a_release_that_is_not_there_fails_clearly(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    assert deploy(runbook_exec, site, "1.0.0").returncode == 0
+    done = runbook_exec("run", "runbooks/rollback.yml", "-e", "version=9.9.9")
+    assert done.returncode == 1
+    assert "release 9.9.9 not found in" in done.stdout
+    assert live(hosts, "host1") == "1.0.0"
