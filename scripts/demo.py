@@ -1,9 +1,13 @@
 """The demo: six real sshd hosts on loopback, and runbook-exec used on them as a user would.
 
-It deploys 1.0.0 everywhere (canary first), then tries a broken 1.1.0 whose release check
-fails on the canary: the run stops there, the canary keeps 1.0.0, and no other host is
-touched. Then it lists the runs and shows the failed one. The state store is the embedded
-SQLite file, in a temporary folder that is removed at the end.
+1. `check` a deploy, and see a bad parameter refused before anything connects;
+2. deploy release 1.0.0 of a small HTTP app everywhere, canary first;
+3. gray-release 2.0.0: canary, a quarter, the rest, approving each gate as an operator;
+4. gray-release a broken 3.0.0: its health check fails on the canary, which is rolled back
+   automatically; no other host ever receives it;
+5. `releases --check`: what is live where, as recorded and as found on the hosts; `runs`.
+
+The state store is the embedded SQLite file, in a temporary folder removed at the end.
 """
 
 from __future__ import annotations
@@ -14,11 +18,10 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
-from runbook_exec.lab import SshLab
+from runbook_exec.lab import SshLab, sample_release
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).with_name("runbook-exec"))
@@ -28,33 +31,27 @@ def say(title: str) -> None:
     print(f"\n\033[1m== {title}\033[0m", flush=True)
 
 
-def step(title: str, *args: str, expect: int = 0) -> None:
-    say(title)
+def step(title: str | None, *args: str, expect: int = 0) -> None:
+    if title:
+        say(title)
     print("$ " + " ".join(shlex.quote(a) for a in ["runbook-exec", *args]), flush=True)
     done = subprocess.run([CLI, *args], cwd=REPO)
     if done.returncode != expect:
         sys.exit(f"demo: expected exit {expect}, got {done.returncode}")
 
 
-def artifact(folder: Path, version: str, *, broken: bool = False) -> Path:
-    source = folder / f"app-{version}"
-    source.mkdir()
-    if not broken:
-        (source / "VERSION").write_text(version + "\n")
-    (source / "app.sh").write_text(f"#!/bin/sh\necho 'hello from app {version}'\n")
-    path = folder / f"app-{version}.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        for item in source.iterdir():
-            tar.add(item, arcname=item.name)
-    return path
+def serving(lab: SshLab) -> str:
+    import urllib.request
 
-
-def live_versions(lab: SshLab) -> str:
-    versions = []
+    answers = []
     for host in lab.hosts:
-        current = host.root / "app" / "current" / "VERSION"
-        versions.append(f"{host.name}={current.read_text().strip() if current.exists() else '-'}")
-    return "  ".join(versions)
+        try:
+            url = f"http://127.0.0.1:{host.app_port}/"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                answers.append(f"{host.name}={response.read().decode().strip()}")
+        except OSError:
+            answers.append(f"{host.name}=down")
+    return "  ".join(answers)
 
 
 def main() -> None:
@@ -73,7 +70,8 @@ def main() -> None:
         )
         store = ["--db", f"sqlite:///{work}/state.db"]
         ssh = ["-i", str(inventory), "--known-hosts", str(lab.known_hosts)]
-        good, bad = artifact(work, "1.0.0"), artifact(work, "1.1.0", broken=True)
+        v1, v2 = sample_release(work, "1.0.0"), sample_release(work, "2.0.0")
+        v3 = sample_release(work, "3.0.0", healthy=False)
 
         step(
             "Check the runbook, parameters, inventory and templates (connects nowhere)",
@@ -84,22 +82,23 @@ def main() -> None:
             "-e",
             "version=1.0.0",
             "-e",
-            f"artifact={good}",
+            f"artifact={v1}",
         )
         step(
-            "A mistake is caught before anything connects (exit 2)",
-            "check",
+            "A bad parameter is refused before anything connects (exit 2)",
+            "run",
             "runbooks/deploy.yml",
-            "-i",
-            str(inventory),
+            *ssh,
+            *store,
             "-e",
             "version=1.0 beta",
             "-e",
-            f"artifact={good}",
+            f"artifact={v1}",
             expect=2,
         )
+
         step(
-            "Deploy 1.0.0: the canary web1 first, then half, then the rest",
+            "Deploy 1.0.0 everywhere: the canary web1, then half, then the rest",
             "run",
             "runbooks/deploy.yml",
             *ssh,
@@ -107,38 +106,95 @@ def main() -> None:
             "-e",
             "version=1.0.0",
             "-e",
-            f"artifact={good}",
+            f"artifact={v1}",
             "--change-id",
             "CHG-1001",
             "--reason",
             "first release",
         )
-        say("Live on each host now")
-        print(live_versions(lab))
+        print(f"serving: {serving(lab)}")
+
         step(
-            "Deploy a broken 1.1.0: its check fails on the canary and the run stops (exit 1)",
+            "Gray-release 2.0.0: it stops at the first gate and waits for a person (exit 3)",
             "run",
-            "runbooks/deploy.yml",
+            "runbooks/gray-release.yml",
             *ssh,
             *store,
             "-e",
-            "version=1.1.0",
+            "version=2.0.0",
             "-e",
-            f"artifact={bad}",
+            f"artifact={v2}",
+            "-e",
+            "bake_time=1s",
+            "--no-input",
             "--change-id",
             "CHG-1002",
             "--reason",
-            "hotfix",
-            expect=1,
+            "new search page",
+            expect=3,
         )
-        say("Live on each host now: the canary kept 1.0.0, no other host was touched")
-        print(live_versions(lab))
-        step("Every run, newest first", "runs", *store)
-        record = subprocess.run(
+        runs = subprocess.run(
             [CLI, "runs", "--json", *store], capture_output=True, text=True, check=True, cwd=REPO
         )
-        failed = json.loads(record.stdout)[0]["run_id"]
-        step("What the failed run did, host by host", "show", failed, *store)
+        gray = json.loads(runs.stdout)[0]["run_id"]
+        print(f"serving: {serving(lab)}")
+        step(
+            "The canary looks good: approve, and carry on to the next gate",
+            "approve",
+            gray,
+            "--operator",
+            "alice",
+            "-m",
+            "canary error rate flat",
+            *store,
+        )
+        step(None, "resume", gray, "--no-input", *store, expect=3)
+        step(
+            "A quarter of the fleet looks good too: approve, and carry on to the end",
+            "approve",
+            gray,
+            "--operator",
+            "alice",
+            "-m",
+            "25% healthy",
+            *store,
+        )
+        step(None, "resume", gray, "--no-input", *store)
+        print(f"serving: {serving(lab)}")
+
+        step(
+            "Gray-release a broken 3.0.0: the canary fails its health check and is rolled "
+            "back automatically; no other host receives it (exit 1)",
+            "run",
+            "runbooks/gray-release.yml",
+            *ssh,
+            *store,
+            "-e",
+            "version=3.0.0",
+            "-e",
+            f"artifact={v3}",
+            "-e",
+            "bake_time=1s",
+            "--no-input",
+            "--change-id",
+            "CHG-1003",
+            "--reason",
+            "faster checkout",
+            expect=1,
+        )
+        print(f"serving: {serving(lab)}")
+
+        step(
+            "What is live where, as recorded, checked against every host's current link",
+            "releases",
+            "-i",
+            str(inventory),
+            "--check",
+            "--known-hosts",
+            str(lab.known_hosts),
+            *store,
+        )
+        step("Every run, newest first", "runs", *store)
     shutil.rmtree(work, ignore_errors=True)
     print("\nDemo finished; the lab hosts are stopped and its files removed.")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from runbook_exec.lab import SshLab, sample_release
+from runbook_exec.releases import previous_of
 
 REPO = Path(__file__).resolve().parent.parent
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -78,6 +79,35 @@ def deploy(
 HOSTS = ("host1", "host2", "host3", "host4")
 
 
+def switch(before: str | None, after: str, source: str = "activate") -> dict[str, object]:
+    return {"from_version": before, "to_version": after, "source": source}
+
+
+@pytest.mark.parametrize(
+    ("history", "expected"),
+    [
+        ([], None),
+        ([switch(None, "1")], None),
+        ([switch(None, "1"), switch("1", "2")], "1"),
+        # 1 -> 2 -> 3, then back to 2: previous is 1 (what 2 replaced), not 3
+        (
+            [switch(None, "1"), switch("1", "2"), switch("2", "3"), switch("3", "2", "previous")],
+            "1",
+        ),
+        # back again, to 1, which was deployed first: nothing earlier on record
+        ([switch(None, "1"), switch("1", "2"), switch("2", "1", "previous")], None),
+        # a host set up by hand and switched back from the disk: the disk must tell again
+        ([switch("b", "a", "disk")], None),
+        # a named switch (rollback.yml -e version=1) is a deploy of that release
+        ([switch(None, "1"), switch("1", "2"), switch("2", "1")], "2"),
+    ],
+)
+def test_previous_walks_back_through_deploys(
+    history: list[dict[str, object]], expected: str | None
+) -> None:
+    assert previous_of(history) == expected
+
+
 def test_deploy_switches_every_host_and_the_app_answers_the_new_version(
     runbook_exec: Run, site: Path, hosts: SshLab
 ) -> None:
@@ -118,6 +148,27 @@ def test_a_bad_release_fails_its_canary_is_rolled_back_and_goes_nowhere_else(
     for name in ("host2", "host3", "host4"):
         assert "2.0.0" not in releases_of(hosts, name)
         assert live(hosts, name) == "1.0.0" and serving(hosts, name) == "1.0.0"
+
+
+def test_switching_back_is_not_a_deploy_so_previous_keeps_going_back(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    for version in ("1.0.0", "1.1.0"):
+        assert deploy(runbook_exec, site, version).returncode == 0
+    bad = deploy(
+        runbook_exec,
+        site,
+        "2.0.0",
+        healthy=False,
+        runbook="gray-release",
+        extra=("-e", "bake_time=0s"),
+    )
+    assert bad.returncode == 1
+    record = {r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)}
+    # The canary went 1.1.0 -> 2.0.0 -> back to 1.1.0: its previous is 1.0.0, not 2.0.0.
+    assert (record["host1"]["live"], record["host1"]["previous"]) == ("1.1.0", "1.0.0")
+    assert runbook_exec("run", "runbooks/rollback.yml").returncode == 0
+    assert all(live(hosts, n) == "1.0.0" and serving(hosts, n) == "1.0.0" for n in HOSTS)
 
 
 def test_gray_release_waits_for_approval_between_batches(

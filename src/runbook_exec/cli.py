@@ -547,7 +547,8 @@ def releases(
     hosts = {h.name: h for h in select_hosts(inventory, "all", limit)} if inventory else None
     if check_hosts and hosts is None:
         raise InputError(Problem("--check needs -i INVENTORY to reach the hosts"))
-    rows = live.recorded(Store.open(db).live_releases(list(hosts) if hosts else None))
+    store = Store.open(db)
+    rows = live.recorded(store.live_releases(list(hosts) if hosts else None), store.switches)
     if check_hosts and hosts is not None:
         options = SshOptions((known_hosts or Path("~/.ssh/known_hosts").expanduser()).resolve())
         rows = asyncio.run(live.check(rows, hosts, options))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +47,33 @@ class LiveRelease:
         }
 
 
-def recorded(rows: Sequence[Mapping[str, Any]]) -> list[LiveRelease]:
+def previous_of(switches: Sequence[Mapping[str, Any]]) -> str | None:
+    """The release that was live before the current one was deployed, from one root's
+    switches on one host (oldest first). Switching back (`activate: previous`) is not a
+    deploy: after 1 -> 2 -> 3 and a rollback to 2, the previous release is 1, not 3, so a
+    second rollback goes further back instead of returning to the release just left."""
+    if not switches:
+        return None
+    live = switches[-1]["to_version"]
+    for switch in reversed(switches):
+        if switch["to_version"] == live and switch["source"] == "activate":
+            return str(switch["from_version"]) if switch["from_version"] else None
+    return None  # the live release was never deployed on record: the disk must tell
+
+
+def recorded(
+    rows: Sequence[Mapping[str, Any]],
+    history: Callable[[str, str], Sequence[Mapping[str, Any]]],
+) -> list[LiveRelease]:
     return [
-        LiveRelease(r["host"], r["root"], r["to_version"], r["from_version"], r["at"], r["run_id"])
+        LiveRelease(
+            r["host"],
+            r["root"],
+            r["to_version"],
+            previous_of(history(r["host"], r["root"])),
+            r["at"],
+            r["run_id"],
+        )
         for r in rows
     ]
 

@@ -37,6 +37,7 @@ from .executor import Approver, Executor, HostStepResult, Recorder, RunOptions, 
 from .inventory import Host, select_hosts
 from .params import ResolvedParams, parse_extra_vars, resolve_params
 from .plan import Plan, build_plan
+from .releases import previous_of
 from .runbook import RunbookFile, load_runbook, runbook_from_text
 from .steps import NOT_YET, ReleaseSwitch
 from .store import Store
@@ -316,8 +317,7 @@ def _execute(
     writer = StoreRecorder(store, run_id)
 
     def previous_release(host: str, root: str) -> str | None:
-        switch = store.last_switch(host, root)
-        return switch["from_version"] if switch else None
+        return previous_of(store.switches(host, root))
 
     executor = Executor(
         run_id,

@@ -196,7 +196,7 @@ class ReleaseSwitch:
     from_version: str | None
     to_version: str
     pruned: tuple[str, ...]
-    source: str
+    source: str  # activate (a named release), previous (from the record) or disk
 
 
 def release_switch(spec: Mapping[str, Any], stdout: str) -> ReleaseSwitch | None:
@@ -206,12 +206,16 @@ def release_switch(spec: Mapping[str, Any], stdout: str) -> ReleaseSwitch | None
         fields.setdefault(key, []).append(value)
     if "to" not in fields:
         return None
+    if spec["activate"] != "previous":
+        source = "activate"
+    else:
+        source = "disk" if fields.get("source") == ["disk"] else "previous"
     return ReleaseSwitch(
         root=str(spec["root"]),
         from_version=fields.get("from", [""])[0] or None,
         to_version=fields["to"][0],
         pruned=tuple(fields.get("pruned", [])),
-        source=fields.get("source", ["record"])[0],
+        source=source,
     )
 
 

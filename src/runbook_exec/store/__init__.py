@@ -273,14 +273,13 @@ class Store:
         with self._tx() as tx:
             tx.execute(insert(releases).values(at=time.time(), **row))
 
-    def last_switch(self, host: str, root: str) -> dict[str, Any] | None:
-        rows = self._read(
+    def switches(self, host: str, root: str) -> list[dict[str, Any]]:
+        """Every recorded switch of `root` on `host`, oldest first."""
+        return self._read(
             select(releases)
             .where(releases.c.host == host, releases.c.root == root)
-            .order_by(releases.c.at.desc(), releases.c.id.desc())
-            .limit(1)
+            .order_by(releases.c.id)
         )
-        return rows[0] if rows else None
 
     def live_releases(self, hosts: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """The newest switch of every (host, root), optionally for some hosts only."""

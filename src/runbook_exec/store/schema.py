@@ -117,7 +117,9 @@ releases = Table(
     Column("from_version", Text),
     Column("to_version", Text, nullable=False),
     Column("run_id", String(40), nullable=False),
-    Column("source", String(10), nullable=False),  # record | disk: how "previous" was known
+    # How the target was chosen: "activate" (named), "previous" (from the record), or
+    # "disk" (previous, from what was on disk); switches back are not deploys.
+    Column("source", String(10), nullable=False),
     Column("at", Float, nullable=False),
 )
 Index("ix_releases_host_root", releases.c.host, releases.c.root)
