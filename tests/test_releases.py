@@ -26,6 +26,7 @@ def site(tmp_path: Path, hosts: SshLab) -> Iterator[Path]:
     """A project folder like a user's: the shipped runbooks, and an inventory for the lab's
     hosts in group `web` with the shipped group_vars."""
     shutil.copytree(REPO / "runbooks", tmp_path / "runbooks")
+    shutil.copytree(REPO / "playbooks", tmp_path / "playbooks")
     inventory = tmp_path / "inventory"
     inventory.mkdir()
     text = hosts.inventory.read_text().replace("[app]", "[web]")
@@ -117,6 +118,10 @@ def test_deploy_switches_every_host_and_the_app_answers_the_new_version(
     for name in HOSTS:
         assert live(hosts, name) == "1.1.0"
         assert serving(hosts, name) == "1.1.0"
+        conf = hosts.host(name).root / "app" / "current" / "app.conf"  # from the playbook
+        assert (
+            f"version = 1.1.0\nlisten = 127.0.0.1:{hosts.host(name).app_port}" in conf.read_text()
+        )
     record = json.loads(runbook_exec("releases", "--json").stdout)
     assert {(r["host"], r["live"], r["previous"]) for r in record} == {
         (name, "1.1.0", "1.0.0") for name in HOSTS

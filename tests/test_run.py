@@ -306,17 +306,6 @@ def test_shell_metacharacters_reach_the_host_byte_for_byte(
     assert not Path("/tmp/rbx-pwned").exists()
 
 
-def test_steps_this_version_cannot_run_are_refused_before_connecting(
-    runbook_exec: Run, write: Write, hosts: SshLab
-) -> None:
-    write("playbooks/p.yml", "- hosts: all\n  tasks: []\n")
-    text = header("  - shell: touch {{ lab_root }}/ran\n  - playbook: playbooks/p.yml\n")
-    done = runbook_exec("run", write("runbooks/rb.yml", text))
-    assert done.returncode == 2
-    assert "steps[1]: playbook steps (Ansible through ansible-runner) cannot run yet" in done.stderr
-    assert not marker(hosts, "host1", "ran").exists()
-
-
 def test_bad_input_is_refused_before_anything_runs(runbook_exec: Run, write: Write) -> None:
     done = runbook_exec("run", write("rb.yml", header("  - shel: x\n")))
     assert done.returncode == 2 and "did you mean 'shell'" in done.stderr

@@ -182,6 +182,16 @@ def plan(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the plan as JSON, for scripts.")
     ] = False,
+    check_mode: Annotated[
+        bool,
+        typer.Option(
+            "--check-mode",
+            help="Also run the playbook and module steps in Ansible "
+            "check mode on every host: connects, shows what would change, changes "
+            "nothing.",
+        ),
+    ] = False,
+    known_hosts: KnownHostsOpt = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Show what a run would do, host by host, without connecting anywhere.
@@ -218,6 +228,18 @@ def plan(
         typer.echo(result.to_json())
     else:
         print_plan(_out(), result)
+    if check_mode:
+        from . import runner
+        from .executor import RunOptions
+        from .views import print_check_mode
+
+        prepared = runner.Prepared(
+            runbook_file, tuple(map(str, inventory)), hosts, params, result, limit
+        )
+        options = RunOptions(
+            known_hosts=(known_hosts or Path("~/.ssh/known_hosts").expanduser()).resolve()
+        )
+        print_check_mode(_out(), runner.check_mode(prepared, options))
 
 
 KnownHostsOpt = Annotated[
@@ -498,6 +520,7 @@ def show(
     record = runner.load_run(store, run_id)
     steps = store.host_steps_of(run_id)
     gates = store.gates_of(run_id)
+    tasks = store.task_results_of(run_id)
     if as_json:
         typer.echo(
             json.dumps(
@@ -505,6 +528,7 @@ def show(
                     **run_summary(record),
                     "params": record["params"],
                     "host_steps": steps,
+                    "task_results": tasks,
                     "gates": list(gates.values()),
                     "hosts": store.hosts_of(run_id),
                 },
@@ -513,7 +537,7 @@ def show(
             )
         )
     else:
-        print_run(_out(), record, store.hosts_of(run_id), steps, gates)
+        print_run(_out(), record, store.hosts_of(run_id), steps, gates, tasks)
 
 
 @app.command()

@@ -8,8 +8,9 @@ be resumed from the store: host-steps that finished are not run again.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,13 @@ from .plan import render_action
 from .runbook import RunbookFile
 from .steps import HostContext, ReleaseSwitch, guard_skips, perform, release_switch
 from .templating import HostVars, TemplateProblem, evaluate, render
+from .transports.ansible import (
+    AnsibleSettings,
+    PlaybookOutcome,
+    TaskResult,
+    one_task_play,
+    run_playbook,
+)
 from .transports.ssh import CommandResult, SshOptions, SshSession, Unreachable, connect
 
 FINISHED = frozenset({"ok", "skipped", "failed", "timeout", "unreachable"})
@@ -72,6 +80,7 @@ class Recorder(Protocol):
     ) -> None: ...
     def note(self, text: str) -> None: ...
     def release_switched(self, host: str, switch: ReleaseSwitch) -> None: ...
+    def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None: ...
     async def flush(self) -> None:
         """Return once everything reported so far is durably recorded (or raise)."""
 
@@ -113,6 +122,7 @@ class Executor:
         approver: Approver | None = None,
         release_history: Callable[[str, str], str | None] = lambda host, root: None,
         between: Sequence[tuple[float | None, str | None]] = (),
+        inventory: Sequence[str] = (),
     ) -> None:
         self.run_id = run_id
         self.operator = operator
@@ -127,6 +137,8 @@ class Executor:
         self.approver = approver
         self.release_history = release_history
         self.between = list(between)  # the gates after each batch, rendered (from the plan)
+        self.inventory = list(inventory)  # the sources, for playbook and module steps
+        self.abandoning = False  # a second Ctrl-C: cancel even what is running
         self.stopping = False
         self.sessions: dict[str, asyncio.Future[SshSession]] = {}
         self.failed: dict[str, str] = {
@@ -275,6 +287,11 @@ class Executor:
             return
         if not todo:
             return
+        if step.kind in ("playbook", "module"):
+            self.recorder.steps_started(number, section, index, step.title, todo)
+            await self.recorder.flush()
+            await self._ansible_step(section, index, step, number, todo)
+            return
         self.recorder.steps_started(number, section, index, step.title, todo)
         await self.recorder.flush()  # recorded as started before any host begins it
         await asyncio.gather(*(self._host_step(section, index, step, number, h) for h in todo))
@@ -388,6 +405,189 @@ class Executor:
                 self.recorder.release_switched(host, switch)
         return self._result(base, outcome, attempts, time.monotonic() - started, step)
 
+    async def _ansible_step(
+        self, section: str, index: int, step: StepBase, number: int, todo: Sequence[str]
+    ) -> None:
+        """A playbook or module step: one ansible-playbook run on the batch's hosts that have
+        not finished it, then each host's outcome as an ordinary host-step result."""
+        actions: dict[str, dict[str, Any]] = {}
+        for host in todo:
+            base = HostStepResult(host, section, index, step.title, "failed")
+            names = self.names[host].extended(self.registered[host])
+            problems: list[str] = []
+            try:
+                if step.when is not None and not evaluate(step.when, names):
+                    skipped = f"when {step.when!r} is false"
+                    self._finish(number, _with(base, status="skipped", message=skipped))
+                    continue
+                action = render_action(step, names, _collect(problems))
+            except TemplateProblem as exc:
+                action, problems = None, [str(exc)]
+            if action is None:
+                self._finish(number, _with(base, message="; ".join(problems)))
+                continue
+            actions[host] = action
+        shared = {json.dumps(_ansible_fields(a), sort_keys=True) for a in actions.values()}
+        if len(shared) > 1:
+            why = (
+                "renders differently on different hosts, but Ansible takes one set of vars "
+                "and args per run: put host-specific values in the inventory or the playbook, "
+                "or wrap them in {% raw %}…{% endraw %} so that Ansible templates them per host"
+            )
+            for host in actions:
+                self._finish(
+                    number, HostStepResult(host, section, index, step.title, "failed", message=why)
+                )
+            return
+        remaining = [
+            h
+            for h in actions
+            if not await self._guarded(number, section, index, step, h, actions[h])
+        ]
+        attempts = 0
+        started = time.monotonic()
+        while remaining:
+            attempts += 1
+            outcome = await self._run_ansible(
+                step, actions[remaining[0]], remaining, number, section, index
+            )
+            failed = [h for h in remaining if outcome.hosts[h] != "ok"]
+            retry = bool(failed) and attempts <= step.retries and not self.stopping
+            for host in remaining:
+                if host in failed and retry:
+                    continue
+                self._finish(
+                    number,
+                    self._ansible_result(
+                        host, section, index, step, outcome, attempts, time.monotonic() - started
+                    ),
+                )
+            if not retry:
+                break
+            remaining = failed
+            await asyncio.sleep(step.delay if step.delay is not None else 1.0)
+
+    async def _guarded(
+        self,
+        number: int,
+        section: str,
+        index: int,
+        step: StepBase,
+        host: str,
+        action: Mapping[str, Any],
+    ) -> bool:
+        """Finish the step as skipped on `host` when its creates/unless guard says so."""
+        if not (action.get("creates") or action.get("unless")):
+            return False
+        context = HostContext(
+            lambda: self._session(host),
+            step.timeout or self.options.timeout,
+            self.options.output_limit,
+            self.file.workspace,
+            self.names[host],
+        )
+        try:
+            reason = await guard_skips(action, context)
+        except (Unreachable, HostKeyError) as exc:
+            self._finish(
+                number,
+                HostStepResult(host, section, index, step.title, "unreachable", message=str(exc)),
+            )
+            return True
+        if reason:
+            self._finish(
+                number, HostStepResult(host, section, index, step.title, "skipped", message=reason)
+            )
+        return reason is not None
+
+    async def _run_ansible(
+        self,
+        step: StepBase,
+        action: Mapping[str, Any],
+        hosts: Sequence[str],
+        number: int,
+        section: str,
+        index: int,
+    ) -> PlaybookOutcome:
+        settings = AnsibleSettings(
+            self.options.known_hosts,
+            self.options.accept_new_host_keys,
+            self.options.forks,
+            step.timeout or self.options.timeout,
+        )
+
+        def on_task(result: TaskResult) -> None:
+            masked = replace(
+                result, message=self._mask(result.message), result=self._mask(result.result)
+            )
+            self.recorder.task_result(number, section, index, masked)
+
+        if step.kind == "module":
+            spec = action["module"]
+            playbook: Path | list[dict[str, Any]] = one_task_play(
+                step.title, spec["name"], spec["args"]
+            )
+            extra: dict[str, Any] = {}
+        else:
+            playbook = local_path_in(self.file.workspace, action["playbook"])
+            extra = {
+                "vars": action["vars"],
+                "tags": action["tags"],
+                "skip_tags": action["skip_tags"],
+                "check": action["check"],
+            }
+            if action.get("vault_password_file"):
+                extra["vault_password_file"] = local_path_in(
+                    self.file.workspace, action["vault_password_file"]
+                )
+        return await run_playbook(
+            playbook,
+            self.inventory,
+            hosts,
+            settings,
+            extravars=extra.pop("vars", None),
+            on_task=on_task,
+            should_cancel=lambda: self.abandoning,
+            **extra,
+        )
+
+    def _ansible_result(
+        self,
+        host: str,
+        section: str,
+        index: int,
+        step: StepBase,
+        outcome: PlaybookOutcome,
+        attempts: int,
+        duration: float,
+    ) -> HostStepResult:
+        status = outcome.hosts[host]
+        tasks = outcome.tasks.get(host, [])
+        summary = "\n".join(
+            f"{t.status}: {t.task}"
+            + (f" — {t.message}" if t.message and t.status in ("failed", "unreachable") else "")
+            for t in tasks
+        )
+        changed = sum(1 for t in tasks if t.status == "changed")
+        message = (
+            outcome.messages.get(host, "")
+            if status != "ok"
+            else (f"{len(tasks)} tasks, {changed} changed")
+        )
+        return HostStepResult(
+            host,
+            section,
+            index,
+            step.title,
+            status,
+            rc=0 if status == "ok" else (outcome.rc or 2),
+            stdout=self._mask(summary),
+            message=self._mask(message),
+            duration=duration,
+            attempts=attempts,
+            ignored=status != "ok" and step.ignore_errors,
+        )
+
     def _result(
         self,
         base: HostStepResult,
@@ -484,6 +684,21 @@ class Executor:
             name = steps[index].register_as if index < len(steps) else None
             if name and result.status != "skipped":
                 self.registered[host][name] = _registered(result)
+
+
+def _collect(problems: list[str]) -> Callable[[tuple[str | int, ...], str], None]:
+    """A render_action problem callback that keeps the messages in `problems`."""
+    return lambda path, message: problems.append(message)
+
+
+def _ansible_fields(action: Mapping[str, Any]) -> dict[str, Any]:
+    """What goes to Ansible once for all hosts (the per-host guards do not)."""
+    return {k: v for k, v in action.items() if k not in ("creates", "unless")}
+
+
+def local_path_in(workspace: Path, raw: str) -> Path:
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else workspace / path
 
 
 def _with(base: HostStepResult, **changes: Any) -> HostStepResult:

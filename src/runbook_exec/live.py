@@ -15,6 +15,7 @@ from rich.table import Table
 
 from .executor import HostStepResult
 from .steps import ReleaseSwitch
+from .transports.ansible import TaskResult
 
 OUTPUT_LINES = 12
 STATUS_STYLE = {
@@ -144,6 +145,14 @@ class ConsoleRecorder:
         was = f" (was {switch.from_version})" if switch.from_version else ""
         pruned = f"; pruned {', '.join(switch.pruned)}" if switch.pruned else ""
         self._line(f"  {host}: {switch.root}/current → {switch.to_version}{was}{pruned}", "cyan")
+
+    def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None:
+        if result.status in ("failed", "unreachable") and not result.ignored:
+            self._line(
+                f"  {result.status.upper()} {result.host} · {result.task}: {result.message}", "red"
+            )
+        elif self.live is None:
+            self._line(f"      {result.status} {result.host} · {result.task}")
 
     async def flush(self) -> None:
         pass

@@ -10,14 +10,13 @@ import asyncio
 import getpass
 import json
 import os
-import queue
 import secrets
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,16 @@ from .errors import (
     NotFound,
     Problem,
     Refused,
-    StoreError,
 )
 from .executor import Approver, Executor, HostStepResult, Recorder, RunOptions, RunState
 from .inventory import Host, select_hosts
 from .params import ResolvedParams, parse_extra_vars, resolve_params
 from .plan import Plan, build_plan
+from .recorders import Fanout, StoreRecorder
 from .releases import previous_of
 from .runbook import RunbookFile, load_runbook, runbook_from_text
-from .steps import NOT_YET, ReleaseSwitch
 from .store import Store
+from .transports.ansible import PlaybookOutcome
 
 ViewFactory = Callable[[str], Recorder]
 """Given the run id, the recorder that shows the run to a person (or records nothing)."""
@@ -126,7 +125,6 @@ def _prepare(
             hosts = select_hosts(inventory, runbook_file.runbook.targets, limit)
         except InputError as exc:
             problems.extend(exc.problems)
-    problems.extend(_unsupported(runbook_file))
     if problems or params is None or hosts is None:
         raise InputError(problems)
     plan = build_plan(
@@ -139,20 +137,53 @@ def _prepare(
     return Prepared(runbook_file, tuple(inventory), hosts, params, plan, limit)
 
 
-def _unsupported(runbook_file: RunbookFile) -> list[Problem]:
-    problems = []
-    for section in ("steps", "rollback"):
-        for index, step in enumerate(getattr(runbook_file.runbook, section)):
-            if step.kind in NOT_YET:
-                problems.append(
-                    Problem(
-                        f"{NOT_YET[step.kind]} cannot run yet in this version; nothing was run",
-                        runbook_file.display_path,
-                        runbook_file.line_of((section, index)),
-                        runbook_file.step_field(section, index),
-                    )
+def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, PlaybookOutcome]]:
+    """Run the playbook and module steps in Ansible's check mode on every planned host:
+    what they would change, changing nothing. Steps before them have not run, so what they
+    would have changed is not seen here."""
+    from .plan import render_action
+    from .templating import HostVars
+    from .transports.ansible import AnsibleSettings, one_task_play, run_playbook
+
+    first = prepared.hosts[0]
+    names = HostVars(
+        first.template_vars(),
+        {**prepared.params.values, "run": {"id": "check-mode", "operator": "-"}},
+    )
+    settings = AnsibleSettings(
+        options.known_hosts, options.accept_new_host_keys, options.forks, options.timeout
+    )
+    hosts = [h.name for h in prepared.hosts]
+
+    async def all_steps() -> list[tuple[str, PlaybookOutcome]]:
+        results = []
+        for step in prepared.runbook_file.runbook.steps:
+            if step.kind not in ("playbook", "module"):
+                continue
+            problems: list[str] = []
+            action = render_action(step, names, partial(_keep_message, problems))
+            if action is None:
+                raise InputError(Problem(f"{step.title}: {'; '.join(problems)}"))
+            if step.kind == "module":
+                spec = action["module"]
+                playbook: Path | list[dict[str, Any]] = one_task_play(
+                    step.title, spec["name"], spec["args"]
                 )
-    return problems
+                extravars: dict[str, Any] = {}
+            else:
+                playbook = prepared.runbook_file.workspace / action["playbook"]
+                extravars = action["vars"]
+            outcome = await run_playbook(
+                playbook, prepared.inventory, hosts, settings, extravars=extravars, check=True
+            )
+            results.append((step.title, outcome))
+        return results
+
+    return asyncio.run(all_steps())
+
+
+def _keep_message(problems: list[str], path: object, message: str) -> None:
+    problems.append(message)
 
 
 def new_run_id() -> str:
@@ -332,6 +363,7 @@ def _execute(
         approver,
         previous_release,
         [(g.wait, g.approve) for g in prepared.plan.gates if g.after_batch == 1],
+        prepared.inventory,
     )
     try:
         status = asyncio.run(_with_signals(executor))
@@ -365,6 +397,7 @@ async def _with_signals(executor: Executor) -> str:
                 "(Ctrl-C again to abandon them)"
             )
         elif task is not None:
+            executor.abandoning = True
             task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -429,199 +462,6 @@ def _options_record(options: RunOptions) -> dict[str, Any]:
         "known_hosts": str(options.known_hosts),
         "accept_new_host_keys": options.accept_new_host_keys,
     }
-
-
-class StoreRecorder:
-    """Writes every state change of a run to the store. Writes go, in order, to one writer
-    thread that commits whatever has queued up in a single transaction (group commit), so
-    they overlap the hosts' work; `flush` is the barrier the executor awaits before any new
-    remote action, and it raises if anything could not be written."""
-
-    def __init__(self, store: Store, run_id: str) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.queue: queue.Queue[Callable[[], None] | dict[str, Any] | None] = queue.Queue()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._write, name="store-writer", daemon=True)
-        self.thread.start()
-
-    def _write(self) -> None:
-        while True:
-            operations = [self.queue.get()]
-            while True:
-                try:
-                    operations.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                if self.error is None:
-                    with self.store.batch():
-                        finished: list[dict[str, Any]] = []
-                        for pending in operations:
-                            if isinstance(pending, dict):
-                                finished.append(pending)  # consecutive ones: one statement
-                                continue
-                            self.store.steps_finished(finished)
-                            finished = []
-                            if pending is not None:
-                                pending()
-                        self.store.steps_finished(finished)
-            except BaseException as exc:  # surfaced by flush()
-                self.error = exc
-            finally:
-                for _ in operations:
-                    self.queue.task_done()
-            if None in operations:
-                return
-
-    async def flush(self) -> None:
-        await asyncio.to_thread(self.queue.join)
-        if self.error is not None:
-            error = self.error
-            if isinstance(error, StoreError):
-                raise error
-            raise StoreError(f"the state store could not be written: {error}")
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join(timeout=30)
-
-    def batch_started(self, batch: int, hosts: Sequence[str]) -> None:
-        pass  # the batch's hosts become "active" through host_status
-
-    def steps_started(
-        self, batch: int, section: str, index: int, name: str, hosts: Sequence[str]
-    ) -> None:
-        now = time.time()
-        rows = [
-            {
-                "run_id": self.run_id,
-                "batch": batch,
-                "section": section,
-                "step_index": index,
-                "step_name": name,
-                "host": host,
-                "started_at": now,
-            }
-            for host in hosts
-        ]
-        self.queue.put(lambda: self.store.steps_started(rows))
-
-    def step_finished(self, batch: int, result: HostStepResult) -> None:
-        message = f"ignored: {result.message}" if result.ignored else result.message
-        self.queue.put(
-            {
-                "k_run": self.run_id,
-                "k_section": result.section,
-                "k_index": result.index,
-                "k_host": result.host,
-                "status": result.status,
-                "rc": result.rc,
-                "stdout": result.stdout,
-                "stderr": result.stderr,
-                "message": message,
-                "output_bytes": result.output_bytes,
-                "output_sha256": result.output_sha256,
-                "attempts": result.attempts,
-                "finished_at": time.time(),
-            }
-        )
-
-    def host_status(self, host: str, status: str, message: str | None = None) -> None:
-        self.queue.put(lambda: self.store.set_host_status(self.run_id, host, status, message))
-
-    def gate(
-        self,
-        key: str,
-        kind: str,
-        message: str,
-        status: str,
-        by: str | None = None,
-        comment: str | None = None,
-    ) -> None:
-        decided = time.time() if by else None
-
-        def write() -> None:
-            self.store.set_gate(
-                self.run_id,
-                key,
-                kind=kind,
-                message=message,
-                status=status,
-                decided_by=by,
-                comment=comment,
-                decided_at=decided,
-            )
-            if status == "waiting" and kind == "approve":
-                self.store.update_run(self.run_id, status="awaiting_approval")
-            elif status in ("approved", "rejected", "done"):
-                self.store.update_run(self.run_id, status="running")
-
-        self.queue.put(write)
-
-    def note(self, text: str) -> None:
-        self.queue.put(lambda: self.store.update_run(self.run_id, message=text))
-
-    def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
-        self.queue.put(
-            lambda: self.store.record_switch(
-                host=host,
-                root=switch.root,
-                from_version=switch.from_version,
-                to_version=switch.to_version,
-                run_id=self.run_id,
-                source=switch.source,
-            )
-        )
-
-
-class Fanout:
-    """Hands every event to each recorder in turn: the store first, then the view."""
-
-    def __init__(self, *recorders: Recorder) -> None:
-        self.recorders = recorders
-
-    def batch_started(self, batch: int, hosts: Sequence[str]) -> None:
-        for recorder in self.recorders:
-            recorder.batch_started(batch, hosts)
-
-    def steps_started(
-        self, batch: int, section: str, index: int, name: str, hosts: Sequence[str]
-    ) -> None:
-        for recorder in self.recorders:
-            recorder.steps_started(batch, section, index, name, hosts)
-
-    def step_finished(self, batch: int, result: HostStepResult) -> None:
-        for recorder in self.recorders:
-            recorder.step_finished(batch, result)
-
-    def host_status(self, host: str, status: str, message: str | None = None) -> None:
-        for recorder in self.recorders:
-            recorder.host_status(host, status, message)
-
-    def gate(
-        self,
-        key: str,
-        kind: str,
-        message: str,
-        status: str,
-        by: str | None = None,
-        comment: str | None = None,
-    ) -> None:
-        for recorder in self.recorders:
-            recorder.gate(key, kind, message, status, by, comment)
-
-    def note(self, text: str) -> None:
-        for recorder in self.recorders:
-            recorder.note(text)
-
-    def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
-        for recorder in self.recorders:
-            recorder.release_switched(host, switch)
-
-    async def flush(self) -> None:
-        for recorder in self.recorders:
-            await recorder.flush()
 
 
 def summary_json(outcome: Outcome) -> str:

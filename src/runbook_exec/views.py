@@ -215,6 +215,7 @@ def print_run(
     hosts: Sequence[Mapping[str, Any]],
     steps: Sequence[Mapping[str, Any]],
     gates: Mapping[str, Any],
+    tasks: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     console.print(f"[bold]run {record['id']}[/bold] {_status(record['status'])}")
     console.print(
@@ -252,9 +253,19 @@ def print_run(
             where = "↩ " if step["section"] == "rollback" else ""
             console.print(
                 f"  {where}{step['step_index'] + 1}. {escape(step['step_name'])} "
-                f"{_status(step['status'])} {rc} {took:.2f}s "
-                f"{escape(step['message'] or '')}"
+                f"{_status(step['status'])} {rc} {took:.2f}s {escape(step['message'] or '')}"
             )
+            ran = [
+                t
+                for t in tasks
+                if (t["host"], t["section"], t["step_index"])
+                == (host["host"], step["section"], step["step_index"])
+            ]
+            for task in ran:
+                said = f" — {escape(task['message'])}" if task["message"] else ""
+                console.print(f"     task {escape(task['task'])} {_status(task['status'])}{said}")
+            if ran:
+                continue  # the tasks say it all; their summary is the step's stdout
             for stream in ("stdout", "stderr"):
                 text = (step[stream] or "").rstrip()
                 for line in text.splitlines():
@@ -293,3 +304,32 @@ def print_releases(console: Console, rows: Sequence[Any], *, checked: bool) -> N
             f"[red]drift on {escape(', '.join(drifted))}: the hosts do not run what "
             "the record says[/red]"
         )
+
+
+def print_check_mode(console: Console, results: Sequence[tuple[str, Any]]) -> None:
+    console.print("[bold]Check mode[/bold] (Ansible ran with --check: nothing was changed)")
+    if not results:
+        console.print("  no playbook or module steps")
+    for name, outcome in results:
+        console.print(f"  [cyan]{escape(name)}[/cyan]")
+        for host, tasks in outcome.tasks.items():
+            changed = [t.task for t in tasks if t.status == "changed"]
+            failed = [
+                f"{t.task}: {t.message}" for t in tasks if t.status in ("failed", "unreachable")
+            ]
+            if failed:
+                console.print(
+                    f"     {escape(host)}: [red]would fail[/red]: {escape('; '.join(failed))}"
+                )
+            elif changed:
+                console.print(
+                    f"     {escape(host)}: [yellow]would change[/yellow]: "
+                    f"{escape(', '.join(changed))}"
+                )
+            else:
+                console.print(f"     {escape(host)}: no change")
+        for host, status in outcome.hosts.items():
+            if host not in outcome.tasks and status != "ok":
+                console.print(
+                    f"     {escape(host)}: [red]{escape(outcome.messages.get(host, status))}[/red]"
+                )

@@ -17,11 +17,6 @@ from ..templating import render
 from ..transports.local import run_local
 from ..transports.ssh import CommandResult, SshSession
 
-NOT_YET = {
-    "playbook": "playbook steps (Ansible through ansible-runner)",
-    "module": "module steps (one Ansible module)",
-}
-
 # The release switch, in POSIX sh: the new `current` is made beside the old one and renamed
 # over it (rename(2) via mv -T), so there is never a moment without `current`. Releases are
 # pruned oldest first (by mtime) beyond `keep`, never the new live one nor the one it

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import LockHeld, StoreError
-from .schema import gates, host_steps, locks, releases, run_hosts, runs
+from .schema import gates, host_steps, locks, releases, run_hosts, runs, task_results
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -265,6 +265,15 @@ class Store:
             ).rowcount
             if not changed:
                 tx.execute(insert(gates).values(run_id=run_id, gate_key=key, **fields))
+
+    def record_task(self, **row: Any) -> None:
+        with self._tx() as tx:
+            tx.execute(insert(task_results).values(at=time.time(), **row))
+
+    def task_results_of(self, run_id: str) -> list[dict[str, Any]]:
+        return self._read(
+            select(task_results).where(task_results.c.run_id == run_id).order_by(task_results.c.id)
+        )
 
     # --- releases ---------------------------------------------------------------------------
 

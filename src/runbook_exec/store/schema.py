@@ -123,3 +123,21 @@ releases = Table(
     Column("at", Float, nullable=False),
 )
 Index("ix_releases_host_root", releases.c.host, releases.c.root)
+
+task_results = Table(
+    "task_results",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("run_id", String(40), nullable=False),
+    Column("section", String(10), nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("task", Text, nullable=False),
+    Column("status", String(20), nullable=False),  # ok, changed, failed, skipped, unreachable
+    Column("message", Text),
+    Column("result", Text),  # the module's result as JSON, capped, secrets masked
+    Column("at", Float, nullable=False),
+)
+Index("ix_task_results_run", task_results.c.run_id)

@@ -1,0 +1,228 @@
+"""Where a run's events go: the store (written by one writer thread, group-committed) and
+the views, fanned out in order, the store first."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import StoreError
+from .executor import HostStepResult, Recorder
+from .steps import ReleaseSwitch
+from .store import Store
+from .transports.ansible import TaskResult
+
+
+class StoreRecorder:
+    """Writes every state change of a run to the store. Writes go, in order, to one writer
+    thread that commits whatever has queued up in a single transaction (group commit), so
+    they overlap the hosts' work; `flush` is the barrier the executor awaits before any new
+    remote action, and it raises if anything could not be written."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.queue: queue.Queue[Callable[[], None] | dict[str, Any] | None] = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write, name="store-writer", daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        while True:
+            operations = [self.queue.get()]
+            while True:
+                try:
+                    operations.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                if self.error is None:
+                    with self.store.batch():
+                        finished: list[dict[str, Any]] = []
+                        for pending in operations:
+                            if isinstance(pending, dict):
+                                finished.append(pending)  # consecutive ones: one statement
+                                continue
+                            self.store.steps_finished(finished)
+                            finished = []
+                            if pending is not None:
+                                pending()
+                        self.store.steps_finished(finished)
+            except BaseException as exc:  # surfaced by flush()
+                self.error = exc
+            finally:
+                for _ in operations:
+                    self.queue.task_done()
+            if None in operations:
+                return
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(self.queue.join)
+        if self.error is not None:
+            error = self.error
+            if isinstance(error, StoreError):
+                raise error
+            raise StoreError(f"the state store could not be written: {error}")
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def batch_started(self, batch: int, hosts: Sequence[str]) -> None:
+        pass  # the batch's hosts become "active" through host_status
+
+    def steps_started(
+        self, batch: int, section: str, index: int, name: str, hosts: Sequence[str]
+    ) -> None:
+        now = time.time()
+        rows = [
+            {
+                "run_id": self.run_id,
+                "batch": batch,
+                "section": section,
+                "step_index": index,
+                "step_name": name,
+                "host": host,
+                "started_at": now,
+            }
+            for host in hosts
+        ]
+        self.queue.put(lambda: self.store.steps_started(rows))
+
+    def step_finished(self, batch: int, result: HostStepResult) -> None:
+        message = f"ignored: {result.message}" if result.ignored else result.message
+        self.queue.put(
+            {
+                "k_run": self.run_id,
+                "k_section": result.section,
+                "k_index": result.index,
+                "k_host": result.host,
+                "status": result.status,
+                "rc": result.rc,
+                "stdout": result.stdout,
+                "stderr": result.stderr,
+                "message": message,
+                "output_bytes": result.output_bytes,
+                "output_sha256": result.output_sha256,
+                "attempts": result.attempts,
+                "finished_at": time.time(),
+            }
+        )
+
+    def host_status(self, host: str, status: str, message: str | None = None) -> None:
+        self.queue.put(lambda: self.store.set_host_status(self.run_id, host, status, message))
+
+    def gate(
+        self,
+        key: str,
+        kind: str,
+        message: str,
+        status: str,
+        by: str | None = None,
+        comment: str | None = None,
+    ) -> None:
+        decided = time.time() if by else None
+
+        def write() -> None:
+            self.store.set_gate(
+                self.run_id,
+                key,
+                kind=kind,
+                message=message,
+                status=status,
+                decided_by=by,
+                comment=comment,
+                decided_at=decided,
+            )
+            if status == "waiting" and kind == "approve":
+                self.store.update_run(self.run_id, status="awaiting_approval")
+            elif status in ("approved", "rejected", "done"):
+                self.store.update_run(self.run_id, status="running")
+
+        self.queue.put(write)
+
+    def note(self, text: str) -> None:
+        self.queue.put(lambda: self.store.update_run(self.run_id, message=text))
+
+    def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None:
+        self.queue.put(
+            lambda: self.store.record_task(
+                run_id=self.run_id,
+                section=section,
+                step_index=index,
+                host=result.host,
+                task=result.task,
+                status=result.status,
+                message=result.message,
+                result=result.result,
+            )
+        )
+
+    def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
+        self.queue.put(
+            lambda: self.store.record_switch(
+                host=host,
+                root=switch.root,
+                from_version=switch.from_version,
+                to_version=switch.to_version,
+                run_id=self.run_id,
+                source=switch.source,
+            )
+        )
+
+
+class Fanout:
+    """Hands every event to each recorder in turn: the store first, then the view."""
+
+    def __init__(self, *recorders: Recorder) -> None:
+        self.recorders = recorders
+
+    def batch_started(self, batch: int, hosts: Sequence[str]) -> None:
+        for recorder in self.recorders:
+            recorder.batch_started(batch, hosts)
+
+    def steps_started(
+        self, batch: int, section: str, index: int, name: str, hosts: Sequence[str]
+    ) -> None:
+        for recorder in self.recorders:
+            recorder.steps_started(batch, section, index, name, hosts)
+
+    def step_finished(self, batch: int, result: HostStepResult) -> None:
+        for recorder in self.recorders:
+            recorder.step_finished(batch, result)
+
+    def host_status(self, host: str, status: str, message: str | None = None) -> None:
+        for recorder in self.recorders:
+            recorder.host_status(host, status, message)
+
+    def gate(
+        self,
+        key: str,
+        kind: str,
+        message: str,
+        status: str,
+        by: str | None = None,
+        comment: str | None = None,
+    ) -> None:
+        for recorder in self.recorders:
+            recorder.gate(key, kind, message, status, by, comment)
+
+    def note(self, text: str) -> None:
+        for recorder in self.recorders:
+            recorder.note(text)
+
+    def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
+        for recorder in self.recorders:
+            recorder.release_switched(host, switch)
+
+    def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None:
+        for recorder in self.recorders:
+            recorder.task_result(batch, section, index, result)
+
+    async def flush(self) -> None:
+        for recorder in self.recorders:
+            await recorder.flush()

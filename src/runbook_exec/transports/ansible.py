@@ -1,0 +1,214 @@
+"""Ansible through ansible-runner: a playbook on exactly the given hosts, with our connection
+settings, and every task's result on every host handed back as it happens.
+
+ansible-runner runs in a worker thread (it blocks); its events are passed to the event loop
+with `call_soon_threadsafe`. Its artifacts live in a run-specific folder removed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULT_LIMIT = 4096
+TASK_EVENTS = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_skipped": "skipped",
+    "runner_on_unreachable": "unreachable",
+}
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One Ansible task's result on one host."""
+
+    host: str
+    task: str
+    status: str  # ok | changed | failed | skipped | unreachable
+    message: str
+    result: str  # the module's result as JSON, capped
+    ignored: bool = False
+
+
+@dataclass
+class PlaybookOutcome:
+    """How a playbook went, host by host."""
+
+    hosts: dict[str, str] = field(default_factory=dict)  # ok | failed | unreachable
+    messages: dict[str, str] = field(default_factory=dict)
+    tasks: dict[str, list[TaskResult]] = field(default_factory=dict)
+    rc: int | None = None
+    timed_out: bool = False
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class AnsibleSettings:
+    """Our run's connection settings, carried over to Ansible."""
+
+    known_hosts: Path
+    accept_new_host_keys: bool
+    forks: int
+    timeout: float
+
+
+def one_task_play(name: str, module: str, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A `module:` step as a playbook of one task, so it runs exactly like a playbook."""
+    return [{"hosts": "all", "gather_facts": False, "tasks": [{"name": name, module: dict(args)}]}]
+
+
+def environment(settings: AnsibleSettings) -> dict[str, str]:
+    checking = "accept-new" if settings.accept_new_host_keys else "yes"
+    return {
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_SSH_ARGS": (
+            "-C -o ControlMaster=auto -o ControlPersist=60s "
+            f"-o UserKnownHostsFile={settings.known_hosts} -o StrictHostKeyChecking={checking}"
+        ),
+        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_SYSTEM_WARNINGS": "False",
+        "ANSIBLE_LOCALHOST_WARNING": "False",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_FORCE_COLOR": "False",
+    }
+
+
+async def run_playbook(
+    playbook: Path | list[dict[str, Any]],
+    inventory: Sequence[str],
+    hosts: Sequence[str],
+    settings: AnsibleSettings,
+    *,
+    extravars: Mapping[str, Any] | None = None,
+    tags: Sequence[str] = (),
+    skip_tags: Sequence[str] = (),
+    check: bool = False,
+    vault_password_file: Path | None = None,
+    on_task: Callable[[TaskResult], None] = lambda result: None,
+    should_cancel: Callable[[], bool] = lambda: False,
+) -> PlaybookOutcome:
+    """Run `playbook` on `hosts` (and no others) of `inventory`; report each task result."""
+    import ansible_runner
+
+    loop = asyncio.get_running_loop()
+    outcome = PlaybookOutcome(hosts={host: "ok" for host in hosts})
+    seen: set[str] = set()
+
+    def handle(event: dict[str, Any]) -> bool:
+        status = TASK_EVENTS.get(event.get("event", ""))
+        data = event.get("event_data", {})
+        if status is None or "host" not in data:
+            return False
+        result = _task_result(status, data)
+        loop.call_soon_threadsafe(_record, outcome, result, seen, on_task)
+        return False  # nothing kept on disk: we have what we need
+
+    workdir = Path(tempfile.mkdtemp(prefix="rbx-ansible-"))
+    if not isinstance(playbook, Path):
+        (workdir / "play.json").write_text(json.dumps(playbook))
+        playbook = workdir / "play.json"
+    cmdline = ["--check"] if check else []
+    if vault_password_file is not None:
+        cmdline += ["--vault-password-file", str(vault_password_file)]
+    # With `binary` given, ansible-runner passes no playbook itself: it goes last here.
+    cmdline.append(str(playbook.resolve()))
+    try:
+        runner = await asyncio.to_thread(
+            ansible_runner.run,
+            private_data_dir=str(workdir),
+            inventory=[os.path.abspath(source) for source in inventory],
+            limit=",".join(hosts),
+            forks=max(1, min(settings.forks, len(hosts))),
+            extravars=dict(extravars or {}),
+            tags=",".join(tags) or None,
+            skip_tags=",".join(skip_tags) or None,
+            cmdline=shlex.join(cmdline),
+            envvars=environment(settings),
+            timeout=int(settings.timeout),
+            quiet=True,
+            suppress_env_files=True,
+            event_handler=handle,
+            cancel_callback=should_cancel,
+            binary=_ansible_playbook(),
+        )
+        await asyncio.sleep(0)  # let the last events queued from the thread be recorded
+        outcome.rc = runner.rc
+        outcome.timed_out = runner.status == "timeout"
+        if runner.status in ("failed", "timeout", "canceled") and not outcome.tasks:
+            outcome.error = _error_text(runner, workdir)
+    except Exception as exc:
+        outcome.rc = None
+        outcome.error = f"ansible-runner: {exc}"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for host in hosts:
+        if host not in seen and outcome.hosts[host] == "ok":
+            outcome.hosts[host] = "failed"
+            why = outcome.error or ("timed out" if outcome.timed_out else "no task ran on it")
+            outcome.messages[host] = why
+    return outcome
+
+
+def _ansible_playbook() -> str:
+    """The ansible-playbook installed beside this Python (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).with_name("ansible-playbook")
+    return (
+        str(beside) if beside.exists() else (shutil.which("ansible-playbook") or "ansible-playbook")
+    )
+
+
+def _task_result(status: str, data: Mapping[str, Any]) -> TaskResult:
+    res = data.get("res") or {}
+    if status == "ok" and res.get("changed"):
+        status = "changed"
+    message = str(res.get("msg") or res.get("stderr") or res.get("stdout") or "").strip()
+    text = json.dumps(res, sort_keys=True, default=str)
+    if len(text) > RESULT_LIMIT:
+        text = text[:RESULT_LIMIT] + f"… [{len(text) - RESULT_LIMIT} characters omitted]"
+    return TaskResult(
+        host=str(data["host"]),
+        task=str(data.get("task") or data.get("task_action") or "task"),
+        status=status,
+        message=message.splitlines()[0] if message else "",
+        result=text,
+        ignored=bool(data.get("ignore_errors")),
+    )
+
+
+def _record(
+    outcome: PlaybookOutcome,
+    result: TaskResult,
+    seen: set[str],
+    on_task: Callable[[TaskResult], None],
+) -> None:
+    seen.add(result.host)
+    outcome.tasks.setdefault(result.host, []).append(result)
+    first_failure = outcome.hosts.get(result.host) == "ok"
+    if result.status in ("failed", "unreachable") and not result.ignored and first_failure:
+        outcome.hosts[result.host] = result.status
+        outcome.messages[result.host] = f"{result.task}: {result.message}".rstrip(": ")
+    on_task(result)
+
+
+def _error_text(runner: Any, workdir: Path) -> str:
+    """Why ansible-playbook failed before any task ran (syntax, inventory, options)."""
+    try:
+        text = str(runner.stdout.read())
+    except (OSError, ValueError, AttributeError):
+        text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "ERROR" in ln]
+    return (errors or lines or [f"ansible-playbook ended {runner.status}"])[0][:500]

@@ -1,0 +1,206 @@
+"""`playbook:` and `module:` steps through ansible-runner, on real sshd hosts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from runbook_exec.lab import SshLab
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+Write = Callable[[str, str], Path]
+BIN = Path(sys.executable).parent
+
+MARK = """\
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Leave a mark
+      ansible.builtin.copy:
+        content: "{{ greeting }} from {{ inventory_hostname }}\\n"
+        dest: "{{ lab_root }}/mark"
+    - name: Break on one host
+      ansible.builtin.fail: {msg: "broken on purpose"}
+      when: inventory_hostname == bad_host
+"""
+
+
+def runbook(steps: str, *, batches: str = "[2]", extra: str = "") -> str:
+    return (
+        "name: ansible\ntargets: app\nparams:\n  greeting: {default: hello}\n"
+        "  bad: {default: none}\n"
+        f"strategy:\n  batches: {batches}\n{extra}steps:\n{steps}"
+    )
+
+
+PLAYBOOK_STEP = """\
+  - name: Mark
+    playbook: playbooks/mark.yml
+    vars: {greeting: "{{ greeting }}", bad_host: "{{ bad }}"}
+  - name: After
+    shell: touch {{ lab_root | quote }}/after
+"""
+
+
+def mark(hosts: SshLab, name: str) -> str:
+    path = hosts.host(name).root / "mark"
+    return path.read_text() if path.exists() else ""
+
+
+def tasks_of(runbook_exec: Run, run_id: str) -> list[dict[str, object]]:
+    shown = json.loads(runbook_exec("show", run_id, "--json").stdout)
+    return shown["task_results"]  # type: ignore[no-any-return]
+
+
+def test_a_playbook_step_runs_on_each_batch_and_records_every_task(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    write("playbooks/mark.yml", MARK)
+    path = write("runbooks/rb.yml", runbook(PLAYBOOK_STEP))
+    done = runbook_exec("run", path, "-e", "greeting=hi there", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("host1", "host2", "host3", "host4"):
+        assert mark(hosts, name) == f"hi there from {name}\n"
+        assert (hosts.host(name).root / "after").exists()
+    tasks = tasks_of(runbook_exec, json.loads(done.stdout)["run_id"])
+    marks = sorted((t["host"], t["status"]) for t in tasks if t["task"] == "Leave a mark")
+    assert marks == [(f"host{i}", "changed") for i in range(1, 5)]  # once per host, no more
+    skipped = {t["host"] for t in tasks if t["task"] == "Break on one host"}
+    assert skipped == {"host1", "host2", "host3", "host4"}
+    shown = runbook_exec("show", json.loads(done.stdout)["run_id"]).stdout
+    assert "task Leave a mark changed" in shown
+
+
+def test_a_failing_task_fails_that_host_only_and_the_batch_policy_applies(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    write("playbooks/mark.yml", MARK)
+    stop = runbook_exec(
+        "run", write("runbooks/stop.yml", runbook(PLAYBOOK_STEP)), "-e", "bad=host2", "--json"
+    )
+    assert stop.returncode == 1
+    assert json.loads(stop.stdout)["hosts"] == {
+        "host1": "stopped",
+        "host2": "failed",
+        "host3": "not_reached",
+        "host4": "not_reached",
+    }
+    assert "FAILED host2 · Break on one host: broken on purpose" in stop.stderr
+    assert mark(hosts, "host3") == "" and mark(hosts, "host4") == ""
+
+    tolerant = runbook(PLAYBOOK_STEP, extra="  max_fail_percentage: 50\n")
+    going = runbook_exec("run", write("runbooks/go.yml", tolerant), "-e", "bad=host2", "--json")
+    assert going.returncode == 1  # honest: a host failed
+    assert json.loads(going.stdout)["hosts"] == {
+        "host1": "ok",
+        "host2": "failed",
+        "host3": "ok",
+        "host4": "ok",
+    }
+    assert not (hosts.host("host2").root / "after").exists()
+    assert (hosts.host("host4").root / "after").exists()
+
+
+def test_a_failed_playbook_rolls_back_the_changed_hosts(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    write("playbooks/mark.yml", MARK)
+    text = (
+        runbook(PLAYBOOK_STEP, batches="[1, 1, 2]").replace(
+            "steps:", "on_failure: rollback\nsteps:"
+        )
+        + "rollback:\n  - module:\n      name: ansible.builtin.file\n"
+        "      args: {path: '{{ lab_root }}/mark', state: absent}\n"
+    )
+    done = runbook_exec("run", write("runbooks/rb.yml", text), "-e", "bad=host2", "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["status"] == "rolled_back"
+    assert mark(hosts, "host1") == "" and mark(hosts, "host2") == ""
+    assert mark(hosts, "host3") == "" and not (hosts.host("host3").root / "after").exists()
+
+
+def test_an_unreachable_host_is_reported_as_unreachable(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    write("playbooks/mark.yml", MARK)
+    hosts.host("host3").stop()
+    text = runbook(PLAYBOOK_STEP, batches='["100%"]', extra="  max_fail_percentage: 50\n")
+    done = runbook_exec("run", write("runbooks/rb.yml", text), "--json")
+    assert done.returncode == 1
+    record = json.loads(runbook_exec("show", json.loads(done.stdout)["run_id"], "--json").stdout)
+    mark_step = {s["host"]: s for s in record["host_steps"] if s["step_name"] == "Mark"}
+    assert mark_step["host3"]["status"] == "unreachable"
+    assert mark_step["host1"]["status"] == "ok"
+
+
+def test_vault_encrypted_vars_are_decrypted_with_the_password_file(
+    runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path
+) -> None:
+    password = write("vault-pass", "correct horse\n")
+    secret = write("playbooks/secret.yml", "api_key: s3cr3t-from-vault\n")
+    subprocess.run(
+        [
+            str(BIN / "ansible-vault"),
+            "encrypt",
+            str(secret),
+            "--vault-password-file",
+            str(password),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert "s3cr3t-from-vault" not in secret.read_text()
+    write(
+        "playbooks/vaulted.yml",
+        """\
+- hosts: all
+  gather_facts: false
+  vars_files: [secret.yml]
+  tasks:
+    - ansible.builtin.copy: {content: "{{ api_key }}", dest: "{{ lab_root }}/key"}
+""",
+    )
+    text = runbook("  - playbook: playbooks/vaulted.yml\n    vault_password_file: vault-pass\n")
+    done = runbook_exec("run", write("rb.yml", text))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (hosts.host("host4").root / "key").read_text() == "s3cr3t-from-vault"
+
+
+def test_a_module_step_restarts_a_process(runbook_exec: Run, write: Write, hosts: SshLab) -> None:
+    start = (
+        "  - shell: cd {{ lab_root | quote }} && (setsid sleep 300 > /dev/null 2>&1 < /dev/null &"
+        " echo $! > pid)\n"
+    )
+    restart = (
+        "  - module:\n      name: ansible.builtin.shell\n      args:\n"
+        "        cmd: >-\n          kill $(cat pid);\n"
+        "          setsid sleep 300 > /dev/null 2>&1 < /dev/null & echo $! > pid\n"
+        # raw: left for Ansible to template on each host
+        "        chdir: '{% raw %}{{ lab_root }}{% endraw %}'\n"
+    )
+    assert runbook_exec("run", write("start.yml", runbook(start))).returncode == 0
+    before = (hosts.host("host1").root / "pid").read_text().strip()
+    done = runbook_exec("run", write("restart.yml", runbook(restart)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = (hosts.host("host1").root / "pid").read_text().strip()
+    assert after != before
+    assert not Path(f"/proc/{before}").exists()
+    assert Path(f"/proc/{after}").exists()
+    for name in ("host1", "host2", "host3", "host4"):
+        subprocess.run(["kill", (hosts.host(name).root / "pid").read_text().strip()], check=False)
+
+
+def test_plan_check_mode_shows_what_a_playbook_would_change_and_changes_nothing(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    write("playbooks/mark.yml", MARK)
+    path = write("runbooks/rb.yml", runbook(PLAYBOOK_STEP))
+    done = runbook_exec(
+        "plan", path, "-i", hosts.inventory, "--check-mode", "--known-hosts", hosts.known_hosts
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "would change" in done.stdout and "Leave a mark" in done.stdout
+    assert all(mark(hosts, f"host{i}") == "" for i in range(1, 5))
