@@ -33,8 +33,18 @@ def test_login_shell_has_no_start_up_files(lab: SshLab) -> None:
     lines = done.stdout.splitlines()
     if os.geteuid() == 0:
         assert lines[0] in ("sh", "/bin/sh")
-        startup = {".profile", ".shrc", ".bashrc", ".bash_profile", ".bash_login", ".kshrc",
-                   ".zshrc", ".zshenv", ".login", ".cshrc"}
+        startup = {
+            ".profile",
+            ".shrc",
+            ".bashrc",
+            ".bash_profile",
+            ".bash_login",
+            ".kshrc",
+            ".zshrc",
+            ".zshenv",
+            ".login",
+            ".cshrc",
+        }
         assert startup.isdisjoint(lines[1:]), lines[1:]
 
 
