@@ -5,7 +5,8 @@
 3. gray-release 2.0.0: canary, a quarter, the rest, approving each gate as an operator;
 4. gray-release a broken 3.0.0: its health check fails on the canary, which is rolled back
    automatically; no other host ever receives it;
-5. `releases --check`: what is live where, as recorded and as found on the hosts; `runs`.
+5. `releases --check`: what is live where, as recorded and as found on the hosts; `runs`;
+   and `audit verify`: the hash chain of every event of all of it is intact.
 
 The state store is the embedded SQLite file, in a temporary folder removed at the end.
 """
@@ -195,6 +196,7 @@ def main() -> None:
             *store,
         )
         step("Every run, newest first", "runs", *store)
+        step("Is the audit trail of all of it intact?", "audit", "verify", *store)
     shutil.rmtree(work, ignore_errors=True)
     print("\nDemo finished; the lab hosts are stopped and its files removed.")
 

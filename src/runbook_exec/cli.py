@@ -586,6 +586,165 @@ def releases(
         raise typer.Exit(1)
 
 
+audit_app = typer.Typer(
+    help="The audit trail: verify that it is whole, export it, keep a signed checkpoint.",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
+KeyNote = (
+    " With RUNBOOK_EXEC_AUDIT_KEY (or RUNBOOK_EXEC_AUDIT_KEY_FILE) set, hashes are HMAC-SHA256 "
+    "with that key."
+)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", metavar="EXPORT", help="Verify an exported .jsonl instead."),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            metavar="FILE",
+            help="Also prove the chain still extends this checkpoint.",
+        ),
+    ] = None,
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Recompute the hash chain and report OK with the count, or the first event that does
+    not match and why (changed, missing, inserted, reordered). Exit 0 or 1."""
+    from .store.audit import audit_key, check_checkpoint, verify
+
+    key = audit_key()
+    rows = _export_rows(file) if file is not None else _audit_store(db).audit_events()
+    count, finding = verify(rows, key)
+    if finding is None and checkpoint is not None:
+        finding = check_checkpoint(json.loads(checkpoint.read_text()), rows, key)
+    if file is None:
+        _audit_action(db, operator, "audit.verified", ok=finding is None, count=count)
+    if finding is not None:
+        _out().print(
+            f"[red]audit trail NOT intact[/red]: {escape(str(finding))} "
+            f"({count} events verified before it)"
+        )
+        raise typer.Exit(1)
+    extends = " and extends the checkpoint" if checkpoint else ""
+    keyed = "HMAC-SHA256" if key else "SHA-256"
+    _out().print(f"[green]audit trail OK[/green]: {count} events, chain intact ({keyed}){extends}")
+
+
+@audit_app.command("export")
+def audit_export(
+    run: Annotated[str | None, typer.Option("--run", metavar="RUN_ID")] = None,
+    host: Annotated[str | None, typer.Option("--host")] = None,
+    operator_filter: Annotated[str | None, typer.Option("--by", metavar="OPERATOR")] = None,
+    change_id: Annotated[str | None, typer.Option("--change-id")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", metavar="UTC", help="e.g. 2026-11-01 or 2026-11-01T08:00"),
+    ] = None,
+    until: Annotated[str | None, typer.Option("--until", metavar="UTC")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (one event per line).")] = "jsonl",
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Print the trail as JSONL: seq, prev_hash, hash and the hashed body of each event.
+    A whole export verifies with `audit verify --file` or the README's snippet; a filtered
+    one still lets each event's hash be checked against its prev_hash."""
+    from .store.audit import export_lines
+
+    if fmt != "jsonl":
+        raise InputError(Problem(f"--format {fmt!r}: only jsonl is supported yet"))
+    rows = _audit_store(db).audit_events()
+
+    def wanted(row: dict[str, Any]) -> bool:
+        return (
+            (run is None or row["run_id"] == run)
+            and (host is None or row["host"] == host)
+            and (operator_filter is None or row["operator"] == operator_filter)
+            and (change_id is None or row["change_id"] == change_id)
+            and (since is None or row["at"] >= since)
+            and (until is None or row["at"] < until)
+        )
+
+    for line in export_lines(r for r in rows if wanted(r)):
+        typer.echo(line)
+    _audit_action(
+        db,
+        operator,
+        "audit.exported",
+        filters={
+            "run": run,
+            "host": host,
+            "operator": operator_filter,
+            "change_id": change_id,
+            "since": since,
+            "until": until,
+        },
+    )
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(operator: OperatorOpt = None, db: DbOpt = DEFAULT_DB) -> None:
+    """Print a signed head of the chain (count and last hash) to keep outside the database,
+    in a change ticket or with an auditor; `audit verify --checkpoint FILE` proves later that
+    the chain still extends it, so cutting events off its end is caught."""
+    from .store.audit import audit_key, checkpoint
+
+    rows = _audit_store(db).audit_events()
+    head = rows[-1]["hash"] if rows else "0" * 64
+    typer.echo(json.dumps(checkpoint(len(rows), head, audit_key()), indent=2))
+    _audit_action(db, operator, "audit.checkpoint", count=len(rows), head=head)
+
+
+def _audit_store(db: str) -> Any:
+    from .store import Store
+
+    return Store.open(db)
+
+
+def _audit_action(db: str, operator: str | None, kind: str, **fields: Any) -> None:
+    """Reading, exporting and checkpointing the trail are audit events themselves."""
+    import socket
+
+    from . import runner
+    from .store.audit import audit_key, utc_now
+
+    who = runner.operator_name(operator)
+    event = {
+        "at": utc_now(),
+        "type": kind,
+        "run_id": None,
+        "host": None,
+        "operator": who,
+        "change_id": None,
+        "actor": {"os_user": getpass.getuser(), "operator": who, "machine": socket.gethostname()},
+        **fields,
+    }
+    _audit_store(db).append_audit(event, audit_key())
+
+
+def _export_rows(file: Path) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+            rows.append(
+                {
+                    "seq": row["seq"],
+                    "prev_hash": row["prev_hash"],
+                    "hash": row["hash"],
+                    "body": row["body"],
+                }
+            )
+        except (ValueError, KeyError, TypeError):
+            raise InputError(Problem("not an audit export line", str(file), number)) from None
+    return rows
+
+
 @app.command()
 def unlock(
     name: Annotated[
@@ -599,9 +758,13 @@ def unlock(
     from . import runner
     from .store import Store
 
-    holder = Store.open(db).force_unlock(name)
+    store = Store.open(db)
+    holder = store.force_unlock(name)
     if holder is None:
         raise InputError(Problem(f"no lock named {name!r}"))
+    runner.auditor(store, holder.run_id, runner.operator_name(operator)).append(
+        "lock.forced", lock=name, message=holder.describe()
+    )
     _out().print(f"unlocked by {runner.operator_name(operator)}: {holder.describe()}")
 
 

@@ -4,17 +4,55 @@ the views, fanned out in order, the store first."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import queue
+import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import StoreError
 from .executor import HostStepResult, Recorder
 from .steps import ReleaseSwitch
 from .store import Store
+from .store.audit import utc_now
 from .transports.ansible import TaskResult
+
+
+class Auditor:
+    """Makes a run's audit events: each says who (OS user, operator, machine), why (change
+    id, reason), what (runbook name, path and SHA-256), when (UTC, milliseconds), and the
+    event's own fields (host, step, status, exit code, duration, output...)."""
+
+    def __init__(
+        self, store: Store, key: bytes | None, run: Mapping[str, Any], operator: str | None = None
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.context = {
+            "run_id": run["id"],
+            "operator": operator or run["operator"],
+            "actor": {
+                "os_user": getpass.getuser(),
+                "operator": operator or run["operator"],
+                "machine": socket.gethostname(),
+            },
+            "change_id": run.get("change_id"),
+            "reason": run.get("reason"),
+            "runbook": {
+                "name": run["runbook_name"],
+                "path": run["runbook_path"],
+                "sha256": run["runbook_sha256"],
+            },
+        }
+
+    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {"at": utc_now(), "type": kind, **self.context, "host": None, **fields}
+
+    def append(self, kind: str, **fields: Any) -> None:
+        """Write one event now, in its own transaction (or the current batch)."""
+        self.store.append_audit(self.event(kind, **fields), self.key)
 
 
 class StoreRecorder:
@@ -23,10 +61,12 @@ class StoreRecorder:
     they overlap the hosts' work; `flush` is the barrier the executor awaits before any new
     remote action, and it raises if anything could not be written."""
 
-    def __init__(self, store: Store, run_id: str) -> None:
+    def __init__(self, store: Store, run_id: str, auditor: Auditor) -> None:
         self.store = store
         self.run_id = run_id
-        self.queue: queue.Queue[Callable[[], None] | dict[str, Any] | None] = queue.Queue()
+        self.auditor = auditor
+        self.queue: queue.Queue[Callable[[], None] | dict[str, Any] | tuple[str, Any] | None]
+        self.queue = queue.Queue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._write, name="store-writer", daemon=True)
         self.thread.start()
@@ -43,15 +83,19 @@ class StoreRecorder:
                 if self.error is None:
                     with self.store.batch():
                         finished: list[dict[str, Any]] = []
+                        audits: list[dict[str, Any]] = []
                         for pending in operations:
                             if isinstance(pending, dict):
                                 finished.append(pending)  # consecutive ones: one statement
-                                continue
-                            self.store.steps_finished(finished)
-                            finished = []
-                            if pending is not None:
+                            elif isinstance(pending, tuple):
+                                audits.append(pending[1])
+                            elif pending is not None:
+                                self.store.steps_finished(finished)
+                                finished = []
                                 pending()
                         self.store.steps_finished(finished)
+                        for event in audits:  # in the order they happened, same commit
+                            self.store.append_audit(event, self.auditor.key)
             except BaseException as exc:  # surfaced by flush()
                 self.error = exc
             finally:
@@ -59,6 +103,9 @@ class StoreRecorder:
                     self.queue.task_done()
             if None in operations:
                 return
+
+    def _audit(self, kind: str, **fields: Any) -> None:
+        self.queue.put(("audit", self.auditor.event(kind, **fields)))
 
     async def flush(self) -> None:
         await asyncio.to_thread(self.queue.join)
@@ -92,6 +139,13 @@ class StoreRecorder:
             for host in hosts
         ]
         self.queue.put(lambda: self.store.steps_started(rows))
+        for host in hosts:
+            self._audit(
+                "host_step.started",
+                host=host,
+                batch=batch,
+                step={"section": section, "index": index, "name": name},
+            )
 
     def step_finished(self, batch: int, result: HostStepResult) -> None:
         message = f"ignored: {result.message}" if result.ignored else result.message
@@ -112,9 +166,24 @@ class StoreRecorder:
                 "finished_at": time.time(),
             }
         )
+        self._audit(
+            "host_step.finished",
+            host=result.host,
+            batch=batch,
+            step={"section": result.section, "index": result.index, "name": result.name},
+            status=result.status,
+            rc=result.rc,
+            duration_ms=round(result.duration * 1000),
+            message=message,
+            output={"stdout": result.stdout, "stderr": result.stderr},
+            output_bytes=result.output_bytes,
+            output_sha256=result.output_sha256,
+            attempts=result.attempts,
+        )
 
     def host_status(self, host: str, status: str, message: str | None = None) -> None:
         self.queue.put(lambda: self.store.set_host_status(self.run_id, host, status, message))
+        self._audit("host.status", host=host, status=status, message=message)
 
     def gate(
         self,
@@ -144,9 +213,16 @@ class StoreRecorder:
                 self.store.update_run(self.run_id, status="running")
 
         self.queue.put(write)
+        self._audit(
+            f"gate.{status}",
+            gate={"key": key, "kind": kind, "message": message},
+            decided_by=by,
+            comment=comment,
+        )
 
     def note(self, text: str) -> None:
         self.queue.put(lambda: self.store.update_run(self.run_id, message=text))
+        self._audit("run.note", message=text)
 
     def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None:
         self.queue.put(
@@ -161,6 +237,16 @@ class StoreRecorder:
                 result=result.result,
             )
         )
+        self._audit(
+            "task.result",
+            host=result.host,
+            batch=batch,
+            step={"section": section, "index": index},
+            task=result.task,
+            status=result.status,
+            message=result.message,
+            result=result.result,
+        )
 
     def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
         self.queue.put(
@@ -172,6 +258,17 @@ class StoreRecorder:
                 run_id=self.run_id,
                 source=switch.source,
             )
+        )
+        self._audit(
+            "release.switched",
+            host=host,
+            release={
+                "root": switch.root,
+                "from": switch.from_version,
+                "to": switch.to_version,
+                "pruned": list(switch.pruned),
+                "chosen": switch.source,
+            },
         )
 
 

@@ -35,10 +35,11 @@ from .executor import Approver, Executor, HostStepResult, Recorder, RunOptions, 
 from .inventory import Host, select_hosts
 from .params import ResolvedParams, parse_extra_vars, resolve_params
 from .plan import Plan, build_plan
-from .recorders import Fanout, StoreRecorder
+from .recorders import Auditor, Fanout, StoreRecorder
 from .releases import previous_of
 from .runbook import RunbookFile, load_runbook, runbook_from_text
 from .store import Store
+from .store.audit import audit_key
 from .transports.ansible import PlaybookOutcome
 
 ViewFactory = Callable[[str], Recorder]
@@ -232,16 +233,31 @@ def start(
         },
         [(host, number) for number, batch in enumerate(plan.batches, 1) for host in batch],
     )
+    auditor(store, run_id).append(
+        "run.requested",
+        params=prepared.params.masked(),
+        targets=plan.targets,
+        limit=prepared.limit,
+        plan_digest=plan.digest,
+        batches=[list(b) for b in plan.batches],
+    )
     _take_lock(store, run_id, plan.lock, operator, steal_stale_lock, on_note)
     return _execute(store, run_id, prepared, operator, options, view, approver, RunState())
+
+
+def auditor(store: Store, run_id: str, operator: str | None = None) -> Auditor:
+    """The audit event maker for a recorded run (operator: who acts now, if not its own)."""
+    return Auditor(store, audit_key(), load_run(store, run_id), operator)
 
 
 def _take_lock(
     store: Store, run_id: str, name: str, operator: str, steal: bool, on_note: Callable[[str], None]
 ) -> None:
+    audit = auditor(store, run_id, operator)
     try:
         stolen = store.acquire_lock(name, run_id, operator, steal_stale=steal)
     except LockHeld as exc:
+        audit.append("lock.refused", lock=name, message=str(exc))
         hint = (
             " Pass --steal-stale-lock to take it over."
             if exc.holder is not None and getattr(exc.holder, "stale", False)
@@ -252,6 +268,9 @@ def _take_lock(
     if stolen is not None:
         on_note(f"took over a stale lock: {stolen.describe()}")
         store.update_run(run_id, message=f"took over stale lock from run {stolen.run_id}")
+        audit.append("lock.stolen", lock=name, message=stolen.describe())
+    else:
+        audit.append("lock.taken", lock=name)
 
 
 def resume(
@@ -344,8 +363,11 @@ def _execute(
     approver: Approver | None,
     state: RunState,
 ) -> Outcome:
+    resumed = store.get_run(run_id) or {}
+    audit = auditor(store, run_id, operator)
+    audit.append("run.resumed" if resumed.get("status") != "pending" else "run.started")
     store.update_run(run_id, status="running", pid=os.getpid(), machine=socket.gethostname())
-    writer = StoreRecorder(store, run_id)
+    writer = StoreRecorder(store, run_id, audit)
 
     def previous_release(host: str, root: str) -> str | None:
         return previous_of(store.switches(host, root))
@@ -371,6 +393,7 @@ def _execute(
         writer.close()
     ended = status in ENDED
     store.update_run(run_id, status=status, finished_at=time.time() if ended else None)
+    audit.append("run.finished" if ended else "run.stopped", status=status)
     if ended:
         store.release_lock(prepared.plan.lock, run_id)
         for row in store.hosts_of(run_id):  # hosts never reached say so, not "pending"
@@ -422,6 +445,13 @@ def decide(store: Store, run_id: str, approved: bool, operator: str, comment: st
     if record["status"] != "awaiting_approval" or not waiting:
         raise Refused(f"run {run_id} is not waiting for approval (it is {record['status']})")
     key, gate = waiting[0]
+    decision = "approved" if approved else "rejected"
+    auditor(store, run_id, operator).append(
+        f"gate.{decision}",
+        gate={"key": key, "kind": "approve", "message": gate["message"]},
+        decided_by=operator,
+        comment=comment,
+    )
     store.set_gate(
         run_id,
         key,
@@ -433,6 +463,7 @@ def decide(store: Store, run_id: str, approved: bool, operator: str, comment: st
         decided_at=time.time(),
     )
     if not approved:
+        auditor(store, run_id, operator).append("run.finished", status="rejected")
         store.update_run(
             run_id,
             status="rejected",

@@ -31,7 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import LockHeld, StoreError
-from .schema import gates, host_steps, locks, releases, run_hosts, runs, task_results
+from .audit import GENESIS, canonical, chain_hash
+from .schema import audit_events, gates, host_steps, locks, releases, run_hosts, runs, task_results
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -97,6 +98,9 @@ class Store:
             raise StoreError(f"cannot open the state store {_safe_url(url)}: {exc}") from None
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
+            # Take the write lock when a transaction begins: in WAL mode a transaction that
+            # read first and then writes fails at once if another writer got in between.
+            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         store = cls(engine)
         store.migrate()
         return store
@@ -275,6 +279,46 @@ class Store:
             select(task_results).where(task_results.c.run_id == run_id).order_by(task_results.c.id)
         )
 
+    # --- the audit chain ----------------------------------------------------------------------
+
+    def append_audit(self, event: Mapping[str, Any], key: bytes | None) -> int:
+        """Append one event to the chain (in the current batch, if any); returns its seq."""
+        for _ in range(100):
+            try:
+                with self._tx() as tx:
+                    head = tx.execute(
+                        select(audit_events.c.seq, audit_events.c.hash)
+                        .order_by(audit_events.c.seq.desc())
+                        .limit(1)
+                    ).first()
+                    seq = (head.seq if head else 0) + 1
+                    prev = head.hash if head else GENESIS
+                    body = {**event, "seq": seq}
+                    text = canonical(body)
+                    tx.execute(
+                        insert(audit_events).values(
+                            seq=seq,
+                            at=body["at"],
+                            run_id=body.get("run_id"),
+                            type=body["type"],
+                            host=body.get("host"),
+                            operator=body.get("operator"),
+                            change_id=body.get("change_id"),
+                            body=text,
+                            prev_hash=prev,
+                            hash=chain_hash(prev, text, key),
+                        )
+                    )
+                return int(seq)
+            except IntegrityError:
+                if getattr(self._local, "connection", None) is not None:
+                    raise  # inside a batch: the whole batch fails, and says so
+                time.sleep(0.005)  # another writer took this seq: go again on the new head
+        raise StoreError("could not append to the audit trail: it kept moving under us")
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        return self._read(select(audit_events).order_by(audit_events.c.seq))
+
     # --- releases ---------------------------------------------------------------------------
 
     def record_switch(self, **row: Any) -> None:
@@ -388,6 +432,7 @@ def _decode(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    connection.isolation_level = None  # transactions begin with BEGIN IMMEDIATE (see open)
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

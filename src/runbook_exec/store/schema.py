@@ -141,3 +141,21 @@ task_results = Table(
     Column("at", Float, nullable=False),
 )
 Index("ix_task_results_run", task_results.c.run_id)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    ),
+    Column("at", String(30), nullable=False),
+    Column("run_id", String(40)),
+    Column("type", String(40), nullable=False),
+    Column("host", String(255)),
+    Column("operator", String(200)),
+    Column("change_id", String(200)),
+    Column("body", Text, nullable=False),  # the event's canonical JSON: what is hashed
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_run", audit_events.c.run_id)
