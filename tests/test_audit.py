@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import wait_until
 from runbook_exec.lab import SshLab
 from runbook_exec.store.audit import canonical, chain_hash
 
@@ -282,7 +283,6 @@ def test_when_the_trail_cannot_be_written_the_run_stops_before_its_next_remote_s
     text = RUNBOOK.replace("echo hello", "sleep 2; echo hello").replace("[2]", '["100%"]')
     process = runbook_exec.spawn("run", write("rb.yml", text))  # type: ignore[attr-defined]
     db = database(runbook_exec)
-    import time
 
     def started() -> bool:
         try:
@@ -290,10 +290,7 @@ def test_when_the_trail_cannot_be_written_the_run_stops_before_its_next_remote_s
         except sqlite3.OperationalError:
             return False  # the store is still being created
 
-    deadline = time.monotonic() + 30
-    while not started():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(started)
     blocker = sqlite3.connect(db, timeout=30, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # the store is now unwritable for this run
     try:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from helpers import wait_until
 from runbook_exec.lab import SshLab
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -40,14 +41,6 @@ steps:
   - name: Touch
     shell: touch {{ lab_root | quote }}/done
 """
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def lines(hosts: SshLab, host: str, name: str) -> int:

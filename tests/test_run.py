@@ -9,12 +9,12 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers import wait_until
 from runbook_exec.lab import SshLab
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -311,14 +311,6 @@ def test_bad_input_is_refused_before_anything_runs(runbook_exec: Run, write: Wri
     assert done.returncode == 2 and "did you mean 'shell'" in done.stderr
     done = runbook_exec("runs", "--json")
     assert json.loads(done.stdout) == []
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def test_ansible_become_runs_steps_through_sudo(
