@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,8 +14,9 @@ from typing import Any
 from .errors import Problem
 from .model import PlaybookStep, ScriptStep, StepBase, TemplateStep, UploadStep
 from .plan import Plan
-from .runbook import RunbookFile
+from .runbook import RunbookFile, in_workspace
 from .templating import TemplateProblem, is_template, names_used
+from .transports.ansible import ansible_playbook_binary
 
 SYNTAX_CHECK_TIMEOUT = 120
 
@@ -62,7 +61,7 @@ def _file_fields(step: StepBase) -> Iterator[tuple[tuple[str, ...], str]]:
 def missing_files(runbook_file: RunbookFile, plan: Plan | None) -> list[Problem]:
     problems: dict[tuple[str, str], Problem] = {}
     for field, loc, raw in local_files(runbook_file, plan):
-        path = resolve_local(runbook_file, raw)
+        path = in_workspace(runbook_file.workspace, raw)
         if not path.exists() and (field, raw) not in problems:
             problems[(field, raw)] = Problem(
                 f"file not found: {raw} (looked in {path.parent})",
@@ -71,11 +70,6 @@ def missing_files(runbook_file: RunbookFile, plan: Plan | None) -> list[Problem]
                 field,
             )
     return list(problems.values())
-
-
-def resolve_local(runbook_file: RunbookFile, raw: str) -> Path:
-    path = Path(os.path.expanduser(raw))
-    return path if path.is_absolute() else runbook_file.workspace / path
 
 
 def template_syntax(runbook_file: RunbookFile) -> list[Problem]:
@@ -128,7 +122,7 @@ def playbook_syntax(runbook_file: RunbookFile) -> list[Problem]:
     ):
         for index, step in enumerate(steps):
             if isinstance(step, PlaybookStep) and not is_template(step.playbook):
-                path = resolve_local(runbook_file, step.playbook)
+                path = in_workspace(runbook_file.workspace, step.playbook)
                 if path.exists() and path not in jobs:
                     field = runbook_file.step_field(section, index, "playbook")
                     jobs[path] = (field, runbook_file.line_of((section, index, "playbook")))
@@ -144,8 +138,7 @@ def playbook_syntax(runbook_file: RunbookFile) -> list[Problem]:
 
 
 def _syntax_check(playbook: Path) -> str | None:
-    binary = Path(sys.executable).with_name("ansible-playbook")
-    command = str(binary) if binary.exists() else shutil.which("ansible-playbook")
+    command = ansible_playbook_binary()
     if command is None:
         return "cannot check playbook syntax: ansible-playbook is not installed"
     env = {

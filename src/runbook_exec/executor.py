@@ -20,7 +20,7 @@ from .inventory import Host
 from .model import StepBase
 from .params import MASK, ResolvedParams
 from .plan import render_action
-from .runbook import RunbookFile
+from .runbook import RunbookFile, in_workspace
 from .steps import HostContext, ReleaseSwitch, guard_skips, perform, release_switch
 from .templating import HostVars, TemplateProblem, evaluate, render
 from .transports.ansible import (
@@ -529,7 +529,7 @@ class Executor:
             )
             extra: dict[str, Any] = {}
         else:
-            playbook = local_path_in(self.file.workspace, action["playbook"])
+            playbook = in_workspace(self.file.workspace, action["playbook"])
             extra = {
                 "vars": action["vars"],
                 "tags": action["tags"],
@@ -537,7 +537,7 @@ class Executor:
                 "check": action["check"],
             }
             if action.get("vault_password_file"):
-                extra["vault_password_file"] = local_path_in(
+                extra["vault_password_file"] = in_workspace(
                     self.file.workspace, action["vault_password_file"]
                 )
         return await run_playbook(
@@ -694,11 +694,6 @@ def _collect(problems: list[str]) -> Callable[[tuple[str | int, ...], str], None
 def _ansible_fields(action: Mapping[str, Any]) -> dict[str, Any]:
     """What goes to Ansible once for all hosts (the per-host guards do not)."""
     return {k: v for k, v in action.items() if k not in ("creates", "unless")}
-
-
-def local_path_in(workspace: Path, raw: str) -> Path:
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else workspace / path
 
 
 def _with(base: HostStepResult, **changes: Any) -> HostStepResult:

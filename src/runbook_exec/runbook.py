@@ -46,6 +46,12 @@ class RunbookFile:
         return f"{label}.{field}" if field else label
 
 
+def in_workspace(workspace: Path, raw: str) -> Path:
+    """A path from a runbook: `~` expanded; relative ones resolve against the workspace."""
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else workspace / path
+
+
 def load_runbook(path: Path, display_path: str | None = None) -> RunbookFile:
     """Load and validate a runbook; raise `RunbookError` listing every problem found."""
     shown = display_path or str(path)

@@ -37,7 +37,7 @@ from .params import ResolvedParams, parse_extra_vars, resolve_params
 from .plan import Plan, build_plan
 from .recorders import Auditor, Fanout, StoreRecorder
 from .releases import previous_of
-from .runbook import RunbookFile, load_runbook, runbook_from_text
+from .runbook import RunbookFile, in_workspace, load_runbook, runbook_from_text
 from .store import Store
 from .store.audit import audit_key
 from .transports.ansible import PlaybookOutcome
@@ -172,7 +172,7 @@ def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, Playb
                 )
                 extravars: dict[str, Any] = {}
             else:
-                playbook = prepared.runbook_file.workspace / action["playbook"]
+                playbook = in_workspace(prepared.runbook_file.workspace, action["playbook"])
                 extravars = action["vars"]
             outcome = await run_playbook(
                 playbook, prepared.inventory, hosts, settings, extravars=extravars, check=True

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..runbook import in_workspace
 from ..templating import render
 from ..transports.local import run_local
 from ..transports.ssh import CommandResult, SshSession
@@ -102,14 +103,9 @@ async def perform(kind: str, action: Mapping[str, Any], host: HostContext) -> Co
     raise ValueError(f"{kind} steps are not run per host")
 
 
-def local_path(host: HostContext, raw: str) -> Path:
-    path = Path(os.path.expanduser(raw))
-    return path if path.is_absolute() else host.workspace / path
-
-
 async def _transfer(kind: str, spec: Mapping[str, Any], host: HostContext) -> CommandResult:
     started = time.monotonic()
-    source = local_path(host, spec["src"])
+    source = in_workspace(host.workspace, spec["src"])
     session = await host.session()
     if kind == "upload":
         await asyncio.wait_for(session.upload(source, spec["dest"], spec.get("mode")), host.timeout)
@@ -135,7 +131,7 @@ async def _script(spec: Mapping[str, Any], host: HostContext) -> CommandResult:
         return made
     remote = made.stdout.strip()
     await asyncio.wait_for(
-        session.upload(local_path(host, spec["src"]), remote, "0700"), host.timeout
+        session.upload(in_workspace(host.workspace, spec["src"]), remote, "0700"), host.timeout
     )
     argv = shlex.join([remote, *spec.get("args", [])])
     return await session.run(f"{argv}; rc=$?; rm -f {shlex.quote(remote)}; exit $rc", host.timeout)

@@ -142,7 +142,7 @@ async def run_playbook(
             suppress_env_files=True,
             event_handler=handle,
             cancel_callback=should_cancel,
-            binary=_ansible_playbook(),
+            binary=ansible_playbook_binary() or "ansible-playbook",
         )
         await asyncio.sleep(0)  # let the last events queued from the thread be recorded
         outcome.rc = runner.rc
@@ -162,12 +162,10 @@ async def run_playbook(
     return outcome
 
 
-def _ansible_playbook() -> str:
+def ansible_playbook_binary() -> str | None:
     """The ansible-playbook installed beside this Python (the venv's), else the one on PATH."""
     beside = Path(sys.executable).with_name("ansible-playbook")
-    return (
-        str(beside) if beside.exists() else (shutil.which("ansible-playbook") or "ansible-playbook")
-    )
+    return str(beside) if beside.exists() else shutil.which("ansible-playbook")
 
 
 def _task_result(status: str, data: Mapping[str, Any]) -> TaskResult:
