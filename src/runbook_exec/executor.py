@@ -20,14 +20,20 @@ from .inventory import Host
 from .model import StepBase
 from .params import MASK, ResolvedParams
 from .plan import render_action
-from .runbook import RunbookFile, in_workspace
-from .steps import HostContext, ReleaseSwitch, guard_skips, perform, release_switch
+from .runbook import RunbookFile
+from .steps import (
+    HostContext,
+    ReleaseSwitch,
+    ansible_call,
+    guard_skips,
+    perform,
+    release_switch,
+)
 from .templating import HostVars, TemplateProblem, evaluate, render
 from .transports.ansible import (
     AnsibleSettings,
     PlaybookOutcome,
     TaskResult,
-    one_task_play,
     run_playbook,
 )
 from .transports.ssh import CommandResult, SshOptions, SshSession, Unreachable, connect
@@ -522,33 +528,15 @@ class Executor:
             )
             self.recorder.task_result(number, section, index, masked)
 
-        if step.kind == "module":
-            spec = action["module"]
-            playbook: Path | list[dict[str, Any]] = one_task_play(
-                step.title, spec["name"], spec["args"]
-            )
-            extra: dict[str, Any] = {}
-        else:
-            playbook = in_workspace(self.file.workspace, action["playbook"])
-            extra = {
-                "vars": action["vars"],
-                "tags": action["tags"],
-                "skip_tags": action["skip_tags"],
-                "check": action["check"],
-            }
-            if action.get("vault_password_file"):
-                extra["vault_password_file"] = in_workspace(
-                    self.file.workspace, action["vault_password_file"]
-                )
+        playbook, options = ansible_call(step.kind, step.title, action, self.file.workspace)
         return await run_playbook(
             playbook,
             self.inventory,
             hosts,
             settings,
-            extravars=extra.pop("vars", None),
             on_task=on_task,
             should_cancel=lambda: self.abandoning,
-            **extra,
+            **options,
         )
 
     def _ansible_result(

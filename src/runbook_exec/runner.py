@@ -37,7 +37,7 @@ from .params import ResolvedParams, parse_extra_vars, resolve_params
 from .plan import Plan, build_plan
 from .recorders import Auditor, Fanout, StoreRecorder
 from .releases import previous_of
-from .runbook import RunbookFile, in_workspace, load_runbook, runbook_from_text
+from .runbook import RunbookFile, load_runbook, runbook_from_text
 from .store import Store
 from .store.audit import audit_key
 from .transports.ansible import PlaybookOutcome
@@ -143,8 +143,9 @@ def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, Playb
     what they would change, changing nothing. Steps before them have not run, so what they
     would have changed is not seen here."""
     from .plan import render_action
+    from .steps import ansible_call
     from .templating import HostVars
-    from .transports.ansible import AnsibleSettings, one_task_play, run_playbook
+    from .transports.ansible import AnsibleSettings, run_playbook
 
     first = prepared.hosts[0]
     names = HostVars(
@@ -165,18 +166,11 @@ def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, Playb
             action = render_action(step, names, partial(_keep_message, problems))
             if action is None:
                 raise InputError(Problem(f"{step.title}: {'; '.join(problems)}"))
-            if step.kind == "module":
-                spec = action["module"]
-                playbook: Path | list[dict[str, Any]] = one_task_play(
-                    step.title, spec["name"], spec["args"]
-                )
-                extravars: dict[str, Any] = {}
-            else:
-                playbook = in_workspace(prepared.runbook_file.workspace, action["playbook"])
-                extravars = action["vars"]
-            outcome = await run_playbook(
-                playbook, prepared.inventory, hosts, settings, extravars=extravars, check=True
+            playbook, options = ansible_call(
+                step.kind, step.title, action, prepared.runbook_file.workspace
             )
+            options["check"] = True
+            outcome = await run_playbook(playbook, prepared.inventory, hosts, settings, **options)
             results.append((step.title, outcome))
         return results
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..runbook import in_workspace
 from ..templating import render
+from ..transports.ansible import one_task_play
 from ..transports.local import run_local
 from ..transports.ssh import CommandResult, SshSession
 
@@ -208,6 +209,25 @@ def release_switch(spec: Mapping[str, Any], stdout: str) -> ReleaseSwitch | None
         pruned=tuple(fields.get("pruned", [])),
         source=source,
     )
+
+
+def ansible_call(
+    kind: str, title: str, action: Mapping[str, Any], workspace: Path
+) -> tuple[Path | list[dict[str, Any]], dict[str, Any]]:
+    """A rendered playbook or module step as what `run_playbook` takes: the playbook (a file,
+    or a one-task play for `module:`) and its options (extra vars, tags, check, vault)."""
+    if kind == "module":
+        spec = action["module"]
+        return one_task_play(title, spec["name"], spec["args"]), {}
+    options: dict[str, Any] = {
+        "extravars": action["vars"],
+        "tags": action["tags"],
+        "skip_tags": action["skip_tags"],
+        "check": action["check"],
+    }
+    if action.get("vault_password_file"):
+        options["vault_password_file"] = in_workspace(workspace, action["vault_password_file"])
+    return in_workspace(workspace, action["playbook"]), options
 
 
 async def guard_skips(action: Mapping[str, Any], host: HostContext) -> str | None:
