@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from .ssh import KILL_GRACE, CommandResult, OutputCapture, _combined_digest
+from .ssh import KILL_GRACE, CommandResult, OutputCapture, captured
 
 
 async def run_local(
@@ -62,12 +62,4 @@ async def run_local(
     rc = None if timed_out else process.returncode
     if rc is not None and rc < 0:
         rc = 128 - rc
-    return CommandResult(
-        rc=rc,
-        stdout=stdout.text(),
-        stderr=stderr.text(),
-        duration=time.monotonic() - started,
-        timed_out=timed_out,
-        output_bytes=stdout.size + stderr.size,
-        output_sha256=_combined_digest(stdout, stderr),
-    )
+    return captured(rc, stdout, stderr, started, timed_out)

@@ -177,16 +177,7 @@ class SshSession:
         except (asyncssh.Error, OSError) as exc:
             raise Unreachable(f"connection lost: {_reason(exc)}") from None
         rc = None if timed_out else session.exit_status
-        stdout, stderr = session.stdout, session.stderr
-        return CommandResult(
-            rc=rc,
-            stdout=stdout.text(),
-            stderr=stderr.text(),
-            duration=time.monotonic() - started,
-            timed_out=timed_out,
-            output_bytes=stdout.size + stderr.size,
-            output_sha256=_combined_digest(stdout, stderr),
-        )
+        return captured(rc, session.stdout, session.stderr, started, timed_out)
 
     async def _kill(self, pid: str | None) -> None:
         """Kill the timed-out command's process group: TERM, a grace period, then KILL."""
@@ -307,6 +298,21 @@ def _signal_number(name: str) -> int:
         return int(signal.Signals[f"SIG{name}"])
     except KeyError:
         return 0
+
+
+def captured(
+    rc: int | None, stdout: OutputCapture, stderr: OutputCapture, started: float, timed_out: bool
+) -> CommandResult:
+    """A command's result from its two captured streams (`started`: time.monotonic())."""
+    return CommandResult(
+        rc=rc,
+        stdout=stdout.text(),
+        stderr=stderr.text(),
+        duration=time.monotonic() - started,
+        timed_out=timed_out,
+        output_bytes=stdout.size + stderr.size,
+        output_sha256=_combined_digest(stdout, stderr),
+    )
 
 
 def _combined_digest(*captures: OutputCapture) -> str:
