@@ -88,7 +88,7 @@ def test_secret_comes_from_its_environment_variable(runbook: RunbookFile) -> Non
     given = parse_extra_vars(["version=1"])
     resolved = resolve_params(runbook, given, {"RBX_TEST_TOKEN": "abc"})
     assert resolved.masked()["token"] == "********"
-    assert resolved.secret_values == ("abc",)
+    assert resolved.secrets.texts == ("abc",)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from .errors import HostKeyError
 from .inventory import Host
 from .model import StepBase
-from .params import MASK, ResolvedParams
+from .params import ResolvedParams
 from .plan import render_action
 from .runbook import RunbookFile
 from .steps import (
@@ -153,11 +153,13 @@ class Executor:
         self.registered: dict[str, dict[str, Any]] = {h: {} for h in self.hosts}
         self.run_once_done: dict[tuple[str, int], dict[str, Any]] = {}
         self.forks = asyncio.Semaphore(max(1, options.forks))
+        self.secrets = params.secrets
         self.ssh = SshOptions(
             options.known_hosts,
             options.accept_new_host_keys,
             options.connect_timeout,
             options.output_limit,
+            self.secrets,
         )
         base = {**params.values, "run": {"id": run_id, "operator": operator}}
         self.names = {h.name: HostVars(h.template_vars(), base) for h in hosts}
@@ -375,6 +377,7 @@ class Executor:
             session=lambda: self._session(host),
             timeout=step.timeout or self.options.timeout,
             output_limit=self.options.output_limit,
+            secrets=self.secrets,
             workspace=self.file.workspace,
             template_names=names,
             previous_release=lambda root: self.release_history(host, root),
@@ -489,6 +492,7 @@ class Executor:
             lambda: self._session(host),
             step.timeout or self.options.timeout,
             self.options.output_limit,
+            self.secrets,
             self.file.workspace,
             self.names[host],
         )
@@ -520,6 +524,7 @@ class Executor:
             self.options.accept_new_host_keys,
             self.options.forks,
             step.timeout or self.options.timeout,
+            self.secrets,
         )
 
         def on_task(result: TaskResult) -> None:
@@ -654,9 +659,7 @@ class Executor:
                 future.cancel()
 
     def _mask(self, text: str) -> str:
-        for secret in self.params.secret_values:
-            text = text.replace(secret, MASK)
-        return text
+        return self.secrets.text(text)
 
     def _render_text(self, text: str | None, host: str) -> str | None:
         if text is None:

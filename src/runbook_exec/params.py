@@ -13,11 +13,11 @@ import yaml
 
 from .durations import parse_duration
 from .errors import ParameterError, Problem, RunbookError
+from .masking import MASK, Secrets
 from .model import Param
 from .runbook import RunbookFile
 from .yamlsource import load_yaml
 
-MASK = "********"
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -46,14 +46,13 @@ class ResolvedParams:
         }
 
     @property
-    def secret_values(self) -> tuple[str, ...]:
-        """Secret values as text, longest first, for masking them inside command output."""
-        texts = {
+    def secrets(self) -> Secrets:
+        """The secret values, for masking them inside command output and results."""
+        return Secrets(
             str(value)
             for name, value in self.values.items()
             if name in self.secret_names and value not in (None, "")
-        }
-        return tuple(sorted(texts, key=len, reverse=True))
+        )
 
 
 def parse_extra_vars(items: Sequence[str], cwd: Path | None = None) -> dict[str, GivenValue]:

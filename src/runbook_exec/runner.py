@@ -153,7 +153,11 @@ def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, Playb
         {**prepared.params.values, "run": {"id": "check-mode", "operator": "-"}},
     )
     settings = AnsibleSettings(
-        options.known_hosts, options.accept_new_host_keys, options.forks, options.timeout
+        options.known_hosts,
+        options.accept_new_host_keys,
+        options.forks,
+        options.timeout,
+        prepared.params.secrets,
     )
     hosts = [h.name for h in prepared.hosts]
 

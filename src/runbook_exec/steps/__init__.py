@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..masking import Secrets
 from ..runbook import in_workspace
 from ..templating import render
 from ..transports.ansible import one_task_play
@@ -69,6 +70,7 @@ class HostContext:
     session: Callable[[], Awaitable[SshSession]]
     timeout: float
     output_limit: int
+    secrets: Secrets
     workspace: Path
     template_names: Mapping[str, Any]
     previous_release: Callable[[str], str | None] = lambda root: None
@@ -87,7 +89,7 @@ async def perform(kind: str, action: Mapping[str, Any], host: HostContext) -> Co
         return await (await host.session()).run(shlex.join(action["command"]), host.timeout)
     if kind == "local":
         return await run_local(
-            action["local"], host.timeout, host.output_limit, str(host.workspace)
+            action["local"], host.timeout, host.output_limit, str(host.workspace), host.secrets
         )
     if kind == "http":
         from ..transports.http import check_http  # urllib costs 0.3 s to import; only if used

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..masking import Secrets
+
 RESULT_LIMIT = 4096
 TASK_EVENTS = {
     "runner_on_ok": "ok",
@@ -60,6 +62,7 @@ class AnsibleSettings:
     accept_new_host_keys: bool
     forks: int
     timeout: float
+    secrets: Secrets = field(default_factory=Secrets)
 
 
 def one_task_play(name: str, module: str, args: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -112,7 +115,7 @@ async def run_playbook(
         data = event.get("event_data", {})
         if status is None or "host" not in data:
             return False
-        result = _task_result(status, data)
+        result = _task_result(status, data, settings.secrets)
         loop.call_soon_threadsafe(_record, outcome, result, seen, on_task)
         return False  # nothing kept on disk: we have what we need
 
@@ -168,8 +171,10 @@ def ansible_playbook_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("ansible-playbook")
 
 
-def _task_result(status: str, data: Mapping[str, Any]) -> TaskResult:
-    res = data.get("res") or {}
+def _task_result(status: str, data: Mapping[str, Any], secrets: Secrets) -> TaskResult:
+    # Masked before it is encoded and capped: JSON escaping or the cap could otherwise
+    # leave a secret, or a piece of one, unrecognisable to a later mask.
+    res = secrets.data(data.get("res") or {})
     if status == "ok" and res.get("changed"):
         status = "changed"
     message = str(res.get("msg") or res.get("stderr") or res.get("stdout") or "").strip()

@@ -8,11 +8,16 @@ import os
 import signal
 import time
 
+from ..masking import Secrets
 from .ssh import KILL_GRACE, CommandResult, OutputCapture, captured
 
 
 async def run_local(
-    command: str | list[str], timeout: float, output_limit: int, cwd: str | None = None
+    command: str | list[str],
+    timeout: float,
+    output_limit: int,
+    cwd: str | None = None,
+    secrets: Secrets | None = None,
 ) -> CommandResult:
     """Run on this machine in its own process group; on timeout the whole group is killed."""
     started = time.monotonic()
@@ -34,7 +39,7 @@ async def run_local(
             start_new_session=True,
             cwd=cwd,
         )
-    stdout, stderr = OutputCapture(output_limit), OutputCapture(output_limit)
+    stdout, stderr = OutputCapture(output_limit, secrets), OutputCapture(output_limit, secrets)
 
     async def pump(stream: asyncio.StreamReader | None, capture: OutputCapture) -> None:
         assert stream is not None

@@ -14,7 +14,7 @@ import hashlib
 import os
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import asyncssh
 
 from ..errors import HostKeyError
 from ..inventory import Host
+from ..masking import Secrets
 
 # AES-GCM first: asyncssh hands it to OpenSSL whole, where chacha20-poly1305 costs a Python
 # call per packet (measured: about 30% less client CPU on the 50-host benchmark). Every
@@ -66,19 +67,34 @@ class SshOptions:
     accept_new_host_keys: bool = False
     connect_timeout: float = 10.0
     output_limit: int = 64 * 1024
+    secrets: Secrets = field(default_factory=Secrets)
 
 
 class OutputCapture:
-    """Keeps the head and tail of a stream within a limit, with the full size and SHA-256."""
+    """Keeps the head and tail of a stream within a limit, with the full size and SHA-256.
+    Secrets are masked as the stream arrives, before anything is kept, counted or hashed,
+    so a secret cut by the head/tail split or by a chunk boundary leaves no fragment."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, secrets: Secrets | None = None) -> None:
         self.limit = limit
         self.head = bytearray()
         self.tail = bytearray()
         self.size = 0
         self.digest = hashlib.sha256()
+        self.mask = secrets.stream() if secrets else None
 
     def feed(self, chunk: bytes) -> None:
+        if self.mask is not None:
+            chunk = self.mask.feed(chunk)
+        self._keep(chunk)
+
+    def finish(self) -> None:
+        """The stream has ended: let go of what the mask held back."""
+        if self.mask is not None:
+            self._keep(self.mask.finish())
+            self.mask = None
+
+    def _keep(self, chunk: bytes) -> None:
         self.size += len(chunk)
         self.digest.update(chunk)
         room = self.limit // 2 - len(self.head)
@@ -156,7 +172,8 @@ class SshSession:
         wrapped = f"echo $$; exec sh -c {shlex.quote(command)}"
         started = time.monotonic()
         limit = self.options.output_limit
-        session = _CapturingSession(OutputCapture(limit), OutputCapture(limit))
+        secrets = self.options.secrets
+        session = _CapturingSession(OutputCapture(limit, secrets), OutputCapture(limit, secrets))
         timed_out = False
         try:
             async with asyncio.timeout(timeout):
@@ -304,6 +321,8 @@ def captured(
     rc: int | None, stdout: OutputCapture, stderr: OutputCapture, started: float, timed_out: bool
 ) -> CommandResult:
     """A command's result from its two captured streams (`started`: time.monotonic())."""
+    stdout.finish()
+    stderr.finish()
     return CommandResult(
         rc=rc,
         stdout=stdout.text(),
