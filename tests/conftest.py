@@ -1,4 +1,5 @@
-"""Fixtures named for what they give: real sshd hosts (`lab`), files to feed the CLI."""
+"""Fixtures named for what they give: real sshd hosts (`lab`, `hosts`), a real PostgreSQL
+server (`postgres`), a state store URL on either backend (`db_url`), files to feed the CLI."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pgserver import PostgresServer, server_binaries
 from runbook_exec.lab import SshLab
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +32,37 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLab]:
             },
         )
         yield started
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on a loopback port, for the whole session."""
+    binaries = server_binaries()
+    if binaries is None:
+        message = "PostgreSQL is not installed: `scripts/setup --with-postgres` installs it"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must test both backends, never skip one
+        pytest.skip(message)
+    server = PostgresServer(binaries).start()
+    yield server
+    server.stop()
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The state store for one test: a SQLite file in its directory, or, when parametrized
+    with "postgresql" (`indirect=True`), a fresh database on the session's server."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = server.new_database()
+    yield server.url(name)
+    server.drop_database(name)
 
 
 @pytest.fixture
@@ -73,10 +106,12 @@ def hosts(tmp_path: Path) -> Iterator[SshLab]:
 
 
 @pytest.fixture
-def runbook_exec(tmp_path: Path, hosts: SshLab) -> Callable[..., subprocess.CompletedProcess[str]]:
+def runbook_exec(
+    tmp_path: Path, hosts: SshLab, db_url: str
+) -> Callable[..., subprocess.CompletedProcess[str]]:
     """`runbook-exec` against the `hosts` lab: its inventory, known_hosts and a test database.
     Pass a command and its arguments; `-i`/`--known-hosts`/`--db` are added where they fit."""
-    db = f"sqlite:///{tmp_path / 'state.db'}"
+    db = db_url
 
     def argv(command: str, args: tuple[str | Path, ...]) -> list[str]:
         extra: list[str] = ["--db", db]

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from pgserver import server_binaries
+from runbook_exec.store import engine_url
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None:
@@ -13,3 +21,37 @@ def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {seconds}s")
         time.sleep(0.05)
+
+
+def query(url: str, statement: str, **params: Any) -> list[dict[str, Any]]:
+    """Run one SQL statement against a state store (SQLite or PostgreSQL) as another process
+    would, outside runbook-exec; returns the rows of a SELECT, or [] for a change."""
+    engine = create_engine(engine_url(url))
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(text(statement), params)
+            return [dict(row._mapping) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def assert_nowhere_in_store(url: str, secret: bytes) -> None:
+    """`secret` is in no file of the store, as it lies on disk: SQLite's database and WAL, or
+    every file of the PostgreSQL cluster (tables, indexes, WAL) after a checkpoint, and in
+    none of the database's rows as `pg_dump` prints them (values PostgreSQL compressed on
+    disk are read back as text there)."""
+    if url.startswith("sqlite:///"):
+        database = Path(url.removeprefix("sqlite:///"))
+        files = [database, Path(f"{database}-wal"), Path(f"{database}-shm")]
+    else:
+        query(url, "CHECKPOINT")
+        folder = Path(str(query(url, "SHOW data_directory")[0]["data_directory"]))
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        dump = subprocess.run(
+            [str(server_binaries() / "pg_dump"), "--data-only", url],  # type: ignore[operator]
+            capture_output=True,
+            check=True,
+        )
+        assert secret not in dump.stdout, "in a row of the PostgreSQL database"
+    found = [f for f in files if f.exists() and secret in f.read_bytes()]
+    assert not found, f"the secret is in {found}"

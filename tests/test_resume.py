@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers import wait_until
+import pytest
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from conftest import BACKENDS
+from helpers import assert_nowhere_in_store, query, wait_until
 from runbook_exec.lab import SshLab
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -50,17 +53,16 @@ def lines(hosts: SshLab, host: str, name: str) -> int:
 
 def step_status(runbook_exec: Run, host: str, step: str) -> str | None:
     """A host-step's status as the store has it, read as a second process would."""
-    path = runbook_exec.db.removeprefix("sqlite:///")  # type: ignore[attr-defined]
-    if not Path(path).exists():
-        return None
     try:
-        with sqlite3.connect(path, timeout=10) as db:
-            row = db.execute(
-                "SELECT status FROM host_steps WHERE host = ? AND step_name = ?", (host, step)
-            ).fetchone()
-    except sqlite3.OperationalError:
+        rows = query(
+            runbook_exec.db,  # type: ignore[attr-defined]
+            "SELECT status FROM host_steps WHERE host = :host AND step_name = :step",
+            host=host,
+            step=step,
+        )
+    except (OperationalError, ProgrammingError):
         return None  # the store is still being created
-    return row[0] if row else None
+    return str(rows[0]["status"]) if rows else None
 
 
 def latest_run(runbook_exec: Run) -> dict[str, object]:
@@ -68,6 +70,7 @@ def latest_run(runbook_exec: Run) -> dict[str, object]:
     return json.loads(done.stdout)[0]  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
 def test_kill_9_in_batch_2_then_resume_runs_every_step_once_per_host(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:
@@ -96,6 +99,7 @@ def test_kill_9_in_batch_2_then_resume_runs_every_step_once_per_host(
     assert record["status"] == "succeeded"
 
 
+@pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
 def test_a_second_run_on_the_same_hosts_is_refused_with_who_holds_the_lock(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:
@@ -114,6 +118,7 @@ def test_a_second_run_on_the_same_hosts_is_refused_with_who_holds_the_lock(
     assert lines(hosts, "host1", "before") == 1
 
 
+@pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
 def test_a_lock_left_by_a_dead_run_is_stale_and_can_be_stolen_or_unlocked(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:
@@ -152,6 +157,7 @@ def test_resume_refuses_a_run_that_is_still_running(
     assert done.returncode == 3 and "is still running" in done.stderr
 
 
+@pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
 def test_approval_gate_waits_then_approve_and_resume_finish_the_run(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:
@@ -291,6 +297,7 @@ def test_on_a_terminal_the_gate_asks_and_records_who_said_yes(
     assert (gate["status"], gate["decided_by"]) == ("approved", "carol")
 
 
+@pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
 def test_resume_reads_secrets_again_from_their_environment_variables(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:
@@ -310,6 +317,4 @@ def test_resume_reads_secrets_again_from_their_environment_variables(
     done = runbook_exec("resume", run_id, env={"RBX_TOKEN": "s3cr3t-1"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert (hosts.host("host4").root / "done").read_text() == "s3cr3t-1"
-    database = Path(runbook_exec.db.removeprefix("sqlite:///"))  # type: ignore[attr-defined]
-    for file in (database, Path(f"{database}-wal")):
-        assert not file.exists() or b"s3cr3t-1" not in file.read_bytes(), file
+    assert_nowhere_in_store(runbook_exec.db, b"s3cr3t-1")  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from typing import Any
 from .errors import StoreError
 from .executor import HostStepResult, Recorder
 from .steps import ReleaseSwitch
-from .store import Store
+from .store import Store, first_line
 from .store.audit import utc_now
 from .transports.ansible import TaskResult
 
@@ -113,7 +113,7 @@ class StoreRecorder:
             error = self.error
             if isinstance(error, StoreError):
                 raise error
-            raise StoreError(f"the state store could not be written: {error}")
+            raise StoreError(f"the state store could not be written: {first_line(error)}")
 
     def close(self) -> None:
         self.queue.put(None)

@@ -266,6 +266,11 @@ def print_run(
                 console.print(f"     task {escape(task['task'])} {_status(task['status'])}{said}")
             if ran:
                 continue  # the tasks say it all; their summary is the step's stdout
+            if step["stdout"] is None and step["stderr"] is None and step["output_bytes"]:
+                console.print(
+                    f"     [dim](output pruned: {step['output_bytes']} bytes, "
+                    f"sha256 {step['output_sha256']})[/dim]"
+                )
             for stream in ("stdout", "stderr"):
                 text = (step[stream] or "").rstrip()
                 for line in text.splitlines():

@@ -17,16 +17,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, Problem, RunbookExecError
+from .. import __version__
+from ..errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, Problem, RunbookExecError
+from .audit import audit_app
+from .options import DEFAULT_DB, DbOpt, OperatorOpt, err, out
 
 if TYPE_CHECKING:
-    from .inventory import Host
-    from .params import ResolvedParams
-    from .plan import Plan
-    from .runbook import RunbookFile
-
-DEFAULT_DB = "sqlite:///.runbook-exec/state.db"
+    from ..inventory import Host
+    from ..params import ResolvedParams
+    from ..plan import Plan
+    from ..runbook import RunbookFile
 
 app = typer.Typer(
     name="runbook-exec",
@@ -75,29 +75,6 @@ LimitOpt = Annotated[
         help="Narrow the runbook's targets further, with an Ansible host pattern (web1:web2).",
     ),
 ]
-DbOpt = Annotated[
-    str,
-    typer.Option(
-        "--db",
-        envvar="RUNBOOK_EXEC_DB",
-        metavar="URL",
-        help="State store: sqlite:///PATH or postgresql://USER@HOST/DB. "
-        "Default: SQLite in .runbook-exec/state.db here; RUNBOOK_EXEC_DB overrides.",
-    ),
-]
-OperatorOpt = Annotated[
-    str | None,
-    typer.Option("--operator", metavar="NAME", help="Who is acting (default: your OS user)."),
-]
-
-err = Console(stderr=True, highlight=False)
-
-
-def _out() -> Console:
-    console = Console(highlight=False, soft_wrap=True)
-    if not console.is_terminal:
-        console.width = max(console.width, 160)  # logs and pipes: do not wrap tables narrowly
-    return console
 
 
 def _version(value: bool) -> None:
@@ -134,9 +111,9 @@ def check(
 
     Example: runbook-exec check runbooks/deploy.yml -i inventory/staging.ini -e version=1.4.2
     """
-    from . import checks
-    from .params import parse_extra_vars, resolve_params
-    from .runbook import load_runbook
+    from .. import checks
+    from ..params import parse_extra_vars, resolve_params
+    from ..runbook import load_runbook
 
     runbook_file = load_runbook(runbook, str(runbook))
     problems: list[Problem] = []
@@ -169,7 +146,7 @@ def check(
         summary += f", {plan.host_count} hosts in {len(plan.batches)} batches ({sizes})"
     else:
         summary += "; give -i INVENTORY to check hosts and templates too"
-    _out().print(summary)
+    out().print(summary)
 
 
 @app.command()
@@ -202,9 +179,9 @@ def plan(
 
     Example: runbook-exec plan runbooks/deploy.yml -i inventory/staging.ini -e version=1.4.2
     """
-    from .params import parse_extra_vars, resolve_params
-    from .runbook import load_runbook
-    from .views import print_plan
+    from ..params import parse_extra_vars, resolve_params
+    from ..runbook import load_runbook
+    from ..views import print_plan
 
     if not inventory:
         raise InputError(Problem("plan needs an inventory: give -i INVENTORY"))
@@ -227,11 +204,11 @@ def plan(
     if as_json:
         typer.echo(result.to_json())
     else:
-        print_plan(_out(), result)
+        print_plan(out(), result)
     if check_mode:
-        from . import runner
-        from .executor import RunOptions
-        from .views import print_check_mode
+        from .. import runner
+        from ..executor import RunOptions
+        from ..views import print_check_mode
 
         prepared = runner.Prepared(
             runbook_file, tuple(map(str, inventory)), hosts, params, result, limit
@@ -239,7 +216,7 @@ def plan(
         options = RunOptions(
             known_hosts=(known_hosts or Path("~/.ssh/known_hosts").expanduser()).resolve()
         )
-        print_check_mode(_out(), runner.check_mode(prepared, options))
+        print_check_mode(out(), runner.check_mode(prepared, options))
 
 
 KnownHostsOpt = Annotated[
@@ -328,16 +305,16 @@ def run(
     Example: runbook-exec run runbooks/deploy.yml -i inventory/ -e version=1.4.2
     --change-id CHG-1042 --reason "Q4 release"
     """
-    from . import runner
-    from .durations import parse_duration
-    from .executor import RunOptions
-    from .store import Store
-    from .views import print_plan
+    from .. import runner
+    from ..durations import parse_duration
+    from ..executor import RunOptions
+    from ..store import Store
+    from ..views import print_plan
 
     who = runner.operator_name(operator)
     prepared = runner.prepare(runbook, inventory or [], extra_vars or [], limit, who)
     if dry_run:
-        print_plan(_out(), prepared.plan)
+        print_plan(out(), prepared.plan)
         return
     options = RunOptions(
         forks=forks,
@@ -382,8 +359,8 @@ def resume(
     (the controller died while it ran) runs again. Secret parameters are read again from
     their environment variables. The same run id, one continuous record.
     """
-    from . import runner
-    from .store import Store
+    from .. import runner
+    from ..store import Store
 
     store = Store.open(db)
     record = runner.load_run(store, run_id)
@@ -410,8 +387,8 @@ def _carry_out(as_json: bool, no_input: bool, batches: Any, go: Any) -> None:
     with its code."""
     import asyncio
 
-    from .live import ConsoleRecorder, print_outcome
-    from .runner import summary_json
+    from ..live import ConsoleRecorder, print_outcome
+    from ..runner import summary_json
 
     console = Console(highlight=False, soft_wrap=True, stderr=as_json)
     interactive = sys.stdin.isatty() and console.is_terminal and not no_input
@@ -477,15 +454,15 @@ def reject(
 def _decide(
     run_id: str, approved: bool, comment: str | None, operator: str | None, db: str
 ) -> None:
-    from . import runner
-    from .store import Store
+    from .. import runner
+    from ..store import Store
 
     who = runner.operator_name(operator)
     message = runner.decide(Store.open(db), run_id, approved, who, comment)
     if approved:
-        _out().print(f"approved by {who}: {message}\ncarry on with `runbook-exec resume {run_id}`")
+        out().print(f"approved by {who}: {message}\ncarry on with `runbook-exec resume {run_id}`")
     else:
-        _out().print(f"rejected by {who}: {message}; run {run_id} ends here")
+        out().print(f"rejected by {who}: {message}; run {run_id} ends here")
 
 
 @app.command()
@@ -495,14 +472,14 @@ def runs(
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """List runs, newest first: id, runbook, operator, change id, start, duration, status."""
-    from .store import Store
-    from .views import print_runs, run_summary
+    from ..store import Store
+    from ..views import print_runs, run_summary
 
     records = Store.open(db).list_runs(limit)
     if as_json:
         typer.echo(json.dumps([run_summary(r) for r in records], indent=2))
     else:
-        print_runs(_out(), records)
+        print_runs(out(), records)
 
 
 @app.command()
@@ -512,9 +489,9 @@ def show(
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Every step of a run on every host: status, exit code, duration and output."""
-    from . import runner
-    from .store import Store
-    from .views import print_run, run_summary
+    from .. import runner
+    from ..store import Store
+    from ..views import print_run, run_summary
 
     store = Store.open(db)
     record = runner.load_run(store, run_id)
@@ -537,7 +514,7 @@ def show(
             )
         )
     else:
-        print_run(_out(), record, store.hosts_of(run_id), steps, gates, tasks)
+        print_run(out(), record, store.hosts_of(run_id), steps, gates, tasks)
 
 
 @app.command()
@@ -563,10 +540,10 @@ def releases(
     """
     import asyncio
 
-    from . import releases as live
-    from .inventory import select_hosts
-    from .store import Store
-    from .transports.ssh import SshOptions
+    from .. import releases as live
+    from ..inventory import select_hosts
+    from ..store import Store
+    from ..transports.ssh import SshOptions
 
     hosts = {h.name: h for h in select_hosts(inventory, "all", limit)} if inventory else None
     if check_hosts and hosts is None:
@@ -579,170 +556,11 @@ def releases(
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
     else:
-        from .views import print_releases
+        from ..views import print_releases
 
-        print_releases(_out(), rows, checked=check_hosts)
+        print_releases(out(), rows, checked=check_hosts)
     if check_hosts and any(r.drift for r in rows):
         raise typer.Exit(1)
-
-
-audit_app = typer.Typer(
-    help="The audit trail: verify that it is whole, export it, keep a signed checkpoint.",
-    no_args_is_help=True,
-)
-app.add_typer(audit_app, name="audit")
-KeyNote = (
-    " With RUNBOOK_EXEC_AUDIT_KEY (or RUNBOOK_EXEC_AUDIT_KEY_FILE) set, hashes are HMAC-SHA256 "
-    "with that key."
-)
-
-
-@audit_app.command("verify")
-def audit_verify(
-    file: Annotated[
-        Path | None,
-        typer.Option("--file", metavar="EXPORT", help="Verify an exported .jsonl instead."),
-    ] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            metavar="FILE",
-            help="Also prove the chain still extends this checkpoint.",
-        ),
-    ] = None,
-    operator: OperatorOpt = None,
-    db: DbOpt = DEFAULT_DB,
-) -> None:
-    """Recompute the hash chain and report OK with the count, or the first event that does
-    not match and why (changed, missing, inserted, reordered). Exit 0 or 1."""
-    from .store.audit import audit_key, check_checkpoint, verify
-
-    key = audit_key()
-    rows = _export_rows(file) if file is not None else _audit_store(db).audit_events()
-    count, finding = verify(rows, key)
-    if finding is None and checkpoint is not None:
-        finding = check_checkpoint(json.loads(checkpoint.read_text()), rows, key)
-    if file is None:
-        _audit_action(db, operator, "audit.verified", ok=finding is None, count=count)
-    if finding is not None:
-        _out().print(
-            f"[red]audit trail NOT intact[/red]: {escape(str(finding))} "
-            f"({count} events verified before it)"
-        )
-        raise typer.Exit(1)
-    extends = " and extends the checkpoint" if checkpoint else ""
-    keyed = "HMAC-SHA256" if key else "SHA-256"
-    _out().print(f"[green]audit trail OK[/green]: {count} events, chain intact ({keyed}){extends}")
-
-
-@audit_app.command("export")
-def audit_export(
-    run: Annotated[str | None, typer.Option("--run", metavar="RUN_ID")] = None,
-    host: Annotated[str | None, typer.Option("--host")] = None,
-    operator_filter: Annotated[str | None, typer.Option("--by", metavar="OPERATOR")] = None,
-    change_id: Annotated[str | None, typer.Option("--change-id")] = None,
-    since: Annotated[
-        str | None,
-        typer.Option("--since", metavar="UTC", help="e.g. 2026-11-01 or 2026-11-01T08:00"),
-    ] = None,
-    until: Annotated[str | None, typer.Option("--until", metavar="UTC")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl (one event per line).")] = "jsonl",
-    operator: OperatorOpt = None,
-    db: DbOpt = DEFAULT_DB,
-) -> None:
-    """Print the trail as JSONL: seq, prev_hash, hash and the hashed body of each event.
-    A whole export verifies with `audit verify --file` or the README's snippet; a filtered
-    one still lets each event's hash be checked against its prev_hash."""
-    from .store.audit import export_lines
-
-    if fmt != "jsonl":
-        raise InputError(Problem(f"--format {fmt!r}: only jsonl is supported yet"))
-    rows = _audit_store(db).audit_events()
-
-    def wanted(row: dict[str, Any]) -> bool:
-        return (
-            (run is None or row["run_id"] == run)
-            and (host is None or row["host"] == host)
-            and (operator_filter is None or row["operator"] == operator_filter)
-            and (change_id is None or row["change_id"] == change_id)
-            and (since is None or row["at"] >= since)
-            and (until is None or row["at"] < until)
-        )
-
-    for line in export_lines(r for r in rows if wanted(r)):
-        typer.echo(line)
-    _audit_action(
-        db,
-        operator,
-        "audit.exported",
-        filters={
-            "run": run,
-            "host": host,
-            "operator": operator_filter,
-            "change_id": change_id,
-            "since": since,
-            "until": until,
-        },
-    )
-
-
-@audit_app.command("checkpoint")
-def audit_checkpoint(operator: OperatorOpt = None, db: DbOpt = DEFAULT_DB) -> None:
-    """Print a signed head of the chain (count and last hash) to keep outside the database,
-    in a change ticket or with an auditor; `audit verify --checkpoint FILE` proves later that
-    the chain still extends it, so cutting events off its end is caught."""
-    from .store.audit import audit_key, checkpoint
-
-    rows = _audit_store(db).audit_events()
-    head = rows[-1]["hash"] if rows else "0" * 64
-    typer.echo(json.dumps(checkpoint(len(rows), head, audit_key()), indent=2))
-    _audit_action(db, operator, "audit.checkpoint", count=len(rows), head=head)
-
-
-def _audit_store(db: str) -> Any:
-    from .store import Store
-
-    return Store.open(db)
-
-
-def _audit_action(db: str, operator: str | None, kind: str, **fields: Any) -> None:
-    """Reading, exporting and checkpointing the trail are audit events themselves."""
-    import socket
-
-    from . import runner
-    from .store.audit import audit_key, utc_now
-
-    who = runner.operator_name(operator)
-    event = {
-        "at": utc_now(),
-        "type": kind,
-        "run_id": None,
-        "host": None,
-        "operator": who,
-        "change_id": None,
-        "actor": {"os_user": getpass.getuser(), "operator": who, "machine": socket.gethostname()},
-        **fields,
-    }
-    _audit_store(db).append_audit(event, audit_key())
-
-
-def _export_rows(file: Path) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(file.read_text().splitlines(), 1):
-        try:
-            row = json.loads(line)
-            rows.append(
-                {
-                    "seq": row["seq"],
-                    "prev_hash": row["prev_hash"],
-                    "hash": row["hash"],
-                    "body": row["body"],
-                }
-            )
-        except (ValueError, KeyError, TypeError):
-            raise InputError(Problem("not an audit export line", str(file), number)) from None
-    return rows
 
 
 @app.command()
@@ -755,8 +573,8 @@ def unlock(
 ) -> None:
     """Force a lock open. Only for a holder you know is gone; the run it belonged to can
     still be resumed, and takes the lock again."""
-    from . import runner
-    from .store import Store
+    from .. import runner
+    from ..store import Store
 
     store = Store.open(db)
     holder = store.force_unlock(name)
@@ -765,7 +583,7 @@ def unlock(
     runner.auditor(store, holder.run_id, runner.operator_name(operator)).append(
         "lock.forced", lock=name, message=holder.describe()
     )
-    _out().print(f"unlocked by {runner.operator_name(operator)}: {holder.describe()}")
+    out().print(f"unlocked by {runner.operator_name(operator)}: {holder.describe()}")
 
 
 def _duration_option(name: str, value: str, parse: Any) -> float:
@@ -776,7 +594,7 @@ def _duration_option(name: str, value: str, parse: Any) -> float:
 
 
 def _select_hosts(runbook_file: RunbookFile, sources: list[Path], limit: str | None) -> list[Host]:
-    from .inventory import select_hosts
+    from ..inventory import select_hosts
 
     return select_hosts(sources, runbook_file.runbook.targets, limit)
 
@@ -788,10 +606,13 @@ def _plan(
     limit: str | None,
     operator: str | None,
 ) -> Plan:
-    from .plan import build_plan
+    from ..plan import build_plan
 
     run = {"id": "(assigned when the run starts)", "operator": operator or getpass.getuser()}
     return build_plan(runbook_file, hosts, params, limit=limit, run=run)
+
+
+app.add_typer(audit_app, name="audit")
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -803,7 +624,7 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(EXIT_INTERRUPTED)
     except RunbookExecError as exc:
         problems = exc.problems if isinstance(exc, InputError) else (Problem(str(exc)),)
-        from .views import print_problems
+        from ..views import print_problems
 
         print_problems(err, problems)
         if isinstance(exc, InputError) and len(problems) > 1:

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import LockHeld, StoreError
-from .audit import GENESIS, canonical, chain_hash
+from .audit import GENESIS, canonical, chain_hash, detach
 from .schema import audit_events, gates, host_steps, locks, releases, run_hosts, runs, task_results
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -86,6 +86,7 @@ class Store:
 
     @classmethod
     def open(cls, url: str) -> Store:
+        url = engine_url(url)
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             path = Path(url.removeprefix("sqlite:///"))
             try:
@@ -93,8 +94,13 @@ class Store:
             except OSError as exc:
                 raise StoreError(f"cannot create {path.parent}: {exc.strerror}") from None
         try:
-            engine = create_engine(url, future=True)
-        except (SQLAlchemyError, ValueError, ImportError) as exc:
+            engine = create_engine(url, future=True, pool_pre_ping=url.startswith("postgresql"))
+        except ImportError:
+            raise StoreError(
+                f"cannot open the state store {_safe_url(url)}: PostgreSQL needs the psycopg "
+                "driver (pip install 'runbook-exec[postgres]')"
+            ) from None
+        except (SQLAlchemyError, ValueError) as exc:
             raise StoreError(f"cannot open the state store {_safe_url(url)}: {exc}") from None
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
@@ -116,10 +122,14 @@ class Store:
         config.set_main_option("script_location", str(MIGRATIONS))
         try:
             with self.engine.begin() as connection:
+                # Two processes opening a new PostgreSQL database at once: one migrates, the
+                # other waits here and then finds the schema current (SQLite's BEGIN
+                # IMMEDIATE already serializes them).
+                _serialize(connection, MIGRATION_LOCK)
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot prepare the state store: {_first_line(exc)}") from None
+            raise StoreError(f"cannot prepare the state store: {first_line(exc)}") from None
 
     def _schema_is_current(self) -> bool:
         heads = {p.stem.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*.py")}
@@ -155,14 +165,14 @@ class Store:
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
-            raise StoreError(f"the state store could not be written: {_first_line(exc)}") from None
+            raise StoreError(f"the state store could not be written: {first_line(exc)}") from None
 
     def _read(self, statement: Any) -> list[dict[str, Any]]:
         try:
             with self.engine.connect() as connection:
                 return [dict(row._mapping) for row in connection.execute(statement)]
         except SQLAlchemyError as exc:
-            raise StoreError(f"the state store could not be read: {_first_line(exc)}") from None
+            raise StoreError(f"the state store could not be read: {first_line(exc)}") from None
 
     # --- runs -------------------------------------------------------------------------------
 
@@ -286,6 +296,7 @@ class Store:
         for _ in range(100):
             try:
                 with self._tx() as tx:
+                    _serialize(tx, CHAIN_LOCK)
                     head = tx.execute(
                         select(audit_events.c.seq, audit_events.c.hash)
                         .order_by(audit_events.c.seq.desc())
@@ -293,7 +304,7 @@ class Store:
                     ).first()
                     seq = (head.seq if head else 0) + 1
                     prev = head.hash if head else GENESIS
-                    body = {**event, "seq": seq}
+                    body, payload = detach({**event, "seq": seq})
                     text = canonical(body)
                     tx.execute(
                         insert(audit_events).values(
@@ -305,6 +316,7 @@ class Store:
                             operator=body.get("operator"),
                             change_id=body.get("change_id"),
                             body=text,
+                            payload=payload,
                             prev_hash=prev,
                             hash=chain_hash(prev, text, key),
                         )
@@ -317,7 +329,52 @@ class Store:
         raise StoreError("could not append to the audit trail: it kept moving under us")
 
     def audit_events(self) -> list[dict[str, Any]]:
-        return self._read(select(audit_events).order_by(audit_events.c.seq))
+        """The whole chain in order. Built from plain tuples: at 100,000 events SQLAlchemy's
+        row mappings would cost as much as verifying them."""
+        try:
+            with self.engine.connect() as connection:
+                result = connection.execute(select(audit_events).order_by(audit_events.c.seq))
+                names = list(result.keys())
+                return [dict(zip(names, row, strict=True)) for row in result.tuples()]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the state store could not be read: {first_line(exc)}") from None
+
+    def prune_output(
+        self, before_iso: str, before_epoch: float, *, dry_run: bool
+    ) -> dict[str, int]:
+        """Remove output bodies older than the cut-off: audit payloads (their digests stay in
+        the hashed bodies), host-steps' stdout/stderr (their size and SHA-256 stay) and
+        Ansible task results. Returns how many of each (would have) changed."""
+        targets = {
+            "events": (
+                audit_events,
+                (audit_events.c.at < before_iso) & audit_events.c.payload.is_not(None),
+                {"payload": None},
+            ),
+            "host_steps": (
+                host_steps,
+                (host_steps.c.finished_at < before_epoch)
+                & (host_steps.c.stdout.is_not(None) | host_steps.c.stderr.is_not(None)),
+                {"stdout": None, "stderr": None},
+            ),
+            "task_results": (
+                task_results,
+                (task_results.c.at < before_epoch) & task_results.c.result.is_not(None),
+                {"result": None},
+            ),
+        }
+        counts: dict[str, int] = {}
+        with self._tx() as tx:
+            for name, (table, where, cleared) in targets.items():
+                if dry_run:
+                    counts[name] = int(
+                        tx.execute(
+                            select(func.count()).select_from(table).where(where)
+                        ).scalar_one()
+                    )
+                else:
+                    counts[name] = tx.execute(update(table).where(where).values(cleared)).rowcount
+        return counts
 
     # --- releases ---------------------------------------------------------------------------
 
@@ -414,6 +471,27 @@ class Store:
         return holder
 
 
+# PostgreSQL advisory lock keys (any two fixed 64-bit numbers of our own).
+CHAIN_LOCK = 0x7262_7861_7564_6974  # "rbxaudit": one appender at a time, so one chain
+MIGRATION_LOCK = 0x7262_786D_6967_7261  # "rbxmigra"
+
+
+def _serialize(connection: Connection, key: int) -> None:
+    """On PostgreSQL, hold `key` until this transaction ends: writers take turns, as SQLite's
+    BEGIN IMMEDIATE makes them. Without it two runs could read the same chain head, and
+    one of them would lose a whole group commit to the primary key."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
+
+
+def engine_url(url: str) -> str:
+    """SQLAlchemy's URL for ours: `postgresql://` and `postgres://` use psycopg (3)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
+
+
 _JSON_FIELDS = ("params", "secret_names", "inventory", "plan", "options")
 
 
@@ -441,7 +519,8 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The database's own message, without the SQL and parameters SQLAlchemy adds."""
     return str(getattr(exc, "orig", None) or exc).splitlines()[0]
 
 

@@ -6,21 +6,46 @@ UTF-8, keys sorted, no spaces (`json.dumps(event, sort_keys=True, separators=(",
 ensure_ascii=False)`), and the first event's prev_hash is 64 zeros. The event holds its own
 `seq`, so reordering shows too. `seq` is the table's primary key: two writers can never both
 append the same number, so the chain cannot fork; the loser retries on the new head.
+
+Bulky parts of an event (a command's output, an Ansible result) are its *payload*: kept
+beside the body as their own canonical JSON, with the body holding the payload's SHA-256
+(`payload_sha256`). The chain covers the digest, so the payload can be pruned after a
+retention period while every event still verifies; a payload that is present must match.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
+import io
+import itertools
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError, Problem
+
 GENESIS = "0" * 64
+DETACHED = ("output", "result")  # an event's fields that go to its payload
+
+
+def detach(event: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Split an event into the body to hash (holding the payload's SHA-256) and the payload."""
+    bulky = {name: event[name] for name in DETACHED if event.get(name) is not None}
+    if not bulky:
+        return dict(event), None
+    payload = canonical(bulky)
+    body = {k: v for k, v in event.items() if k not in bulky}
+    return {**body, "payload_sha256": sha256_hex(payload)}, payload
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def canonical(event: Mapping[str, Any]) -> str:
@@ -40,7 +65,16 @@ def audit_key(environ: Mapping[str, str] | None = None) -> bytes | None:
     if env.get("RUNBOOK_EXEC_AUDIT_KEY"):
         return env["RUNBOOK_EXEC_AUDIT_KEY"].encode("utf-8")
     if env.get("RUNBOOK_EXEC_AUDIT_KEY_FILE"):
-        return Path(env["RUNBOOK_EXEC_AUDIT_KEY_FILE"]).read_bytes().strip()
+        path = Path(env["RUNBOOK_EXEC_AUDIT_KEY_FILE"])
+        try:
+            key = path.read_bytes().strip()
+        except OSError as exc:
+            raise InputError(
+                Problem(f"cannot read the audit key: {exc.strerror}", str(path))
+            ) from None
+        if not key:
+            raise InputError(Problem("the audit key file is empty", str(path)))
+        return key
     return None
 
 
@@ -61,11 +95,28 @@ class Finding:
         return f"event {self.seq}: {self.reason}" if self.seq is not None else self.reason
 
 
-def verify(rows: Iterable[Mapping[str, Any]], key: bytes | None) -> tuple[int, Finding | None]:
-    """Walk events in `seq` order; return how many held, and the first that does not."""
+@dataclass
+class Verified:
+    """What `verify` found: how many events held, how many of them had their payload pruned,
+    and the first event that does not hold, if any."""
+
+    count: int = 0
+    pruned: int = 0
+    finding: Finding | None = None
+
+
+def verify(rows: Iterable[Mapping[str, Any]], key: bytes | None) -> Verified:
+    """Walk events in `seq` order, up to the first that does not hold."""
+    verified = Verified()
+    verified.finding = _walk(rows, key, verified)
+    return verified
+
+
+def _walk(
+    rows: Iterable[Mapping[str, Any]], key: bytes | None, verified: Verified
+) -> Finding | None:
     expected_prev = GENESIS
     expected_seq = 1
-    count = 0
     for row in rows:
         seq = int(row["seq"])
         if seq != expected_seq:
@@ -74,72 +125,123 @@ def verify(rows: Iterable[Mapping[str, Any]], key: bytes | None) -> tuple[int, F
                 if seq > expected_seq
                 else f"out of order after event {expected_seq - 1}"
             )
-            return count, Finding(seq, why)
+            return Finding(seq, why)
         if row["prev_hash"] != expected_prev:
-            return count, Finding(
+            return Finding(
                 seq, "does not follow the event before it (inserted, removed or reordered events)"
             )
         try:
             body = json.loads(row["body"])
         except ValueError:
-            return count, Finding(seq, "its body is not JSON (changed)")
+            return Finding(seq, "its body is not JSON (changed)")
         if body.get("seq") != seq:
-            return count, Finding(seq, f"its body says seq {body.get('seq')} (moved)")
+            return Finding(seq, f"its body says seq {body.get('seq')} (moved)")
         if chain_hash(row["prev_hash"], row["body"], key) != row["hash"]:
-            return count, Finding(
+            return Finding(
                 seq,
                 "its hash does not match its content (changed"
                 + (", or a different audit key)" if key else ")"),
             )
         for column in ("run_id", "type", "host", "operator", "change_id", "at"):
             if column in row and row[column] != body.get(column):
-                return count, Finding(
-                    seq, f"its {column} column differs from its hashed body (changed)"
-                )
+                return Finding(seq, f"its {column} column differs from its hashed body (changed)")
+        payload = row.get("payload")
+        if payload is not None and sha256_hex(payload) != body.get("payload_sha256"):
+            return Finding(seq, "its output does not match the digest its event holds (changed)")
+        if payload is None and body.get("payload_sha256"):
+            verified.pruned += 1
         expected_prev = row["hash"]
         expected_seq += 1
-        count += 1
-    return count, None
+        verified.count += 1
+    return None
+
+
+EXPORTED = ("seq", "prev_hash", "hash", "body", "payload")
 
 
 def export_lines(rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
-    """One JSON line per event: seq, prev_hash, hash, and the event's body as a string."""
+    """One JSON line per event: seq, prev_hash, hash, the event's body as a string, and its
+    payload as a string (null when there is none, or it was pruned)."""
     for row in rows:
-        yield json.dumps(
-            {
-                "seq": row["seq"],
-                "prev_hash": row["prev_hash"],
-                "hash": row["hash"],
-                "body": row["body"],
-            },
-            ensure_ascii=False,
+        yield json.dumps({name: row.get(name) for name in EXPORTED}, ensure_ascii=False)
+
+
+CSV_COLUMNS = (
+    "seq",
+    "at",
+    "type",
+    "run_id",
+    "change_id",
+    "operator",
+    "os_user",
+    "machine",
+    "host",
+    "step",
+    "status",
+    "rc",
+    "duration_ms",
+    "message",
+    "prev_hash",
+    "hash",
+    "body",
+    "payload",
+)
+
+
+def export_csv(rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    """The trail as CSV for a spreadsheet: the columns people read first, then the hashed
+    body and the payload, so a CSV export verifies just as a JSONL one does."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        body = json.loads(row["body"])
+        actor = body.get("actor") or {}
+        step = body.get("step") or {}
+        readable = {
+            **{k: body.get(k) for k in ("at", "type", "run_id", "change_id", "host")},
+            **{k: body.get(k) for k in ("operator", "status", "rc", "duration_ms", "message")},
+            "os_user": actor.get("os_user"),
+            "machine": actor.get("machine"),
+            "step": step.get("name") or (f"#{step['index'] + 1}" if "index" in step else None),
+        }
+        writer.writerow(
+            [row.get(name) if name in EXPORTED else readable.get(name) for name in CSV_COLUMNS]
         )
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
 
 
-def checkpoint(count: int, head: str, key: bytes | None) -> dict[str, Any]:
-    """A signed statement of the chain's head, to keep outside the database."""
-    made = {"count": count, "hash": head, "at": utc_now()}
-    payload = canonical(made).encode("utf-8")
-    signature = hmac.new(key, payload, hashlib.sha256).hexdigest() if key else None
-    return {**made, "signature": signature, "signed": "hmac-sha256" if key else "none"}
+class BadExportLine(ValueError):
+    """A line of a file given as an export that is not one."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(f"line {line}: not an audit export line")
+        self.line = line
 
 
-def check_checkpoint(
-    point: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], key: bytes | None
-) -> Finding | None:
-    """Whether the chain still holds the checkpoint's head at its place (and it was ours)."""
-    made = {k: point[k] for k in ("count", "hash", "at")}
-    if key is not None:
-        expected = hmac.new(key, canonical(made).encode("utf-8"), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(str(point.get("signature") or ""), expected):
-            return Finding(None, "the checkpoint's signature does not match the audit key")
-    count = int(point["count"])
-    if len(rows) < count:
-        return Finding(
-            len(rows) + 1,
-            f"the chain has {len(rows)} events but the checkpoint "
-            f"saw {count}: events were cut off the end",
-        )
-    if count and rows[count - 1]["hash"] != point["hash"]:
-        return Finding(count, "the chain no longer holds the checkpoint's head (rewritten)")
-    return None
+def read_export(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Events back from a JSONL or CSV export, for `verify --file`."""
+    iterator = iter(lines)
+    first = next(iterator, "")
+    if first.startswith("seq,"):
+        reader = csv.DictReader(itertools.chain([first], iterator))
+        for row in reader:
+            try:
+                yield {
+                    "seq": int(row["seq"]),
+                    **{name: str(row[name]) for name in EXPORTED[1:4]},
+                    "payload": row["payload"] or None,
+                }
+            except (KeyError, TypeError, ValueError):
+                raise BadExportLine(reader.line_num) from None
+        return
+    for number, line in enumerate(itertools.chain([first], iterator), 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+            yield {name: event[name] for name in EXPORTED[:4]} | {"payload": event.get("payload")}
+        except (ValueError, KeyError, TypeError):
+            raise BadExportLine(number) from None

@@ -155,6 +155,7 @@ audit_events = Table(
     Column("operator", String(200)),
     Column("change_id", String(200)),
     Column("body", Text, nullable=False),  # the event's canonical JSON: what is hashed
+    Column("payload", Text),  # its bulky part (output), whose SHA-256 the body holds; prunable
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )

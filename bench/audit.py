@@ -1,0 +1,194 @@
+"""What the audit trail costs: its share of a run, and how fast a long trail verifies.
+
+    .venv/bin/python bench/audit.py [--hosts 50] [--steps 10] [--repeat 5] [--events 100000]
+
+1. Write cost. The fleet benchmark's run (--hosts real local sshd hosts, --steps
+   `shell: "true"` steps, whole process) with the audit chain, against the same run with
+   `Store.append_audit` replaced by a no-op in the benchmark's process: the difference is
+   what hashing and writing the chain costs the run. The two alternate, --repeat times
+   each; medians are compared.
+2. Verify speed. A SQLite store holding --events real-shaped events (host-steps started and
+   finished, with output payloads) in one chain; timed: `verify` in-process (read and
+   recompute), `runbook-exec audit verify` as a whole process, and the README's standalone
+   snippet on a JSONL export of the same trail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import insert
+
+from runbook_exec.lab import SshLab
+from runbook_exec.store import Store
+from runbook_exec.store.audit import GENESIS, canonical, chain_hash, detach, export_lines, verify
+from runbook_exec.store.schema import audit_events
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+
+WITHOUT_AUDIT = """
+import sys
+from runbook_exec.store import Store
+Store.append_audit = lambda self, event, key: 0  # the benchmark's "no audit" contender
+from runbook_exec.cli import main
+sys.argv = ["runbook-exec", *sys.argv[1:]]
+main()
+"""
+
+
+def wall(command: list[str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return elapsed
+
+
+def write_cost(hosts: int, steps: int, repeat: int, work: Path) -> dict[str, float]:
+    with SshLab() as lab:
+        lab.start(hosts)
+        runbook = work / "rb.yml"
+        runbook.write_text("name: bench\ntargets: lab\nsteps:\n" + '  - shell: "true"\n' * steps)
+        args = [
+            "run",
+            str(runbook),
+            "-i",
+            str(lab.inventory),
+            "--known-hosts",
+            str(lab.known_hosts),
+            "--forks",
+            str(hosts),
+        ]
+        with_audit = [str(BIN / "runbook-exec"), *args, "--db", f"sqlite:///{work}/a.db"]
+        without = [sys.executable, "-c", WITHOUT_AUDIT, *args, "--db", f"sqlite:///{work}/b.db"]
+        wall(with_audit)  # first runs create the stores
+        wall(without)
+        timings: dict[str, list[float]] = {"with": [], "without": []}
+        for _ in range(repeat):
+            timings["with"].append(wall(with_audit))
+            timings["without"].append(wall(without))
+        events = len(Store.open(f"sqlite:///{work}/a.db").audit_events())
+    return {
+        "with_s": statistics.median(timings["with"]),
+        "without_s": statistics.median(timings["without"]),
+        "events_per_run": events / (repeat + 1),
+    }
+
+
+def fill(url: str, count: int) -> None:
+    """`count` events shaped like a real run's, chained as `Store.append_audit` chains them."""
+    store = Store.open(url)
+    common = {
+        "run_id": "20261124-010203-abcdef",
+        "operator": "ann",
+        "actor": {"os_user": "ann", "operator": "ann", "machine": "ops-1"},
+        "change_id": "CHG-1042",
+        "reason": "Q4 release",
+        "runbook": {"name": "deploy", "path": "runbooks/deploy.yml", "sha256": "ab" * 32},
+    }
+    prev = GENESIS
+    rows = []
+    for seq in range(1, count + 1):
+        host = f"web{seq % 200}"
+        step = {"section": "steps", "index": seq % 10, "name": f"Step {seq % 10}"}
+        event = {**common, "at": "2026-11-24T01:02:03.456Z", "seq": seq, "host": host}
+        if seq % 2:
+            event |= {"type": "host_step.started", "batch": 1, "step": step}
+        else:
+            event |= {
+                "type": "host_step.finished",
+                "batch": 1,
+                "step": step,
+                "status": "ok",
+                "rc": 0,
+                "duration_ms": 12,
+                "message": "",
+                "output": {"stdout": f"deployed 1.4.2 on {host}\n" * 3, "stderr": ""},
+                "output_bytes": 78,
+                "output_sha256": "cd" * 32,
+                "attempts": 1,
+            }
+        body, payload = detach(event)
+        text = canonical(body)
+        digest = chain_hash(prev, text, None)
+        rows.append(
+            {
+                "seq": seq,
+                "at": body["at"],
+                "run_id": body["run_id"],
+                "type": body["type"],
+                "host": host,
+                "operator": body["operator"],
+                "change_id": body["change_id"],
+                "body": text,
+                "payload": payload,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    with store.engine.begin() as connection:
+        connection.execute(insert(audit_events), rows)
+
+
+def verify_speed(count: int, work: Path) -> dict[str, float]:
+    url = f"sqlite:///{work}/trail.db"
+    fill(url, count)
+    store = Store.open(url)
+    start = time.perf_counter()
+    result = verify(store.audit_events(), None)
+    in_process = time.perf_counter() - start
+    assert result.finding is None and result.count == count
+    whole = wall([str(BIN / "runbook-exec"), "audit", "verify", "--db", url])
+    export = work / "trail.jsonl"
+    export.write_text("".join(f"{line}\n" for line in export_lines(store.audit_events())))
+    readme = (REPO / "README.md").read_text()
+    snippet = readme.split("<!-- verify-snippet -->")[1].split("```python")[1].split("```")[0]
+    (work / "verify.py").write_text(snippet)
+    standalone = wall([sys.executable, str(work / "verify.py"), str(export)])
+    return {"in_process_s": in_process, "whole_process_s": whole, "snippet_s": standalone}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hosts", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--events", type=int, default=100_000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="rbx-bench-audit-"))
+
+    cost = write_cost(args.hosts, args.steps, args.repeat, work)
+    share = (cost["with_s"] - cost["without_s"]) / cost["with_s"]
+    print(
+        f"write cost, {args.hosts} hosts × {args.steps} steps "
+        f"({cost['events_per_run']:.0f} events a run), median of {args.repeat}:"
+    )
+    print(f"  with the audit chain     {cost['with_s']:6.2f} s")
+    print(f"  append_audit a no-op     {cost['without_s']:6.2f} s")
+    print(f"  the chain's share of the run: {share * 100:.1f}%")
+
+    speed = verify_speed(args.events, work)
+    print(f"verify {args.events:,} events:")
+    print(f"  in-process (read + verify)       {speed['in_process_s']:6.2f} s")
+    print(f"  `runbook-exec audit verify`      {speed['whole_process_s']:6.2f} s")
+    print(f"  README snippet on a JSONL export {speed['snippet_s']:6.2f} s")
+
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "audit.json").write_text(
+        json.dumps({"hosts": args.hosts, "steps": args.steps, **cost, "share": share, **speed})
+    )
+
+
+if __name__ == "__main__":
+    main()

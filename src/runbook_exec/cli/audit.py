@@ -1,0 +1,296 @@
+"""`runbook-exec audit …`: verify the trail, export it, checkpoint it, prune old output.
+
+Reading, exporting, checkpointing and pruning the trail are audit events themselves.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from ..errors import InputError, Problem
+from .options import DEFAULT_DB, DbOpt, OperatorOpt, out
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from ..store.audit import Verified
+
+audit_app = typer.Typer(
+    help=(
+        "The audit trail: verify that it is whole, export it, keep a signed checkpoint, prune "
+        "old output. With RUNBOOK_EXEC_AUDIT_KEY (or RUNBOOK_EXEC_AUDIT_KEY_FILE) set, the "
+        "chain's hashes are HMAC-SHA256 with that key."
+    ),
+    no_args_is_help=True,
+)
+
+UtcOpt = Annotated[
+    str | None,
+    typer.Option(metavar="UTC", help="A UTC date or time: 2026-11-01 or 2026-11-01T08:00."),
+]
+
+
+@audit_app.command("verify")
+def audit_verify(
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", metavar="EXPORT", help="Verify an export (.jsonl or .csv) instead."),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            metavar="FILE",
+            help="Also prove the chain still extends this checkpoint (nothing cut off the "
+            "end, nothing rewritten since).",
+        ),
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            metavar="FILE",
+            help="The Ed25519 public key (PEM, or an ssh-ed25519 line) that signed the checkpoint.",
+        ),
+    ] = None,
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Recompute the hash chain and report OK with the count, or the first event that does
+    not match and why (changed, missing, inserted, reordered). Exit 0 intact, 1 not."""
+    from ..store import checkpoints
+    from ..store.audit import audit_key, verify
+
+    key = audit_key()
+    point = _read_checkpoint(checkpoint) if checkpoint else None
+    trusted = checkpoints.load_public_key(public_key) if public_key else None
+    rows = _export_rows(file) if file is not None else _store(db).audit_events()
+    verified = verify(rows, key)
+    if verified.finding is None and point is not None:
+        verified.finding = checkpoints.check(point, rows, key, trusted)
+    if file is None:
+        _record(db, operator, "audit.verified", ok=verified.finding is None, count=verified.count)
+    if verified.finding is not None:
+        _not_intact(verified)
+    extends = " and extends the checkpoint" if point is not None else ""
+    keyed = "HMAC-SHA256" if key else "SHA-256"
+    pruned = f"; {verified.pruned} with output pruned" if verified.pruned else ""
+    out().print(
+        f"[green]audit trail OK[/green]: {verified.count} events, chain intact "
+        f"({keyed}){extends}{pruned}"
+    )
+
+
+@audit_app.command("export")
+def audit_export(
+    run: Annotated[str | None, typer.Option("--run", metavar="RUN_ID")] = None,
+    host: Annotated[str | None, typer.Option("--host")] = None,
+    operator_filter: Annotated[
+        str | None, typer.Option("--by", metavar="OPERATOR", help="Events of this operator.")
+    ] = None,
+    change_id: Annotated[str | None, typer.Option("--change-id")] = None,
+    since: UtcOpt = None,
+    until: UtcOpt = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="jsonl|csv",
+            help="jsonl: one event per line. csv: readable columns (when, what, who, where, "
+            "outcome) plus the hashed body, for a spreadsheet. Both verify with "
+            "`audit verify --file`.",
+        ),
+    ] = "jsonl",
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Print the trail: seq, prev_hash, hash, the hashed body and the output of each event.
+    A whole export verifies with `audit verify --file` or the README's snippet; a filtered
+    one still lets each event's hash be checked against its prev_hash."""
+    from ..store.audit import export_csv, export_lines
+
+    if fmt not in ("jsonl", "csv"):
+        raise InputError(Problem(f"{fmt!r}: choose jsonl or csv", field="--format"))
+    since_at = _utc(since, "--since").isoformat() if since else None
+    until_at = _utc(until, "--until").isoformat() if until else None
+    store = _store(db)
+
+    def wanted(row: dict[str, Any]) -> bool:
+        return (
+            (run is None or row["run_id"] == run)
+            and (host is None or row["host"] == host)
+            and (operator_filter is None or row["operator"] == operator_filter)
+            and (change_id is None or row["change_id"] == change_id)
+            and (since_at is None or _at(row) >= since_at)
+            and (until_at is None or _at(row) < until_at)
+        )
+
+    rows = (r for r in store.audit_events() if wanted(r))
+    for chunk in export_csv(rows) if fmt == "csv" else (f"{line}\n" for line in export_lines(rows)):
+        typer.echo(chunk, nl=False)
+    filters = {"run": run, "host": host, "operator": operator_filter, "change_id": change_id}
+    _record(
+        db,
+        operator,
+        "audit.exported",
+        format=fmt,
+        filters={**filters, "since": since, "until": until},
+    )
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--sign-key",
+            metavar="FILE",
+            help="Sign with this Ed25519 private key (PEM, or OpenSSH from ssh-keygen -t "
+            "ed25519) instead of the audit key; verifying then needs only the public key.",
+        ),
+    ] = None,
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Print a signed head of the chain (count and last hash) to keep outside the database,
+    in a change ticket or with an auditor; `audit verify --checkpoint FILE` proves later that
+    the chain still extends it, so cutting events off its end, or rewriting it, is caught."""
+    from ..store import checkpoints
+    from ..store.audit import GENESIS, audit_key
+
+    signing = checkpoints.load_signing_key(sign_key) if sign_key else None
+    store = _store(db)
+    rows = store.audit_events()
+    head = rows[-1]["hash"] if rows else GENESIS
+    typer.echo(json.dumps(checkpoints.make(len(rows), head, audit_key(), signing), indent=2))
+    _record(db, operator, "audit.checkpoint", count=len(rows), head=head)
+
+
+@audit_app.command("prune")
+def audit_prune(
+    before: Annotated[
+        str,
+        typer.Option(
+            "--before",
+            metavar="UTC",
+            help="Remove output recorded before this UTC date or time (2026-01-01).",
+            show_default=False,
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be removed.")
+    ] = False,
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Remove old command output (the bulky part of the record) and keep the proof: every
+    event stays, with the SHA-256 of the output it had, so the chain still verifies and an
+    output kept elsewhere can still be matched against it. Refuses a chain that does not
+    verify, so tampering is never pruned away. The pruning is itself an audit event."""
+    from ..store.audit import audit_key, verify
+
+    cutoff = _utc(before, "--before")
+    store = _store(db)
+    verified = verify(store.audit_events(), audit_key())
+    if verified.finding is not None:
+        out().print("prune refused: the output it would remove may be evidence.")
+        _not_intact(verified)
+    epoch = cutoff.replace(tzinfo=UTC).timestamp()
+    counts = store.prune_output(cutoff.isoformat(), epoch, dry_run=dry_run)
+    said = (
+        f"{counts['events']} events' output, {counts['host_steps']} host-steps' output, "
+        f"{counts['task_results']} Ansible task results"
+    )
+    if dry_run:
+        out().print(f"would remove {said} recorded before {cutoff.isoformat()}")
+        return
+    _record(db, operator, "audit.pruned", before=cutoff.isoformat(), removed=counts)
+    out().print(f"removed {said} recorded before {cutoff.isoformat()}; the chain still verifies")
+
+
+def _not_intact(verified: Verified) -> None:
+    out().print(
+        f"[red]audit trail NOT intact[/red]: {escape(str(verified.finding))} "
+        f"({verified.count} events verified before it)"
+    )
+    raise typer.Exit(1)
+
+
+def _store(db: str) -> Store:
+    from ..store import Store
+
+    return Store.open(db)
+
+
+def _record(db: str, operator: str | None, kind: str, **fields: Any) -> None:
+    """Reading, exporting, checkpointing and pruning the trail are audit events themselves."""
+    from .. import runner
+    from ..store.audit import audit_key, utc_now
+
+    who = runner.operator_name(operator)
+    event = {
+        "at": utc_now(),
+        "type": kind,
+        "run_id": None,
+        "host": None,
+        "operator": who,
+        "change_id": None,
+        "actor": {"os_user": getpass.getuser(), "operator": who, "machine": socket.gethostname()},
+        **fields,
+    }
+    _store(db).append_audit(event, audit_key())
+
+
+def _utc(text: str, option: str) -> datetime:
+    """A UTC date or time given on the command line."""
+    try:
+        parsed = datetime.fromisoformat(text.removesuffix("Z"))
+    except ValueError:
+        raise InputError(
+            Problem(
+                f"{text!r} is not a date or time (2026-11-01 or 2026-11-01T08:00)", field=option
+            )
+        ) from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def _at(row: dict[str, Any]) -> str:
+    """An event's time in the form `_utc(...).isoformat()` gives, to compare with it."""
+    return str(row["at"]).removesuffix("Z")
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        point = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(Problem(f"cannot read it: {exc.strerror}", str(path))) from None
+    except ValueError:
+        raise InputError(Problem("not a checkpoint (JSON expected)", str(path))) from None
+    if not isinstance(point, dict):
+        raise InputError(Problem("not a checkpoint (a JSON object expected)", str(path)))
+    return point
+
+
+def _export_rows(file: Path) -> list[dict[str, Any]]:
+    from ..store.audit import BadExportLine, read_export
+
+    try:
+        with file.open(encoding="utf-8", newline="") as lines:
+            return list(read_export(lines))
+    except OSError as exc:
+        raise InputError(Problem(f"cannot read it: {exc.strerror}", str(file))) from None
+    except BadExportLine as exc:
+        raise InputError(
+            Problem(
+                "not an audit export line (JSONL or CSV from `audit export`)", str(file), exc.line
+            )
+        ) from None
