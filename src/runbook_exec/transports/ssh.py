@@ -115,12 +115,14 @@ class OutputCapture:
 
 class _CapturingSession(asyncssh.SSHClientSession[bytes]):
     """Feeds a command's output straight into captures as it arrives (no reader tasks), and
-    takes the wrapper's first stdout line as the pid of the command's process group."""
+    takes the wrapper's first stdout line as the pid of the command's process group (and,
+    on a connection's first command, what the login shell is)."""
 
     def __init__(self, stdout: OutputCapture, stderr: OutputCapture) -> None:
         self.stdout = stdout
         self.stderr = stderr
         self.pid: str | None = None
+        self.shell: list[str] = []  # the probe's words after the pid, if it was asked
         self._pending = b""
         self.exit_status: int | None = None
         self.channel: asyncssh.SSHClientChannel[bytes] | None = None
@@ -138,7 +140,7 @@ class _CapturingSession(asyncssh.SSHClientSession[bytes]):
             if b"\n" not in self._pending:
                 return
             line, data = self._pending.split(b"\n", 1)
-            self.pid = line.decode(errors="replace").strip()
+            self.pid, *self.shell = line.decode(errors="replace").split(" ")
         self.stdout.feed(data)
 
     def exit_status_received(self, status: int) -> None:
@@ -163,13 +165,36 @@ class SshSession:
         self.connection = connection
         self.options = options
         self._kills: list[asyncio.Future[None]] = []
+        # Whether the login shell is /bin/sh itself: learnt from the first command.
+        self.login_shell_is_sh: bool | None = None
+
+    def _wrapped(self, command: str) -> str:
+        """What the login shell is asked to run: print the pid of the command's process group
+        (for killing it on timeout), then run `command` as `sh -c` would. When the login
+        shell is /bin/sh itself, `eval` in it is exactly that, without another exec; other
+        shells exec sh. The first command also asks what the login shell is."""
+        if self.login_shell_is_sh:
+            return f"echo $$; eval {shlex.quote(command)}"
+        probe = (
+            ' "$0" "$(readlink -f /proc/$$/exe 2>/dev/null)" "$(readlink -f /bin/sh 2>/dev/null)"'
+        )
+        asks = probe if self.login_shell_is_sh is None else ""
+        return f"echo $${asks}; exec sh -c {shlex.quote(command)}"
+
+    def _learn_login_shell(self, answer: list[str]) -> None:
+        """From the probe's answer ($0, the shell's binary, /bin/sh's binary): the login
+        shell is /bin/sh when it runs as `sh` (bash changes behaviour by that name) and is
+        the same binary. Anything unclear keeps the exec."""
+        if self.login_shell_is_sh is None and answer:
+            name, binary, sh = ([*answer, "", "", ""])[:3]
+            self.login_shell_is_sh = name.lstrip("-") == "sh" and binary == sh != ""
 
     async def run(self, command: str, timeout: float, stdin: bytes | None = None) -> CommandResult:
         """Run `command` with `sh -c` semantics (via the login shell), within `timeout`."""
         if self.host.become:
             user = self.host.vars.get("ansible_become_user") or "root"
             command = f"sudo -n -u {shlex.quote(str(user))} -- sh -c {shlex.quote(command)}"
-        wrapped = f"echo $$; exec sh -c {shlex.quote(command)}"
+        wrapped = self._wrapped(command)
         started = time.monotonic()
         limit = self.options.output_limit
         secrets = self.options.secrets
@@ -193,6 +218,7 @@ class SshSession:
                 session.channel.close()
         except (asyncssh.Error, OSError) as exc:
             raise Unreachable(f"connection lost: {_reason(exc)}") from None
+        self._learn_login_shell(session.shell)
         rc = None if timed_out else session.exit_status
         return captured(rc, session.stdout, session.stderr, started, timed_out)
 
