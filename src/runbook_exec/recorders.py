@@ -94,8 +94,8 @@ class StoreRecorder:
                                 finished = []
                                 pending()
                         self.store.steps_finished(finished)
-                        for event in audits:  # in the order they happened, same commit
-                            self.store.append_audit(event, self.auditor.key)
+                        # In the order they happened, in the same commit as their state.
+                        self.store.append_audits(audits, self.auditor.key)
             except BaseException as exc:  # surfaced by flush()
                 self.error = exc
             finally:

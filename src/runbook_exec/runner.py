@@ -82,10 +82,6 @@ class Outcome:
         return EXIT_FOR_STATUS.get(self.status, EXIT_FAILED)
 
 
-def operator_name(given: str | None) -> str:
-    return given or os.environ.get("RUNBOOK_EXEC_OPERATOR") or getpass.getuser()
-
-
 def prepare(
     runbook: Path,
     inventory: Sequence[Path],

@@ -309,9 +309,10 @@ def run(
     from ..durations import parse_duration
     from ..executor import RunOptions
     from ..store import Store
+    from ..store.audit import operator_name
     from ..views import print_plan
 
-    who = runner.operator_name(operator)
+    who = operator_name(operator)
     prepared = runner.prepare(runbook, inventory or [], extra_vars or [], limit, who)
     if dry_run:
         print_plan(out(), prepared.plan)
@@ -361,10 +362,11 @@ def resume(
     """
     from .. import runner
     from ..store import Store
+    from ..store.audit import operator_name
 
     store = Store.open(db)
     record = runner.load_run(store, run_id)
-    who = runner.operator_name(operator)
+    who = operator_name(operator)
     _carry_out(
         as_json,
         no_input,
@@ -456,8 +458,9 @@ def _decide(
 ) -> None:
     from .. import runner
     from ..store import Store
+    from ..store.audit import operator_name
 
-    who = runner.operator_name(operator)
+    who = operator_name(operator)
     message = runner.decide(Store.open(db), run_id, approved, who, comment)
     if approved:
         out().print(f"approved by {who}: {message}\ncarry on with `runbook-exec resume {run_id}`")
@@ -575,15 +578,16 @@ def unlock(
     still be resumed, and takes the lock again."""
     from .. import runner
     from ..store import Store
+    from ..store.audit import operator_name
 
     store = Store.open(db)
     holder = store.force_unlock(name)
     if holder is None:
         raise InputError(Problem(f"no lock named {name!r}"))
-    runner.auditor(store, holder.run_id, runner.operator_name(operator)).append(
+    runner.auditor(store, holder.run_id, operator_name(operator)).append(
         "lock.forced", lock=name, message=holder.describe()
     )
-    out().print(f"unlocked by {runner.operator_name(operator)}: {holder.describe()}")
+    out().print(f"unlocked by {operator_name(operator)}: {holder.describe()}")
 
 
 def _duration_option(name: str, value: str, parse: Any) -> float:

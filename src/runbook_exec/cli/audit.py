@@ -71,12 +71,15 @@ def audit_verify(
     key = audit_key()
     point = _read_checkpoint(checkpoint) if checkpoint else None
     trusted = checkpoints.load_public_key(public_key) if public_key else None
-    rows = _export_rows(file) if file is not None else _store(db).audit_events()
+    store = _store(db) if file is None else None
+    rows = store.audit_events() if store is not None else _export_rows(file)  # type: ignore[arg-type]
     verified = verify(rows, key)
     if verified.finding is None and point is not None:
         verified.finding = checkpoints.check(point, rows, key, trusted)
-    if file is None:
-        _record(db, operator, "audit.verified", ok=verified.finding is None, count=verified.count)
+    if store is not None:
+        _record(
+            store, operator, "audit.verified", ok=verified.finding is None, count=verified.count
+        )
     if verified.finding is not None:
         _not_intact(verified)
     extends = " and extends the checkpoint" if point is not None else ""
@@ -137,7 +140,7 @@ def audit_export(
         typer.echo(chunk, nl=False)
     filters = {"run": run, "host": host, "operator": operator_filter, "change_id": change_id}
     _record(
-        db,
+        store,
         operator,
         "audit.exported",
         format=fmt,
@@ -170,7 +173,7 @@ def audit_checkpoint(
     rows = store.audit_events()
     head = rows[-1]["hash"] if rows else GENESIS
     typer.echo(json.dumps(checkpoints.make(len(rows), head, audit_key(), signing), indent=2))
-    _record(db, operator, "audit.checkpoint", count=len(rows), head=head)
+    _record(store, operator, "audit.checkpoint", count=len(rows), head=head)
 
 
 @audit_app.command("prune")
@@ -211,7 +214,7 @@ def audit_prune(
     if dry_run:
         out().print(f"would remove {said} recorded before {cutoff.isoformat()}")
         return
-    _record(db, operator, "audit.pruned", before=cutoff.isoformat(), removed=counts)
+    _record(store, operator, "audit.pruned", before=cutoff.isoformat(), removed=counts)
     out().print(f"removed {said} recorded before {cutoff.isoformat()}; the chain still verifies")
 
 
@@ -229,12 +232,11 @@ def _store(db: str) -> Store:
     return Store.open(db)
 
 
-def _record(db: str, operator: str | None, kind: str, **fields: Any) -> None:
+def _record(store: Store, operator: str | None, kind: str, **fields: Any) -> None:
     """Reading, exporting, checkpointing and pruning the trail are audit events themselves."""
-    from .. import runner
-    from ..store.audit import audit_key, utc_now
+    from ..store.audit import audit_key, operator_name, utc_now
 
-    who = runner.operator_name(operator)
+    who = operator_name(operator)
     event = {
         "at": utc_now(),
         "type": kind,
@@ -245,7 +247,7 @@ def _record(db: str, operator: str | None, kind: str, **fields: Any) -> None:
         "actor": {"os_user": getpass.getuser(), "operator": who, "machine": socket.gethostname()},
         **fields,
     }
-    _store(db).append_audit(event, audit_key())
+    store.append_audit(event, audit_key())
 
 
 def _utc(text: str, option: str) -> datetime:
