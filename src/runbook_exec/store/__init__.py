@@ -350,7 +350,7 @@ class Store:
             with _gc_paused(), self.engine.connect() as connection:
                 result = connection.execute(select(audit_events).order_by(audit_events.c.seq))
                 names = list(result.keys())
-                return [dict(zip(names, row, strict=True)) for row in result.tuples()]
+                return [dict(zip(names, row, strict=True)) for row in result]
         except SQLAlchemyError as exc:
             raise StoreError(f"the state store could not be read: {first_line(exc)}") from None
 
