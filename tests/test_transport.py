@@ -41,3 +41,17 @@ def test_commands_mean_what_sh_c_means_before_and_after_the_login_shell_is_known
     expected = [(rc, out, err) for _, rc, out, err in CASES] * 2
     assert [(r.rc, r.stdout, r.stderr) for r in results] == expected
     assert broken.rc == 2 and "syntax error" in broken.stderr.lower() and broken.stdout == ""
+
+
+def test_a_command_that_reads_its_input_reads_nothing_and_does_not_wait(lab: SshLab) -> None:
+    (host,) = select_hosts([lab.inventory], "web2", None)
+
+    async def scenario() -> list[CommandResult]:
+        session = await connect(host, SshOptions(lab.known_hosts))
+        try:  # the first command, then one after the login shell is known
+            return [await session.run("cat; echo read-$?", 10) for _ in range(2)]
+        finally:
+            await session.close()
+
+    results = asyncio.run(scenario())
+    assert [(r.rc, r.stdout, r.timed_out) for r in results] == [(0, "read-0\n", False)] * 2

@@ -170,16 +170,17 @@ class SshSession:
 
     def _wrapped(self, command: str) -> str:
         """What the login shell is asked to run: print the pid of the command's process group
-        (for killing it on timeout), then run `command` as `sh -c` would. When the login
-        shell is /bin/sh itself, `eval` in it is exactly that, without another exec; other
-        shells exec sh. The first command also asks what the login shell is."""
+        (for killing it on timeout), then run `command` as `sh -c` would, reading from
+        /dev/null (so no EOF message need cross the network for it). When the login shell
+        is /bin/sh itself, `eval` in it is exactly that, without another exec; other shells
+        exec sh. The first command also asks what the login shell is."""
         if self.login_shell_is_sh:
-            return f"echo $$; eval {shlex.quote(command)}"
+            return f"echo $$; exec </dev/null; eval {shlex.quote(command)}"
         probe = (
             ' "$0" "$(readlink -f /proc/$$/exe 2>/dev/null)" "$(readlink -f /bin/sh 2>/dev/null)"'
         )
         asks = probe if self.login_shell_is_sh is None else ""
-        return f"echo $${asks}; exec sh -c {shlex.quote(command)}"
+        return f"echo $${asks}; exec sh -c {shlex.quote(command)} </dev/null"
 
     def _learn_login_shell(self, answer: list[str]) -> None:
         """From the probe's answer ($0, the shell's binary, /bin/sh's binary): the login
@@ -189,7 +190,7 @@ class SshSession:
             name, binary, sh = ([*answer, "", "", ""])[:3]
             self.login_shell_is_sh = name.lstrip("-") == "sh" and binary == sh != ""
 
-    async def run(self, command: str, timeout: float, stdin: bytes | None = None) -> CommandResult:
+    async def run(self, command: str, timeout: float) -> CommandResult:
         """Run `command` with `sh -c` semantics (via the login shell), within `timeout`."""
         if self.host.become:
             user = self.host.vars.get("ansible_become_user") or "root"
@@ -202,12 +203,7 @@ class SshSession:
         timed_out = False
         try:
             async with asyncio.timeout(timeout):
-                channel, _ = await self.connection.create_session(
-                    lambda: session, wrapped, encoding=None
-                )
-                if stdin is not None:
-                    channel.write(stdin)
-                channel.write_eof()
+                await self.connection.create_session(lambda: session, wrapped, encoding=None)
                 await session.done
         except TimeoutError:
             timed_out = True
