@@ -63,8 +63,9 @@ def audit_verify(
     operator: OperatorOpt = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
-    """Recompute the hash chain and report OK with the count, or the first event that does
-    not match and why (changed, missing, inserted, reordered). Exit 0 intact, 1 not."""
+    """Recompute the hash chain: OK with the count, or the first event that does not hold.
+
+    Says why (changed, missing, inserted, reordered). Exit 0 intact, 1 not."""
     from ..store import checkpoints
     from ..store.audit import audit_key, verify
 
@@ -114,7 +115,8 @@ def audit_export(
     operator: OperatorOpt = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
-    """Print the trail: seq, prev_hash, hash, the hashed body and the output of each event.
+    """Print the trail: each event's seq, prev_hash, hash, hashed body and output.
+
     A whole export verifies with `audit verify --file` or the README's snippet; a filtered
     one still lets each event's hash be checked against its prev_hash."""
     from ..store.audit import export_csv, export_lines
@@ -162,9 +164,11 @@ def audit_checkpoint(
     operator: OperatorOpt = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
-    """Print a signed head of the chain (count and last hash) to keep outside the database,
-    in a change ticket or with an auditor; `audit verify --checkpoint FILE` proves later that
-    the chain still extends it, so cutting events off its end, or rewriting it, is caught."""
+    """Print a signed head of the chain (count and last hash) to keep outside the database.
+
+    Keep it in a change ticket or with an auditor; `audit verify --checkpoint FILE` proves
+    later that the chain still extends it, so cutting events off its end, or rewriting it,
+    is caught."""
     from ..store import checkpoints
     from ..store.audit import GENESIS, audit_key
 
@@ -193,10 +197,11 @@ def audit_prune(
     operator: OperatorOpt = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
-    """Remove old command output (the bulky part of the record) and keep the proof: every
-    event stays, with the SHA-256 of the output it had, so the chain still verifies and an
-    output kept elsewhere can still be matched against it. Refuses a chain that does not
-    verify, so tampering is never pruned away. The pruning is itself an audit event."""
+    """Remove old command output and keep the proof that it was there.
+
+    Every event stays, with the SHA-256 of the output it had, so the chain still verifies
+    and an output kept elsewhere can still be matched against it. Refuses a chain that does
+    not verify, so tampering is never pruned away. The pruning is itself an audit event."""
     from ..store.audit import audit_key, verify
 
     cutoff = _utc(before, "--before")

@@ -1,11 +1,21 @@
-"""Options and consoles every command group shares."""
+"""Options, consoles and small helpers the command groups share."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import getpass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+
+from ..errors import InputError, Problem
+
+if TYPE_CHECKING:
+    from ..inventory import Host
+    from ..params import ResolvedParams
+    from ..plan import Plan
+    from ..runbook import RunbookFile
 
 DEFAULT_DB = "sqlite:///.runbook-exec/state.db"
 
@@ -32,3 +42,95 @@ def out() -> Console:
     if not console.is_terminal:
         console.width = max(console.width, 160)  # logs and pipes: do not wrap tables narrowly
     return console
+
+
+RunbookArg = Annotated[
+    Path, typer.Argument(help="The runbook YAML file.", show_default=False, metavar="RUNBOOK")
+]
+InventoryOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--inventory",
+        "-i",
+        metavar="INVENTORY",
+        help="Ansible inventory: INI or YAML file, or a directory with group_vars/host_vars. "
+        "Repeatable.",
+    ),
+]
+ExtraVarsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--extra-vars",
+        "-e",
+        metavar="NAME=VALUE|@FILE",
+        help="A runbook parameter, or @params.yml with several. Repeatable; later ones win.",
+    ),
+]
+LimitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--limit",
+        "-l",
+        metavar="PATTERN",
+        help="Narrow the runbook's targets further, with an Ansible host pattern (web1:web2).",
+    ),
+]
+KnownHostsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--known-hosts",
+        metavar="FILE",
+        help="known_hosts file to verify host keys against (default ~/.ssh/known_hosts).",
+    ),
+]
+AcceptNewOpt = Annotated[
+    bool,
+    typer.Option(
+        "--accept-new-host-keys",
+        help="Trust hosts not yet in known_hosts and record their keys there. "
+        "A changed key is always refused.",
+    ),
+]
+ForksOpt = Annotated[int, typer.Option("--forks", "-f", min=1, help="Hosts worked on at once.")]
+TimeoutOpt = Annotated[
+    str,
+    typer.Option(
+        "--timeout",
+        metavar="DURATION",
+        help="Default timeout of every remote command (a step's `timeout` wins).",
+    ),
+]
+ConnectTimeoutOpt = Annotated[
+    str, typer.Option("--connect-timeout", metavar="DURATION", help="SSH connect timeout.")
+]
+
+
+def duration_option(name: str, value: str, parse: Any) -> float:
+    """A duration option's value in seconds; a bad one is bad input naming the option."""
+    try:
+        return float(parse(value))
+    except ValueError as exc:
+        raise InputError(Problem(str(exc), field=name)) from None
+
+
+def select_target_hosts(
+    runbook_file: RunbookFile, sources: list[Path], limit: str | None
+) -> list[Host]:
+    """The runbook's targets in the given inventories, narrowed by --limit."""
+    from ..inventory import select_hosts
+
+    return select_hosts(sources, runbook_file.runbook.targets, limit)
+
+
+def plan_for(
+    runbook_file: RunbookFile,
+    hosts: list[Host],
+    params: ResolvedParams,
+    limit: str | None,
+    operator: str | None,
+) -> Plan:
+    """The plan a run would carry out (its id is assigned when it starts)."""
+    from ..plan import build_plan
+
+    run = {"id": "(assigned when the run starts)", "operator": operator or getpass.getuser()}
+    return build_plan(runbook_file, hosts, params, limit=limit, run=run)
