@@ -155,6 +155,29 @@ def change_a_column(db: str) -> int:
     return int(row["seq"])
 
 
+def rewrite_from_event_3(db: str, key: bytes, **changed: str) -> None:
+    """Forge history as someone with write access would: change fields of event 3 onwards
+    (in the hashed body and its column copy) and re-hash the rest of the chain with `key`."""
+    rows = events(db)
+    prev = str(rows[2]["prev_hash"])
+    for row in rows[2:]:
+        body = {**json.loads(str(row["body"])), **changed}
+        text = canonical(body)
+        digest = chain_hash(prev, text, key)
+        columns = "".join(f", {name} = :{name}" for name in changed)
+        query(
+            db,
+            "UPDATE audit_events SET body = :body, prev_hash = :prev, hash = :hash"
+            f"{columns} WHERE seq = :seq",
+            body=text,
+            prev=prev,
+            hash=digest,
+            seq=row["seq"],
+            **changed,
+        )
+        prev = digest
+
+
 @pytest.mark.parametrize(
     ("mutation", "expected"),
     [
@@ -214,25 +237,7 @@ def test_with_a_key_a_chain_recomputed_without_it_is_caught(
     assert verify(cli, db, env=keyed).returncode == 0
     assert verify(cli, db).returncode == 1  # without the key the hashes do not match
     # Someone with write access but not the key edits an event and re-hashes the chain.
-    rows = events(db)
-    prev = str(rows[2]["prev_hash"])
-    for row in rows[2:]:
-        body = json.loads(str(row["body"]))
-        if row["seq"] == 3:
-            body["type"] = "run.note"
-        text = canonical(body)
-        new = chain_hash(prev, text, b"a-guessed-key")
-        query(
-            db,
-            "UPDATE audit_events SET body = :body, prev_hash = :prev, hash = :hash,"
-            " type = :type WHERE seq = :seq",
-            body=text,
-            prev=prev,
-            hash=new,
-            type=body["type"],
-            seq=row["seq"],
-        )
-        prev = new
+    rewrite_from_event_3(db, b"a-guessed-key", type="run.note")
     forged = verify(cli, db, env=keyed)
     assert forged.returncode == 1 and "event 3: its hash does not match" in forged.stdout
 
@@ -465,23 +470,7 @@ def test_an_ed25519_checkpoint_catches_a_chain_rewritten_with_a_stolen_audit_key
     assert other.returncode == 1 and "does not verify with that public key" in other.stdout
 
     # Later, someone obtains the audit key and rewrites history from event 3 on, consistently.
-    rows = events(db)
-    prev = str(rows[2]["prev_hash"])
-    for row in rows[2:]:
-        body = json.loads(str(row["body"]))
-        body["change_id"] = "CHG-FORGED"
-        text = canonical(body)
-        prev_new = chain_hash(prev, text, b"the-teams-audit-key")
-        query(
-            db,
-            "UPDATE audit_events SET body = :body, prev_hash = :prev, hash = :hash,"
-            " change_id = 'CHG-FORGED' WHERE seq = :seq",
-            body=text,
-            prev=prev,
-            hash=prev_new,
-            seq=row["seq"],
-        )
-        prev = prev_new
+    rewrite_from_event_3(db, b"the-teams-audit-key", change_id="CHG-FORGED")
     assert verify(cli, db, env=keyed).returncode == 0  # the chain alone cannot tell...
     caught = verify(cli, db, "--checkpoint", str(head), "--public-key", str(auditor_pub), env=keyed)
     assert caught.returncode == 1  # ...the auditor's checkpoint can

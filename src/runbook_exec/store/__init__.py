@@ -342,7 +342,7 @@ class Store:
         raise StoreError("could not append to the audit trail: it kept moving under us")
 
     def audit_events(self) -> list[dict[str, Any]]:
-        """The whole chain in order. Built from plain tuples (at 100,000 events SQLAlchemy's
+        """The whole chain in order. Built from rows as tuples (at 100,000 events SQLAlchemy's
         row mappings would cost as much as verifying them), with the cyclic garbage
         collector paused: the rows hold only strings and numbers, so it could find nothing,
         yet its passes over 100,000 new dicts made the read 1.5 to 3 times slower."""
