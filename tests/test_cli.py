@@ -169,3 +169,12 @@ def test_module_entry_point_and_version() -> None:
         timeout=60,
     )
     assert done.returncode == 0 and done.stdout.startswith("runbook-exec ")
+
+
+def test_an_unreachable_database_is_named_without_its_password(cli: Cli) -> None:
+    done = cli("runs", "--db", "postgresql://ops:s3cret-pw@127.0.0.1:1/history")
+    assert done.returncode == 4
+    assert "cannot reach the state store postgresql+psycopg://ops:***@127.0.0.1:1/history" in (
+        done.stderr
+    )
+    assert "s3cret-pw" not in done.stdout + done.stderr

@@ -136,12 +136,17 @@ class Store:
         heads = {p.stem.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*.py")}
         newest = max(heads) if heads else None
         try:
-            with self.engine.connect() as connection:
+            connection = self.engine.connect()
+        except SQLAlchemyError as exc:
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise StoreError(f"cannot reach the state store {where}: {first_line(exc)}") from None
+        with connection:
+            try:
                 version = connection.exec_driver_sql(
                     "SELECT version_num FROM alembic_version"
                 ).scalar()
-        except SQLAlchemyError:
-            return False
+            except SQLAlchemyError:
+                return False  # a new database: no schema yet
         return version is not None and version == newest
 
     @contextmanager
