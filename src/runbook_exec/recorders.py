@@ -4,9 +4,7 @@ the views, fanned out in order, the store first."""
 from __future__ import annotations
 
 import asyncio
-import getpass
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +14,7 @@ from .errors import StoreError
 from .executor import HostStepResult, Recorder
 from .steps import ReleaseSwitch
 from .store import Store, first_line
-from .store.audit import utc_now
+from .store.audit import actor, utc_now
 from .transports.ansible import TaskResult
 
 
@@ -33,11 +31,7 @@ class Auditor:
         self.context = {
             "run_id": run["id"],
             "operator": operator or run["operator"],
-            "actor": {
-                "os_user": getpass.getuser(),
-                "operator": operator or run["operator"],
-                "machine": socket.gethostname(),
-            },
+            "actor": actor(operator or run["operator"]),
             "change_id": run.get("change_id"),
             "reason": run.get("reason"),
             "runbook": {

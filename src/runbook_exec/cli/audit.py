@@ -5,9 +5,7 @@ Reading, exporting, checkpointing and pruning the trail are audit events themsel
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -239,7 +237,7 @@ def _store(db: str) -> Store:
 
 def _record(store: Store, operator: str | None, kind: str, **fields: Any) -> None:
     """Reading, exporting, checkpointing and pruning the trail are audit events themselves."""
-    from ..store.audit import audit_key, operator_name, utc_now
+    from ..store.audit import actor, audit_key, operator_name, utc_now
 
     who = operator_name(operator)
     event = {
@@ -249,7 +247,7 @@ def _record(store: Store, operator: str | None, kind: str, **fields: Any) -> Non
         "host": None,
         "operator": who,
         "change_id": None,
-        "actor": {"os_user": getpass.getuser(), "operator": who, "machine": socket.gethostname()},
+        "actor": actor(who),
         **fields,
     }
     store.append_audit(event, audit_key())

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import LockHeld, StoreError
-from .audit import GENESIS, canonical, chain_hash, detach
+from .audit import COLUMNS, GENESIS, canonical, chain_hash, detach
 from .schema import audit_events, gates, host_steps, locks, releases, run_hosts, runs, task_results
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -315,7 +315,7 @@ class Store:
                     ).first()
                     seq = head.seq if head else 0
                     prev = head.hash if head else GENESIS
-                    rows = []
+                    rows: list[dict[str, Any]] = []
                     for event in events:
                         seq += 1
                         body, payload = detach({**event, "seq": seq})
@@ -324,12 +324,7 @@ class Store:
                         rows.append(
                             {
                                 "seq": seq,
-                                "at": body["at"],
-                                "run_id": body.get("run_id"),
-                                "type": body["type"],
-                                "host": body.get("host"),
-                                "operator": body.get("operator"),
-                                "change_id": body.get("change_id"),
+                                **{column: body.get(column) for column in COLUMNS},
                                 "body": text,
                                 "payload": payload,
                                 "prev_hash": prev,

@@ -23,6 +23,7 @@ import io
 import itertools
 import json
 import os
+import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -84,6 +85,11 @@ def operator_name(given: str | None) -> str:
     return given or os.environ.get("RUNBOOK_EXEC_OPERATOR") or getpass.getuser()
 
 
+def actor(operator: str) -> dict[str, str]:
+    """An event's `actor`: the OS user, the operator they act as, and this machine."""
+    return {"os_user": getpass.getuser(), "operator": operator, "machine": socket.gethostname()}
+
+
 def utc_now() -> str:
     """UTC, with milliseconds: 2026-11-23T08:40:03.123Z."""
     now = time.time()
@@ -118,7 +124,8 @@ def verify(rows: Iterable[Mapping[str, Any]], key: bytes | None) -> Verified:
     return verified
 
 
-COLUMNS = ("run_id", "type", "host", "operator", "change_id", "at")  # copies of body fields
+# Body fields copied into columns of their own (to filter on); verify checks the copies.
+COLUMNS = ("run_id", "type", "host", "operator", "change_id", "at")
 _decode = json.JSONDecoder().raw_decode  # json.loads without its wrapper: verify's hot path
 
 
