@@ -138,7 +138,7 @@ class Store:
         try:
             connection = self.engine.connect()
         except SQLAlchemyError as exc:
-            where = self.engine.url.render_as_string(hide_password=True)
+            where = _safe_url(self.engine.url.render_as_string(hide_password=False))
             raise StoreError(f"cannot reach the state store {where}: {first_line(exc)}") from None
         with connection:
             try:
