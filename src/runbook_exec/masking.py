@@ -18,9 +18,6 @@ class Secrets:
         self.texts = tuple(sorted({v for v in values if v}, key=len, reverse=True))
         self.raw = tuple(t.encode("utf-8") for t in self.texts)
 
-    def __bool__(self) -> bool:
-        return bool(self.texts)
-
     def text(self, text: str) -> str:
         for secret in self.texts:
             text = text.replace(secret, MASK)
@@ -37,6 +34,7 @@ class Secrets:
         return value
 
     def stream(self) -> StreamMask | None:
+        """A mask for one byte stream, or None when there is nothing to mask."""
         return StreamMask(self.raw) if self.raw else None
 
 

@@ -70,8 +70,12 @@ def audit_verify(
     key = audit_key()
     point = _read_checkpoint(checkpoint) if checkpoint else None
     trusted = checkpoints.load_public_key(public_key) if public_key else None
-    store = _store(db) if file is None else None
-    rows = store.audit_events() if store is not None else _export_rows(file)  # type: ignore[arg-type]
+    store: Store | None = None
+    if file is None:
+        store = _store(db)
+        rows = store.audit_events()
+    else:
+        rows = _export_rows(file)
     verified = verify(rows, key)
     if verified.finding is None and point is not None:
         verified.finding = checkpoints.check(point, rows, key, trusted)

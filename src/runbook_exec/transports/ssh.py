@@ -81,7 +81,7 @@ class OutputCapture:
         self.tail = bytearray()
         self.size = 0
         self.digest = hashlib.sha256()
-        self.mask = secrets.stream() if secrets else None
+        self.mask = secrets.stream() if secrets is not None else None
 
     def feed(self, chunk: bytes) -> None:
         if self.mask is not None:
