@@ -58,6 +58,18 @@ def test_runs_and_host_steps_round_trip(db_url: str) -> None:
     assert store.get_run("run-1")["params"] == {"version": "1.0"}  # type: ignore[index]
     assert [r["id"] for r in store.list_runs()] == ["run-1"]
 
+    # Started again (as on resume, for one a crash left running) beside a first start:
+    # the old record is reset in place, the new one added.
+    store.steps_started(
+        [{**row, "step_name": "Hello", "host": h, "started_at": 3.0} for h in ("web2", "web3")]
+    )
+    steps = {s["host"]: s for s in store.host_steps_of("run-1")}
+    assert sorted(steps) == ["web1", "web2", "web3"]
+    assert (steps["web1"]["status"], steps["web1"]["finished_at"]) == ("ok", 2.0)
+    for host in ("web2", "web3"):
+        assert (steps[host]["status"], steps[host]["started_at"]) == ("running", 3.0)
+        assert (steps[host]["finished_at"], steps[host]["attempts"]) == (None, 0)
+
 
 def test_release_switches_know_what_is_live_and_what_was_before(db_url: str) -> None:
     store = Store.open(db_url)

@@ -224,26 +224,56 @@ class Store:
         )
 
     def steps_started(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Record host-steps as running (replacing a record left running by a crash)."""
+        """Record host-steps as running (replacing a record left running by a crash): one
+        query for which exist, then one statement each for updates and inserts."""
         if not rows:
             return
+        steps: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
+        for row in rows:
+            steps.setdefault((row["run_id"], row["section"], row["step_index"]), []).append(row)
+        restart = (
+            update(host_steps)
+            .where(
+                host_steps.c.run_id == bindparam("k_run"),
+                host_steps.c.section == bindparam("k_section"),
+                host_steps.c.step_index == bindparam("k_index"),
+                host_steps.c.host == bindparam("k_host"),
+            )
+            .values(status="running", started_at=bindparam("k_started"), attempts=0)
+            .values(finished_at=None)
+        )
         with self._tx() as tx:
-            for row in rows:
-                key = (
-                    (host_steps.c.run_id == row["run_id"])
-                    & (host_steps.c.section == row["section"])
-                    & (host_steps.c.step_index == row["step_index"])
-                    & (host_steps.c.host == row["host"])
-                )
-                changed = tx.execute(
-                    update(host_steps)
-                    .where(key)
-                    .values(
-                        status="running", started_at=row["started_at"], attempts=0, finished_at=None
+            for (run_id, section, index), step_rows in steps.items():
+                known = set(
+                    tx.scalars(
+                        select(host_steps.c.host).where(
+                            host_steps.c.run_id == run_id,
+                            host_steps.c.section == section,
+                            host_steps.c.step_index == index,
+                            host_steps.c.host.in_([r["host"] for r in step_rows]),
+                        )
                     )
-                ).rowcount
-                if not changed:
-                    tx.execute(insert(host_steps).values(status="running", attempts=0, **row))
+                )
+                again = [
+                    {
+                        "k_run": run_id,
+                        "k_section": section,
+                        "k_index": index,
+                        "k_host": r["host"],
+                        "k_started": r["started_at"],
+                    }
+                    for r in step_rows
+                    if r["host"] in known
+                ]
+                new = [
+                    {"status": "running", "attempts": 0, **r}
+                    for r in step_rows
+                    if r["host"] not in known
+                ]
+                if again:
+                    tx.execute(restart, again)
+                if new:
+                    tx.execute(insert(host_steps), new)
 
     def steps_finished(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Record how host-steps ended: one statement for all of `rows` (executemany).
