@@ -20,7 +20,7 @@ from .inventory import Host
 from .model import Gate, StepBase
 from .params import ResolvedParams
 from .runbook import RunbookFile
-from .templating import HostVars, TemplateProblem, evaluate, names_used, render
+from .templating import HostVars, TemplateProblem, evaluate, is_template, names_used, render
 
 T = TypeVar("T")
 PER_BATCH_KINDS = frozenset({"approve", "wait"})
@@ -336,12 +336,16 @@ def render_action(
     problem: Callable[[tuple[str | int, ...], str], None],
 ) -> dict[str, Any] | None:
     """The step's kind-specific fields (and `creates`/`unless`) rendered for one host and
-    validated again; each problem goes to `problem(path, message)` and gives None."""
-    failed = False
+    validated again; each problem goes to `problem(path, message)` and gives None. A step
+    with no template in them is the same on every host: its action, as validated at load."""
+    failed = templated = False
 
     def walk(value: Any, path: tuple[str | int, ...]) -> Any:
-        nonlocal failed
+        nonlocal failed, templated
         if isinstance(value, str):
+            if not is_template(value):
+                return value
+            templated = True
             try:
                 return render(value, context)
             except TemplateProblem as exc:
@@ -361,6 +365,8 @@ def render_action(
             rendered[key] = walk(guard, (key,))
     if failed:
         return None
+    if not templated:
+        return step.action()
     try:
         validated = type(step).model_validate({**rendered, "name": step.name})
     except ValidationError as exc:
