@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import shlex
@@ -289,9 +290,18 @@ async def _trust_on_first_use(host: Host, options: SshOptions, kwargs: dict[str,
 
 
 def _known_hosts(path: Path) -> Any:
-    if not path.exists():
+    """The trusted keys, parsed once per version of the file rather than per connection
+    (asyncssh would read a path given to it again for each host)."""
+    try:
+        info = path.stat()
+    except OSError:
         return ([], [], [])  # nothing trusted: every host is unknown
-    return str(path)
+    return _parsed_known_hosts(str(path), info.st_mtime_ns, info.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_known_hosts(path: str, mtime_ns: int, size: int) -> asyncssh.SSHKnownHosts:
+    return asyncssh.read_known_hosts(path)
 
 
 def _has_entry(path: Path, host: Host) -> bool:
