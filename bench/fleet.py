@@ -6,7 +6,10 @@ Every contender does the same work: connect to every host, then run `true` there
 times, each step on all hosts at once before the next. Each is timed as a whole process
 (start-up, inventory, connections and, for runbook-exec, its store writes), best of --repeat:
 
-  runbook-exec   `runbook-exec run` on a runbook of --steps `shell: "true"` steps
+  runbook-exec   `runbook-exec run` on a runbook of --steps `shell: "true"` steps, cold:
+                 the process imports everything itself (RUNBOOK_EXEC_NO_WARM=1)
+  rbx-warm       the same command with a warm controller running (`runbook-exec warm
+                 start`): the command is forked from a process that has imported it all
   asyncssh       a bare asyncssh loop: the floor for any Python tool on SSH
   ansible        ansible-playbook with --steps `raw: "true"` tasks, forks = hosts,
                  pipelining on, facts off (ControlPersist as Ansible sets it by default)
@@ -116,9 +119,23 @@ def main() -> None:
             "--db",
             f"sqlite:///{work}/state.db",
         ]
-        timed(ours)  # a first run creates the store, as a user's first run does
+        cold = {"RUNBOOK_EXEC_NO_WARM": "1"}
+        warm = {"RUNBOOK_EXEC_NO_WARM": "", "RUNBOOK_EXEC_WARM_SOCKET": str(work / "w" / "sock")}
+        timed(ours, cold)  # a first run creates the store, as a user's first run does
+        controller = subprocess.Popen(
+            [str(BIN / "runbook-exec"), "warm", "start", "--foreground"],
+            env={**os.environ, **warm},
+            stderr=subprocess.DEVNULL,
+        )
+        while subprocess.run(
+            [str(BIN / "runbook-exec"), "warm", "status"],
+            env={**os.environ, **warm},
+            capture_output=True,
+        ).returncode:
+            time.sleep(0.1)
         contenders = {
-            "runbook-exec": lambda: timed(ours),
+            "runbook-exec": lambda: timed(ours, cold),
+            "rbx-warm": lambda: timed(ours, warm),
             "asyncssh": lambda: timed(
                 [
                     sys.executable,
@@ -157,22 +174,30 @@ def main() -> None:
         except ImportError:
             print("fabric not installed: skipping the Fabric row")
         results: dict[str, tuple[float, int]] = {}
-        for name, run in contenders.items():
-            runs = [run() for _ in range(args.repeat)]
-            results[name] = min(runs)
+        try:
+            for name, run in contenders.items():
+                runs = [run() for _ in range(args.repeat)]
+                results[name] = min(runs)
+        finally:
+            controller.terminate()
+            controller.wait()
     shutil.rmtree(work, ignore_errors=True)
 
     ours = results["runbook-exec"][0]
     print(f"{args.hosts} hosts × {args.steps} steps, whole process, best of {args.repeat}")
     for name, (seconds, rss) in results.items():
-        print(
-            f"  {name:<13} {seconds:6.2f} s  {seconds / ours:5.2f}× runbook-exec  "
-            f"peak RSS {rss / 1024:6.1f} MiB"
+        memory = (
+            "(the command is a fork of the controller)"
+            if name == "rbx-warm"
+            else f"peak RSS {rss / 1024:6.1f} MiB"
         )
-    print(
-        f"runbook-exec is {ours / results['asyncssh'][0]:.2f}× the bare asyncssh loop and "
-        f"{results['ansible'][0] / ours:.1f}× faster than ansible-playbook"
-    )
+        print(f"  {name:<13} {seconds:6.2f} s  {seconds / ours:5.2f}× runbook-exec  {memory}")
+    for name, label in (("runbook-exec", "cold"), ("rbx-warm", "warm")):
+        seconds = results[name][0]
+        print(
+            f"runbook-exec {label}: {seconds / results['asyncssh'][0]:.2f}× the bare asyncssh "
+            f"loop, {results['ansible'][0] / seconds:.1f}× faster than ansible-playbook"
+        )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / f"fleet-{args.hosts}.json").write_text(

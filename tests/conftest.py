@@ -13,9 +13,14 @@ import pytest
 
 from pgserver import PostgresServer, server_binaries
 from runbook_exec.lab import SshLab
+from warmserver import WarmController
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+# Commands start cold unless a test asks for a warm controller (`launch`): a developer's own
+# `runbook-exec warm start` must not serve the suite.
+os.environ["RUNBOOK_EXEC_NO_WARM"] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +54,8 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 BACKENDS = ["sqlite", "postgresql"]
+# For ("db_url", "launch"): both backends, and the warm controller on one of them.
+BACKENDS_AND_WARM = [("sqlite", "cold"), ("postgresql", "cold"), ("sqlite", "warm")]
 
 
 @pytest.fixture
@@ -97,6 +104,20 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     return _run
 
 
+@pytest.fixture(params=["cold"])
+def launch(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment `runbook-exec` starts in: as installed ("cold"), or, parametrized
+    with "warm" (`indirect=True`), through a warm controller started for the test, which
+    must have served commands and refused none by the end."""
+    if request.param == "cold":
+        yield {}
+        return
+    with WarmController(tmp_path / "warm") as warm:
+        yield warm.env
+        assert warm.served() > 0, "no command went through the warm controller"
+    assert "warm: refused:" not in warm.log(), warm.log()
+
+
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[SshLab]:
     """Four fresh sshd hosts (host1..host4, group `app`) for a test that changes them."""
@@ -107,11 +128,13 @@ def hosts(tmp_path: Path) -> Iterator[SshLab]:
 
 @pytest.fixture
 def runbook_exec(
-    tmp_path: Path, hosts: SshLab, db_url: str
+    tmp_path: Path, hosts: SshLab, db_url: str, launch: dict[str, str]
 ) -> Callable[..., subprocess.CompletedProcess[str]]:
     """`runbook-exec` against the `hosts` lab: its inventory, known_hosts and a test database.
-    Pass a command and its arguments; `-i`/`--known-hosts`/`--db` are added where they fit."""
+    Pass a command and its arguments; `-i`/`--known-hosts`/`--db` are added where they fit.
+    Started as `launch` says: cold, or through a warm controller."""
     db = db_url
+    base_env = {**os.environ, "COLUMNS": "200", **launch}
 
     def argv(command: str, args: tuple[str | Path, ...]) -> list[str]:
         extra: list[str] = ["--db", db]
@@ -128,7 +151,7 @@ def runbook_exec(
             text=True,
             cwd=tmp_path,
             timeout=timeout,
-            env={**os.environ, "COLUMNS": "200", **(env or {})},
+            env={**base_env, **(env or {})},
         )
 
     def spawn(command: str, *args: str | Path) -> subprocess.Popen[str]:
@@ -139,9 +162,10 @@ def runbook_exec(
             stderr=subprocess.PIPE,
             text=True,
             cwd=tmp_path,
-            env={**os.environ, "COLUMNS": "200"},
+            env=base_env,
         )
 
     _run.db = db  # type: ignore[attr-defined]
     _run.spawn = spawn  # type: ignore[attr-defined]
+    _run.env = base_env  # type: ignore[attr-defined]
     return _run

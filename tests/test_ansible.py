@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from helpers import wait_until
 from runbook_exec.lab import SshLab
 
@@ -56,6 +58,7 @@ def tasks_of(runbook_exec: Run, run_id: str) -> list[dict[str, object]]:
     return shown["task_results"]  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("launch", ["cold", "warm"], indirect=True)
 def test_a_playbook_step_runs_on_each_batch_and_records_every_task(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:

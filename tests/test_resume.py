@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from conftest import BACKENDS
+from conftest import BACKENDS, BACKENDS_AND_WARM
 from helpers import assert_nowhere_in_store, query, wait_until
 from runbook_exec.lab import SshLab
 
@@ -157,7 +157,7 @@ def test_resume_refuses_a_run_that_is_still_running(
     assert done.returncode == 3 and "is still running" in done.stderr
 
 
-@pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
+@pytest.mark.parametrize(("db_url", "launch"), BACKENDS_AND_WARM, indirect=True)
 def test_approval_gate_waits_then_approve_and_resume_finish_the_run(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:
@@ -204,6 +204,7 @@ def test_rejecting_a_gate_ends_the_run_and_frees_its_lock(
     assert runbook_exec("run", path, "--no-input").returncode == 3  # the lock was freed
 
 
+@pytest.mark.parametrize("launch", ["cold", "warm"], indirect=True)
 def test_ctrl_c_stops_new_work_and_leaves_a_resumable_run(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:
@@ -242,6 +243,7 @@ def test_runs_and_show_tell_who_did_what_and_why(
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
 
 
+@pytest.mark.parametrize("launch", ["cold", "warm"], indirect=True)
 def test_on_a_terminal_the_gate_asks_and_records_who_said_yes(
     runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path
 ) -> None:
@@ -271,7 +273,7 @@ def test_on_a_terminal_the_gate_asks_and_records_who_said_yes(
         stdout=terminal,
         stderr=terminal,
         cwd=tmp_path,
-        env={**os.environ, "COLUMNS": "120"},
+        env={**runbook_exec.env, "COLUMNS": "120"},  # type: ignore[attr-defined]
     )
     os.close(terminal)
     seen = b""
@@ -297,7 +299,7 @@ def test_on_a_terminal_the_gate_asks_and_records_who_said_yes(
     assert (gate["status"], gate["decided_by"]) == ("approved", "carol")
 
 
-@pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
+@pytest.mark.parametrize(("db_url", "launch"), BACKENDS_AND_WARM, indirect=True)
 def test_resume_reads_secrets_again_from_their_environment_variables(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:

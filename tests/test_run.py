@@ -62,6 +62,7 @@ def web_server() -> Iterator[str]:
     server.shutdown()
 
 
+@pytest.mark.parametrize("launch", ["cold", "warm"], indirect=True)
 def test_every_step_kind_acts_on_real_hosts(
     runbook_exec: Run, write: Write, hosts: SshLab, web_server: str, tmp_path: Path
 ) -> None:
@@ -180,6 +181,7 @@ def test_a_failed_batch_stops_the_run_and_later_batches_never_start(
     assert not marker(hosts, "host4", "marked").exists()
 
 
+@pytest.mark.parametrize("launch", ["cold", "warm"], indirect=True)
 def test_failures_within_max_fail_percentage_go_on_but_still_exit_1(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:
@@ -306,6 +308,7 @@ def test_shell_metacharacters_reach_the_host_byte_for_byte(
     assert not Path("/tmp/rbx-pwned").exists()
 
 
+@pytest.mark.parametrize("launch", ["cold", "warm"], indirect=True)
 def test_bad_input_is_refused_before_anything_runs(runbook_exec: Run, write: Write) -> None:
     done = runbook_exec("run", write("rb.yml", header("  - shel: x\n")))
     assert done.returncode == 2 and "did you mean 'shell'" in done.stderr

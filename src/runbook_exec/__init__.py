@@ -1,14 +1,8 @@
-"""runbook-exec: run declarative runbooks on real servers, with an audit trail that proves it."""
+"""runbook-exec: run declarative runbooks on real servers, with an audit trail that proves it.
 
-from .errors import InputError, InventoryError, ParameterError, RunbookError, RunbookExecError
+This module imports nothing: the `runbook-exec` command starts in `entry`, which must stay
+cheap enough to hand a command to a warm controller in a few milliseconds. The errors users
+meet are in `runbook_exec.errors`.
+"""
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "InputError",
-    "InventoryError",
-    "ParameterError",
-    "RunbookError",
-    "RunbookExecError",
-    "__version__",
-]

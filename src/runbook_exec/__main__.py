@@ -1,5 +1,5 @@
 """`python -m runbook_exec` is the same as the `runbook-exec` command."""
 
-from .cli import main
+from .entry import main
 
 main()

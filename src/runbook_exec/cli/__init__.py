@@ -31,6 +31,7 @@ from .options import (
     plan_for,
     select_target_hosts,
 )
+from .warm import warm_app
 
 app = typer.Typer(
     name="runbook-exec",
@@ -203,6 +204,11 @@ for command in (
 ):
     app.command()(command)
 app.add_typer(audit_app, name="audit")
+app.add_typer(
+    warm_app,
+    name="warm",
+    short_help="Start commands in milliseconds: a warm controller (start, status, stop).",
+)
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -210,15 +216,15 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return app(args=argv, standalone_mode=True)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err().print("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except RunbookExecError as exc:
         problems = exc.problems if isinstance(exc, InputError) else (Problem(str(exc)),)
         from ..views import print_problems
 
-        print_problems(err, problems)
+        print_problems(err(), problems)
         if isinstance(exc, InputError) and len(problems) > 1:
-            err.print(f"{len(problems)} problems; nothing was run.")
+            err().print(f"{len(problems)} problems; nothing was run.")
         sys.exit(exc.exit_code)
 
 

@@ -34,7 +34,10 @@ OperatorOpt = Annotated[
     typer.Option("--operator", metavar="NAME", help="Who is acting (default: your OS user)."),
 ]
 
-err = Console(stderr=True, highlight=False)
+
+def err() -> Console:
+    """Where problems go. Made when needed: a warm controller's fork has new streams."""
+    return Console(stderr=True, highlight=False)
 
 
 def out() -> Console:

@@ -1,0 +1,146 @@
+"""Where the `runbook-exec` command starts: hand the command to a warm controller if one runs
+for this installation (`runbook-exec warm start`), else run it in this process.
+
+Only the standard library is imported until that is decided. Importing the tool itself
+(Typer, Rich, Pydantic, SQLAlchemy, asyncssh) costs ~0.7 s of CPU; the warm controller has
+done it once, and forks a process for each command that starts from there (see `warm`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+from typing import Any, BinaryIO
+
+NO_WARM = "RUNBOOK_EXEC_NO_WARM"
+SOCKET_ENV = "RUNBOOK_EXEC_WARM_SOCKET"
+PACKAGE = os.path.dirname(os.path.realpath(__file__))
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+HEADER = struct.Struct("!I")
+
+
+def socket_path() -> str:
+    """The warm controller's socket: RUNBOOK_EXEC_WARM_SOCKET, else one per installation
+    (interpreter and package) in the user's runtime directory."""
+    given = os.environ.get(SOCKET_ENV)
+    if given:
+        return given
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".cache")
+    key = hashlib.sha256(f"{sys.executable}\0{PACKAGE}".encode()).hexdigest()[:12]
+    return os.path.join(base, "runbook-exec", f"warm-{key}.sock")
+
+
+def fingerprint() -> str:
+    """What code would run: the interpreter and each source file's size and mtime. A warm
+    controller started before the code changed refuses commands (and stops)."""
+    digest = hashlib.sha256(f"{sys.version}\0{sys.executable}".encode())
+    for root, dirs, files in os.walk(PACKAGE):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(f for f in files if f.endswith(".py")):
+            info = os.stat(os.path.join(root, name))
+            digest.update(f"{root}/{name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def main() -> None:
+    cold = os.environ.get(NO_WARM) or sys.argv[1:2] == ["warm"]
+    code = None if cold else _warm(sys.argv)
+    if code is not None:
+        sys.exit(code)
+    from .cli import main as cli_main
+
+    cli_main()
+
+
+def _warm(argv: list[str]) -> int | None:
+    """Run the command in the warm controller: its exit code, or None to run it here."""
+    path = socket_path()
+    try:
+        if os.stat(path).st_uid != os.getuid():
+            return None  # someone else's socket: never hand it our environment
+        cwd = os.getcwd()
+    except OSError:
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return None  # left behind by a controller that has ended
+        umask = os.umask(0o022)
+        os.umask(umask)
+        streams = (sys.stdin, sys.stdout, sys.stderr)
+        request = {
+            "op": "run",
+            "argv": argv,
+            "cwd": cwd,
+            "env": dict(os.environ),
+            "umask": umask,
+            "streams": [
+                [getattr(s, "encoding", None), getattr(s, "errors", None)] for s in streams
+            ],
+            "fingerprint": fingerprint(),
+        }
+        fds, opened = _std_fds()
+        try:
+            send(sock, request, fds)
+        except OSError:
+            return None
+        finally:
+            for fd in opened:
+                os.close(fd)
+        with sock.makefile("rb") as replies:
+            first = receive(replies)
+            if first is None or "pid" not in first:
+                if first and first.get("note"):
+                    print(f"runbook-exec: {first['note']}", file=sys.stderr)
+                return None
+            pid = int(first["pid"])
+            for sig in FORWARDED:
+                signal.signal(sig, lambda number, frame: _forward(pid, number))
+            last = receive(replies)
+        if last is None or "exit" not in last:
+            print(
+                "runbook-exec: lost touch with the warm controller; the command may still be "
+                f"running as pid {pid} (see `runbook-exec runs`)",
+                file=sys.stderr,
+            )
+            return 1
+        return int(last["exit"])
+
+
+def _std_fds() -> tuple[list[int], list[int]]:
+    """File descriptors 0, 1 and 2 to pass on; /dev/null for any that is closed here."""
+    fds, opened = [], []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            fds.append(null)
+            opened.append(null)
+    return fds, opened
+
+
+def _forward(pid: int, number: int) -> None:
+    with contextlib.suppress(OSError):  # it has ended; its exit code is on its way
+        os.kill(pid, number)
+
+
+def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    """One request: its length (with any file descriptors attached), then its JSON."""
+    body = json.dumps(message).encode()
+    socket.send_fds(sock, [HEADER.pack(len(body))], fds or [])
+    sock.sendall(body)
+
+
+def receive(replies: BinaryIO) -> dict[str, Any] | None:
+    """One reply (a JSON line), or None when the other end has gone."""
+    line = replies.readline()
+    return json.loads(line) if line else None
