@@ -4,7 +4,8 @@
 
 Every contender does the same work: connect to every host, then run `true` there --steps
 times, each step on all hosts at once before the next. Each is timed as a whole process
-(start-up, inventory, connections and, for runbook-exec, its store writes), best of --repeat:
+(start-up, inventory, connections and, for runbook-exec, its store writes), in turns, best
+of --repeat:
 
   runbook-exec   `runbook-exec run` on a runbook of --steps `shell: "true"` steps, cold:
                  the process imports everything itself (RUNBOOK_EXEC_NO_WARM=1)
@@ -173,16 +174,19 @@ def main() -> None:
             )
         except ImportError:
             print("fabric not installed: skipping the Fabric row")
-        results: dict[str, tuple[float, int]] = {}
+        runs: dict[str, list[tuple[float, int]]] = {name: [] for name in contenders}
         try:
-            for name, run in contenders.items():
-                runs = [run() for _ in range(args.repeat)]
-                results[name] = min(runs)
+            for _ in range(args.repeat):  # in turns, so a slow spell hits every contender
+                for name, run in contenders.items():
+                    runs[name].append(run())
         finally:
             controller.terminate()
             controller.wait()
     shutil.rmtree(work, ignore_errors=True)
 
+    results = {name: min(times) for name, times in runs.items()}
+    for name, times in runs.items():
+        print(f"  {name:<13} runs: " + " ".join(f"{t:.2f}" for t, _ in times))
     ours = results["runbook-exec"][0]
     print(f"{args.hosts} hosts × {args.steps} steps, whole process, best of {args.repeat}")
     for name, (seconds, rss) in results.items():
