@@ -293,6 +293,7 @@ def test_on_a_terminal_the_gate_asks_and_records_who_said_yes(
     os.close(controller)
     assert answered, seen.decode(errors="replace")
     assert process.returncode == 0, seen.decode(errors="replace")
+    assert b"[bold]" not in seen and b"[/]" not in seen  # the live view's markup, rendered
     assert all((hosts.host(h).root / "done").exists() for h in ("host2", "host3", "host4"))
     run_id = str(latest_run(runbook_exec)["run_id"])
     (gate,) = json.loads(runbook_exec("show", run_id, "--json").stdout)["gates"]

@@ -12,6 +12,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .executor import HostStepResult
 from .steps import ReleaseSwitch
@@ -162,12 +163,16 @@ class ConsoleRecorder:
         for entry in self.steps.values():
             done = entry["done"]
             finished = sum(done.values())
-            marks = " ".join(f"[{STATUS_STYLE.get(k, '')}]{v} {k}[/]" for k, v in done.items())
+            marks = Text(" ").join(
+                Text(f"{v} {k}", STATUS_STYLE.get(k, "")) for k, v in done.items()
+            )
             state = "✓" if finished >= entry["hosts"] else "…"
             label = ("↩ " if entry["section"] == "rollback" else "") + entry["name"]
-            table.add_row(state, escape(label), f"{finished}/{entry['hosts']}", marks)
-        header = f"[bold]run {self.run_id}[/bold] · batch {self.current}/{len(self.batches)}"
-        return Group(header, table)
+            table.add_row(state, Text(label), f"{finished}/{entry['hosts']}", marks)
+        # Text, not markup: the view is drawn again inside each console.print(markup=False)
+        # of a line above it, where markup in a plain string would be printed as it is.
+        batch = f" · batch {self.current}/{len(self.batches)}"
+        return Group(Text.assemble((f"run {self.run_id}", "bold"), batch), table)
 
 
 def print_outcome(
