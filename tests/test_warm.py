@@ -243,6 +243,44 @@ def test_start_status_stop_and_idle_timeout(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--idle-timeout" in bad.stderr
 
 
+def test_by_default_the_socket_is_in_a_private_folder_of_its_own(tmp_path: Path) -> None:
+    cache = tmp_path / ".cache" / "runbook-exec"
+    cache.mkdir(parents=True)  # as the inventory cache leaves it: 0755
+    env = {**os.environ, "HOME": str(tmp_path), "RUNBOOK_EXEC_NO_WARM": ""}
+    for name in ("XDG_RUNTIME_DIR", "RUNBOOK_EXEC_WARM_SOCKET"):
+        env.pop(name, None)
+    try:
+        started = subprocess.run(
+            [COMMAND, "warm", "start"], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        (sock,) = (cache / "warm").glob("*.sock")
+        assert os.stat(cache / "warm").st_mode & 0o777 == 0o700
+        assert str(sock) in started.stdout
+        done = subprocess.run([COMMAND, "--version"], capture_output=True, text=True, env=env)
+        assert (
+            done.returncode == 0
+            and "1 command(s) started"
+            in subprocess.run(
+                [COMMAND, "warm", "status"], capture_output=True, text=True, env=env
+            ).stdout
+        )
+    finally:
+        subprocess.run([COMMAND, "warm", "stop"], capture_output=True, env=env, timeout=60)
+
+
+def test_a_folder_others_can_enter_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o755)
+    env = {**os.environ, **WarmController(folder).env}
+    started = subprocess.run(
+        [COMMAND, "warm", "start"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert started.returncode == 3
+    assert f"{folder} must belong to you and be private (chmod 700)" in started.stderr
+    assert not (folder / "warm.sock").exists()
+
+
 def test_a_socket_left_behind_is_ignored_and_replaced(tmp_path: Path) -> None:
     folder = tmp_path / "w"
     folder.mkdir(mode=0o700)

@@ -33,7 +33,7 @@ def socket_path() -> str:
         return given
     base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".cache")
     key = hashlib.sha256(f"{sys.executable}\0{PACKAGE}".encode()).hexdigest()[:12]
-    return os.path.join(base, "runbook-exec", f"warm-{key}.sock")
+    return os.path.join(base, "runbook-exec", "warm", f"{key}.sock")
 
 
 def fingerprint() -> str:

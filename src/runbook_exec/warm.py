@@ -158,8 +158,11 @@ def _daemon(path: str, idle_timeout: float | None, ready_w: int) -> NoReturn:
     try:
         os.chdir("/")
         null = os.open(os.devnull, os.O_RDWR)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        log = os.open(f"{path}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            log = os.open(f"{path}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise WarmError(f"cannot write {path}.log: {exc.strerror}") from None
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
@@ -195,8 +198,11 @@ def _preload() -> None:
 
 def _listen(path: str) -> socket.socket:
     folder = os.path.dirname(path)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    info = os.stat(folder)
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        info = os.stat(folder)
+    except OSError as exc:
+        raise WarmError(f"cannot make {folder}: {exc.strerror}") from None
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise WarmError(
             f"{folder} must belong to you and be private (chmod 700) to hold the socket"
@@ -216,9 +222,15 @@ def _listen(path: str) -> socket.socket:
     old = os.umask(0o177)
     try:
         listener.bind(path)
+        listener.listen(64)
+    except OSError as exc:
+        listener.close()
+        raise WarmError(
+            f"cannot listen on {path}: {exc.strerror or exc} (RUNBOOK_EXEC_WARM_SOCKET "
+            "chooses another path)"
+        ) from None
     finally:
         os.umask(old)
-    listener.listen(64)
     return listener
 
 
