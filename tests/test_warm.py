@@ -12,10 +12,12 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,6 +175,38 @@ def test_a_caller_killed_with_sigkill_stops_its_run_safely_and_resume_finishes_i
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert all((hosts.host(h).root / "last").read_text() == "x\n" for h in ("host1", "host4"))
+
+
+def test_ctrl_c_before_the_command_has_started_is_held_and_passed_on(
+    warm: Callable[..., WarmController], tmp_path: Path
+) -> None:
+    controller = warm()
+    assert controller.process is not None
+    os.kill(controller.process.pid, signal.SIGSTOP)  # it will not answer for now
+    try:
+        caller = subprocess.Popen(
+            [COMMAND, "runs", "--db", f"sqlite:///{tmp_path}/state.db"],
+            env={**os.environ, **controller.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def connected() -> bool:
+            fds = Path(f"/proc/{caller.pid}/fd")
+            return any(os.readlink(fd).startswith("socket:") for fd in fds.iterdir())
+
+        wait_until(connected)
+        time.sleep(0.5)  # and has sent its request
+        caller.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert caller.poll() is None  # held for the command, which has not started
+    finally:
+        os.kill(controller.process.pid, signal.SIGCONT)
+    out, err = caller.communicate(timeout=60)
+    assert caller.returncode == 130, out + err
+    assert "interrupted" in err and "Traceback" not in err
+    assert controller.served() == 1
 
 
 def test_stopping_the_controller_leaves_a_running_command_to_finish(

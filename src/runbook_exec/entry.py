@@ -87,23 +87,27 @@ def _warm(argv: list[str]) -> int | None:
             "fingerprint": fingerprint(),
         }
         fds, opened = _std_fds()
+        signals = _Signals()
         try:
-            send(sock, request, fds)
-        except OSError:
-            return None
-        finally:
-            for fd in opened:
-                os.close(fd)
-        with sock.makefile("rb") as replies:
-            first = receive(replies)
-            if first is None or "pid" not in first:
-                if first and first.get("note"):
-                    print(f"runbook-exec: {first['note']}", file=sys.stderr)
+            try:
+                send(sock, request, fds)
+            except OSError:
                 return None
-            pid = int(first["pid"])
-            for sig in FORWARDED:
-                signal.signal(sig, lambda number, frame: _forward(pid, number))
-            last = receive(replies)
+            finally:
+                for fd in opened:
+                    os.close(fd)
+            with sock.makefile("rb") as replies:
+                first = receive(replies)
+                if first is None or "pid" not in first:
+                    if first and first.get("note"):
+                        print(f"runbook-exec: {first['note']}", file=sys.stderr)
+                    return None
+                pid = int(first["pid"])
+                signals.deliver(pid)
+                last = receive(replies)
+        finally:
+            if signals.pid is None:
+                signals.restore()
         if last is None or "exit" not in last:
             print(
                 "runbook-exec: lost touch with the warm controller; the command may still be "
@@ -126,6 +130,36 @@ def _std_fds() -> tuple[list[int], list[int]]:
             fds.append(null)
             opened.append(null)
     return fds, opened
+
+
+class _Signals:
+    """Ctrl-C and the like, meant for the command: held until its pid is known, then
+    passed on to it. If it never starts, what was held is acted on here."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.held: list[int] = []
+        self.before = {sig: signal.signal(sig, self._received) for sig in FORWARDED}
+
+    def _received(self, number: int, frame: object) -> None:
+        if self.pid is None:
+            self.held.append(number)
+        else:
+            _forward(self.pid, number)
+
+    def deliver(self, pid: int) -> None:
+        self.pid = pid
+        for number in self.held:
+            _forward(pid, number)
+        self.held.clear()
+
+    def restore(self) -> None:
+        for sig, handler in self.before.items():
+            signal.signal(sig, handler)
+        if signal.SIGINT in self.held:
+            sys.exit(130)  # Ctrl-C before anything started
+        for number in self.held:
+            signal.raise_signal(number)
 
 
 def _forward(pid: int, number: int) -> None:

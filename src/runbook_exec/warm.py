@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO
 
-from .entry import HEADER, fingerprint, receive, send, socket_path
+from .entry import FORWARDED, HEADER, fingerprint, receive, send, socket_path
 
 EXIT_SIGNALLED = 128
 PRELOAD = (
@@ -310,6 +310,9 @@ def _supervise(
             send_line(conn, {"note": f"cannot enter {request['cwd']}: {exc.strerror}"})
             os._exit(0)
         ended_r, ended_w = os.pipe()  # closes when the command's process ends
+        # Signals the caller sends the moment it knows the pid wait, blocked, until the
+        # command can act on them: in the fork's first steps they would be lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         pid = os.fork()
         if pid == 0:
             os.close(ended_r)
@@ -355,10 +358,14 @@ def _command(request: dict[str, Any], fds: list[int]) -> NoReturn:
         sys.argv = list(request["argv"])
         from .cli import main
 
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         main(sys.argv[1:])
         code = 0
     except SystemExit as exc:
         code = _exit_code(exc.code)
+    except KeyboardInterrupt:  # Ctrl-C before the command could handle it
+        print("interrupted", file=sys.stderr)
+        code = 130
     except BaseException:
         traceback.print_exc()
     finally:
