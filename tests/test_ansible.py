@@ -12,6 +12,7 @@ import pytest
 
 from helpers import wait_until
 from runbook_exec.lab import SshLab
+from runbook_exec.processes import alive
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 Write = Callable[[str, str], Path]
@@ -191,7 +192,7 @@ def test_a_module_step_restarts_a_process(runbook_exec: Run, write: Write, hosts
     assert done.returncode == 0, done.stdout + done.stderr
     after = (hosts.host("host1").root / "pid").read_text().strip()
     assert after != before
-    wait_until(lambda: process_gone(before))  # kill is asynchronous
+    wait_until(lambda: not alive(int(before)))  # kill is asynchronous
     assert Path(f"/proc/{after}").exists()
     for name in ("host1", "host2", "host3", "host4"):
         subprocess.run(["kill", (hosts.host(name).root / "pid").read_text().strip()], check=False)
@@ -208,12 +209,3 @@ def test_plan_check_mode_shows_what_a_playbook_would_change_and_changes_nothing(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "would change" in done.stdout and "Leave a mark" in done.stdout
     assert all(mark(hosts, f"host{i}") == "" for i in range(1, 5))
-
-
-def process_gone(pid: str) -> bool:
-    """Dead, or a zombie waiting for a parent to reap it (this container's init may not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"

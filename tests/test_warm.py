@@ -26,6 +26,7 @@ import pytest
 from helpers import query, wait_until
 from runbook_exec.entry import send
 from runbook_exec.lab import LAB_USER, SshLab
+from runbook_exec.processes import alive
 from runbook_exec.warm import ask
 from warmserver import WarmController
 
@@ -165,7 +166,7 @@ def test_a_caller_killed_with_sigkill_stops_its_run_safely_and_resume_finishes_i
     wait_until(stopped)  # the run was told, as by Ctrl-C: it ended its step and stopped
     assert not any((hosts.host(h).root / "last").exists() for h in ("host1", "host4"))
     (run,) = query(db, "SELECT id, pid FROM runs")
-    wait_until(lambda: not os.path.exists(f"/proc/{run['pid']}"))
+    wait_until(lambda: not alive(int(run["pid"])))
     resumed = subprocess.run(
         [COMMAND, "resume", str(run["id"]), "--db", db],
         capture_output=True,
@@ -269,7 +270,7 @@ def test_start_status_stop_and_idle_timeout(tmp_path: Path) -> None:
     assert again.returncode == 0 and f"already running (pid {pid}" in again.stdout
     status = command("status")
     assert status.returncode == 0 and f"pid {pid}" in status.stdout
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 20)  # idle for 3s: it stops
+    wait_until(lambda: not alive(pid), 20)  # idle for 3s: it stops
     assert "idle for 3s: stopping" in (folder / "warm.sock.log").read_text()
     assert command("status").returncode == 1
     assert command("stop").stdout.startswith("no warm controller was running")

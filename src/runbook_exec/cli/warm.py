@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Annotated
 
@@ -11,6 +10,7 @@ import typer
 from ..durations import format_duration, parse_duration
 from ..entry import socket_path
 from ..errors import EXIT_FAILED, InputError, Problem, Refused
+from ..processes import alive
 from .options import out
 
 warm_app = typer.Typer(
@@ -94,24 +94,6 @@ def warm_stop() -> None:
         return
     pid = int(reply["pid"])
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive(pid):
         time.sleep(0.02)
     out().print(f"stopped the warm controller (pid {pid})")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False

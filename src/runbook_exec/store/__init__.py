@@ -32,8 +32,18 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import LockHeld, StoreError
+from ..processes import alive
 from .audit import COLUMNS, GENESIS, canonical, chain_hash, detach
 from .schema import audit_events, gates, host_steps, locks, releases, run_hosts, runs, task_results
+
+# A host-step named by the parameters k_run, k_section, k_index and k_host, for statements
+# executed once with many of them.
+_HOST_STEP_KEY = (
+    host_steps.c.run_id == bindparam("k_run"),
+    host_steps.c.section == bindparam("k_section"),
+    host_steps.c.step_index == bindparam("k_index"),
+    host_steps.c.host == bindparam("k_host"),
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -56,7 +66,7 @@ class LockHolder:
         run has ended. A holder on another machine is never presumed dead."""
         if self.run_status in ("succeeded", "failed", "rolled_back", "rejected"):
             return True
-        return self.machine == socket.gethostname() and not _pid_alive(self.pid)
+        return self.machine == socket.gethostname() and not alive(self.pid)
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
@@ -66,16 +76,6 @@ class LockHolder:
             f"lock '{self.name}' is held by run {self.run_id} ({self.operator} on "
             f"{self.machine}, pid {self.pid}, since {since}{state}){stale}"
         )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Store:
@@ -233,12 +233,7 @@ class Store:
             steps.setdefault((row["run_id"], row["section"], row["step_index"]), []).append(row)
         restart = (
             update(host_steps)
-            .where(
-                host_steps.c.run_id == bindparam("k_run"),
-                host_steps.c.section == bindparam("k_section"),
-                host_steps.c.step_index == bindparam("k_index"),
-                host_steps.c.host == bindparam("k_host"),
-            )
+            .where(*_HOST_STEP_KEY)
             .values(status="running", started_at=bindparam("k_started"), attempts=0)
             .values(finished_at=None)
         )
@@ -282,12 +277,7 @@ class Store:
             return
         statement = (
             update(host_steps)
-            .where(
-                host_steps.c.run_id == bindparam("k_run"),
-                host_steps.c.section == bindparam("k_section"),
-                host_steps.c.step_index == bindparam("k_index"),
-                host_steps.c.host == bindparam("k_host"),
-            )
+            .where(*_HOST_STEP_KEY)
             .values({name: bindparam(name) for name in rows[0] if not name.startswith("k_")})
         )
         with self._tx() as tx:
