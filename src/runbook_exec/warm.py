@@ -158,8 +158,8 @@ def _daemon(path: str, idle_timeout: float | None, ready_w: int) -> NoReturn:
     try:
         os.chdir("/")
         null = os.open(os.devnull, os.O_RDWR)
+        _private_folder(path)  # before the log is written there
         try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             log = os.open(f"{path}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
             raise WarmError(f"cannot write {path}.log: {exc.strerror}") from None
@@ -196,7 +196,8 @@ def _preload() -> None:
         importlib.import_module("sqlalchemy.dialects.postgresql.psycopg")  # an extra
 
 
-def _listen(path: str) -> socket.socket:
+def _private_folder(path: str) -> None:
+    """Make the socket's folder (0700) if need be; refuse one others could enter."""
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
@@ -207,6 +208,10 @@ def _listen(path: str) -> socket.socket:
         raise WarmError(
             f"{folder} must belong to you and be private (chmod 700) to hold the socket"
         )
+
+
+def _listen(path: str) -> socket.socket:
+    _private_folder(path)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
