@@ -100,7 +100,7 @@ def serve(
             with conn:
                 try:
                     request, fds = _request(conn)
-                except (OSError, ValueError) as exc:
+                except OSError as exc:  # nothing came within the timeout
                     _log(log, f"refused: a request it could not read ({exc})")
                     continue
                 try:
@@ -274,11 +274,10 @@ def _refusal(
         _, uid, _ = struct.unpack("3i", creds)
         if uid != os.getuid():
             return Refusal(f"refused uid {uid}: the warm controller serves only its own user")
-    if request.get("op") not in ("run", "status", "stop") or (
-        request["op"] == "run" and not _well_formed(request, fds)
-    ):
+    op = request.get("op")
+    if op not in ("run", "status", "stop") or (op == "run" and not _well_formed(request, fds)):
         return Refusal("a request it could not read")
-    if request.get("op") == "run" and request.get("fingerprint") != code:
+    if op == "run" and request.get("fingerprint") != code:
         return Refusal(
             "the code changed since the warm controller started, so it has stopped; this "
             "command runs without it (`runbook-exec warm start` starts it again)",
