@@ -306,12 +306,12 @@ def _parsed_known_hosts(path: str, mtime_ns: int, size: int) -> asyncssh.SSHKnow
 
 def _has_entry(path: Path, host: Host) -> bool:
     """Whether known_hosts names this host at all (then a mismatch is a changed key)."""
-    if not path.exists():
-        return False
     try:
-        known = asyncssh.read_known_hosts(str(path))
+        known = _known_hosts(path)  # the copy connect() used, parsed once
     except (asyncssh.Error, OSError, ValueError):
         return False
+    if not isinstance(known, asyncssh.SSHKnownHosts):
+        return False  # no file: nothing named
     trusted = known.match(host.address, host.address, host.port or 22)
     return any(trusted[:3])
 
