@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from runbook_exec.lab import SshLab
+from runbook_exec.warm import ask
 
 BIN = Path(sys.executable).parent
 
@@ -128,11 +129,9 @@ def main() -> None:
             env={**os.environ, **warm},
             stderr=subprocess.DEVNULL,
         )
-        while subprocess.run(
-            [str(BIN / "runbook-exec"), "warm", "status"],
-            env={**os.environ, **warm},
-            capture_output=True,
-        ).returncode:
+        while ask("status", warm["RUNBOOK_EXEC_WARM_SOCKET"]) is None:
+            if controller.poll() is not None:
+                raise RuntimeError("the warm controller did not start")
             time.sleep(0.1)
         contenders = {
             "runbook-exec": lambda: timed(ours, cold),
