@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,7 +49,8 @@ steps:
 
 
 @pytest.fixture
-def warm(tmp_path: Path) -> Callable[..., WarmController]:
+def warm(tmp_path: Path) -> Iterator[Callable[..., WarmController]]:
+    """Start warm controllers for the test (each in a folder of its own); stopped after it."""
     started: list[WarmController] = []
 
     def _start(*args: str) -> WarmController:
@@ -57,7 +58,7 @@ def warm(tmp_path: Path) -> Callable[..., WarmController]:
         started.append(controller)
         return controller
 
-    yield _start  # type: ignore[misc]
+    yield _start
     for controller in started:
         controller.stop()
 
