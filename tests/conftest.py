@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ BIN = Path(sys.executable).parent
 # Commands start cold unless a test asks for a warm controller (`launch`): a developer's own
 # `runbook-exec warm start` must not serve the suite.
 os.environ["RUNBOOK_EXEC_NO_WARM"] = "1"
+# Audit keys made for new stores go to a folder of the suite's own, not the user's.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="rbx-test-config-")
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +70,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'state.db'}"
         return
     server: PostgresServer = request.getfixturevalue("postgres")
+    # A shared store is keyed with a key every machine of the team is given.
+    key = tmp_path / "team-audit.key"
+    key.write_text("the-teams-shared-audit-key\n")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setenv("RUNBOOK_EXEC_AUDIT_KEY_FILE", str(key))
     name = server.new_database()
     yield server.url(name)
     server.drop_database(name)
@@ -154,7 +162,9 @@ def runbook_exec(
             env={**base_env, **(env or {})},
         )
 
-    def spawn(command: str, *args: str | Path) -> subprocess.Popen[str]:
+    def spawn(
+        command: str, *args: str | Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         """The same command in the background, for tests that kill or race it."""
         return subprocess.Popen(
             argv(command, args),
@@ -162,7 +172,7 @@ def runbook_exec(
             stderr=subprocess.PIPE,
             text=True,
             cwd=tmp_path,
-            env=base_env,
+            env={**base_env, **(env or {})},
         )
 
     _run.db = db  # type: ignore[attr-defined]

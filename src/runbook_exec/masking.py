@@ -1,27 +1,65 @@
 """Secret values kept out of everything recorded or shown: in a text, inside a structure
 (before it is encoded, so JSON escaping cannot hide a value from the mask), and in a byte
-stream as it arrives, where a secret split across two chunks is caught all the same."""
+stream as it arrives, where a secret split across two chunks is caught all the same.
+
+A secret is masked as written and in the forms a command most often prints it in: base64
+(standard and URL-safe, padded or not, and the part of it that stays the same wherever the
+secret lies inside a longer base64 text), hex (lower and upper case) and URL encoding
+(`quote`, `quote_plus`, every byte percent-encoded). Encoded forms shorter than
+`SHORTEST_FORM` characters are not masked: they would match ordinary text everywhere.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import base64
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, AnyStr
+from urllib.parse import quote, quote_plus
 
 MASK = "********"
+MASK_BYTES = MASK.encode()
+SHORTEST_FORM = 4
+
+
+def encoded_forms(secret: str) -> set[str]:
+    """The encoded forms of `secret` that are masked besides the secret itself."""
+    raw = secret.encode("utf-8")
+    forms = {raw.hex(), raw.hex().upper(), "".join(f"%{byte:02X}" for byte in raw)}
+    forms |= {quote(secret), quote(secret, safe=""), quote_plus(secret)}
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        whole = encode(raw).decode("ascii")
+        forms |= {whole, whole.rstrip("=")}
+        forms |= {_base64_core(encode, raw, offset) for offset in (0, 1, 2)}
+    return {form for form in forms if len(form) >= SHORTEST_FORM} - {secret}
+
+
+def _base64_core(encode: Callable[[bytes], bytes], raw: bytes, offset: int) -> str:
+    """The base64 characters made of `raw`'s bits alone when `raw` starts `offset` bytes
+    (modulo 3) into a longer encoded text: the characters it shares with its neighbours at
+    either end depend on them, and are left out."""
+    text = encode(bytes(offset) + raw + bytes(2)).decode("ascii")
+    first = -(-8 * offset // 6)  # the first character that starts inside `raw`
+    end = 8 * (offset + len(raw)) // 6  # past the last character that ends inside it
+    return text[first:end]
 
 
 class Secrets:
-    """The secret values of a run, longest first (so a secret inside another is not unmasked
-    piecemeal)."""
+    """The secret values of a run (`texts`, longest first) and every form of them that is
+    masked (`forms`, longest first, so a secret inside another is not unmasked piecemeal)."""
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         self.texts = tuple(sorted({v for v in values if v}, key=len, reverse=True))
-        self.raw = tuple(t.encode("utf-8") for t in self.texts)
+        forms = set(self.texts)
+        for secret in self.texts:
+            forms |= encoded_forms(secret)
+        self.forms = tuple(sorted(forms, key=lambda form: (-len(form), form)))
+        self.raw = tuple(form.encode("utf-8") for form in self.forms)
 
     def text(self, text: str) -> str:
-        for secret in self.texts:
-            text = text.replace(secret, MASK)
-        return text
+        if not self.forms:
+            return text
+        pieces, end = _masked_pieces(text, self.forms, len(text), MASK)
+        return "".join(pieces) + text[end:] if pieces else text
 
     def data(self, value: Any) -> Any:
         """`value` with every string in it masked, through dicts, lists and tuples."""
@@ -42,9 +80,9 @@ class StreamMask:
     """Masks a byte stream chunk by chunk. Bytes that could still be the start of a secret
     are held back until the next chunk (or `finish`) says whether they are."""
 
-    def __init__(self, secrets: tuple[bytes, ...]) -> None:
-        self.secrets = secrets
-        self.longest = max(len(s) for s in secrets)
+    def __init__(self, forms: tuple[bytes, ...]) -> None:
+        self.forms = tuple(sorted(forms, key=len, reverse=True))
+        self.longest = len(self.forms[0])
         self.held = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -54,21 +92,34 @@ class StreamMask:
         return self._mask(self.held, final=True)
 
     def _mask(self, data: bytes, *, final: bool) -> bytes:
-        # A match may only be decided at positions where every secret would fit in `data`;
+        # A match may only be decided at positions where every form would fit in `data`;
         # the rest is held back.
         settled = len(data) if final else max(0, len(data) - self.longest + 1)
-        out = bytearray()
-        start = 0
-        while True:
-            found = [(data.find(s, start), s) for s in self.secrets]
-            hits = [(at, s) for at, s in found if 0 <= at < settled]
-            if not hits:
-                break
-            at = min(a for a, _ in hits)
-            secret = next(s for s in self.secrets if data.startswith(s, at))  # longest there
-            out += data[start:at] + MASK.encode()
-            start = at + len(secret)
-        keep_from = max(start, settled)
-        out += data[start:keep_from]
+        pieces, end = _masked_pieces(data, self.forms, settled, MASK_BYTES)
+        keep_from = max(end, settled)
         self.held = data[keep_from:]
-        return bytes(out)
+        return b"".join(pieces) + data[end:keep_from] if pieces else data[:keep_from]
+
+
+def _masked_pieces(
+    data: AnyStr, forms: Sequence[AnyStr], settled: int, mask: AnyStr
+) -> tuple[list[AnyStr], int]:
+    """`data` up to the end of its last match starting before `settled`, as pieces with
+    every match replaced by the mask, and where that end is. Matches are taken from the
+    left, the longest one at a place (`forms` are longest first), and do not overlap."""
+    # Where each form is next found, kept between matches: each form is searched for
+    # once, and again only when a match has passed over the place it was found at.
+    found = [data.find(form, 0, settled + len(form) - 1) for form in forms]
+    pieces: list[AnyStr] = []
+    start = 0
+    while True:
+        hits = [at for at in found if at >= 0]
+        if not hits:
+            return pieces, start
+        at = min(hits)
+        form = forms[found.index(at)]  # the first, so the longest, found there
+        pieces += (data[start:at], mask)
+        start = at + len(form)
+        for index, was in enumerate(found):
+            if 0 <= was < start:
+                found[index] = data.find(forms[index], start, settled + len(forms[index]) - 1)

@@ -213,6 +213,9 @@ app.add_typer(
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the app and turn our error families into exit codes."""
+    from ..scratch import remove_leftovers
+
+    remove_leftovers()  # what killed commands left in their scratch folders
     try:
         return app(args=argv, standalone_mode=True)
     except KeyboardInterrupt:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -15,6 +14,7 @@ from typing import Any
 
 from ..masking import Secrets
 from ..runbook import in_workspace
+from ..scratch import private_folder
 from ..templating import render
 from ..transports.ansible import one_task_play
 from ..transports.local import run_local
@@ -114,16 +114,16 @@ async def _transfer(kind: str, spec: Mapping[str, Any], host: HostContext) -> Co
         await asyncio.wait_for(session.upload(source, spec["dest"], spec.get("mode")), host.timeout)
         return ok(f"uploaded {source.stat().st_size} bytes to {spec['dest']}", started)
     text = render(source.read_text(encoding="utf-8"), host.template_names)
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", delete=False, suffix=".rendered"
-    ) as out:
-        out.write(text)
-    try:
+    # The rendering may hold a secret: it lies in a private folder (0600 inside 0700) only
+    # while it is uploaded; a kill -9 meanwhile leaves it to the next command to remove.
+    with private_folder("template") as folder:
+        rendered = folder / "rendered"
+        fd = os.open(rendered, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w", encoding="utf-8") as out:
+            out.write(text)
         await asyncio.wait_for(
-            session.upload(Path(out.name), spec["dest"], spec.get("mode")), host.timeout
+            session.upload(rendered, spec["dest"], spec.get("mode")), host.timeout
         )
-    finally:
-        os.unlink(out.name)
     return ok(f"rendered {spec['src']} to {spec['dest']}", started)
 
 

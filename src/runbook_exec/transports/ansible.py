@@ -2,26 +2,33 @@
 settings, and every task's result on every host handed back as it happens.
 
 ansible-runner runs in a worker thread (it blocks); its events are passed to the event loop
-with `call_soon_threadsafe`. Its artifacts live in a run-specific folder removed afterwards.
+with `call_soon_threadsafe`. It works in a private scratch folder (see `scratch`) removed
+afterwards, and is set up so that nothing that could tell a secret is written there: extra
+vars and generated plays come through named pipes, and neither the environment nor the
+output is kept in files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import sys
-import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..masking import Secrets
+from ..scratch import private_folder
 
 RESULT_LIMIT = 4096
+PRINTED_LIMIT = 1000  # lines of ansible-playbook's output kept (in memory) to explain a failure
+OWN_VARIABLES = "RUNBOOK_EXEC_"  # ours (the audit key among them): ansible never needs them
 TASK_EVENTS = {
     "runner_on_ok": "ok",
     "runner_on_failed": "failed",
@@ -104,13 +111,14 @@ async def run_playbook(
     should_cancel: Callable[[], bool] = lambda: False,
 ) -> PlaybookOutcome:
     """Run `playbook` on `hosts` (and no others) of `inventory`; report each task result."""
-    import ansible_runner
-
     loop = asyncio.get_running_loop()
     outcome = PlaybookOutcome(hosts={host: "ok" for host in hosts})
     seen: set[str] = set()
+    printed: list[str] = []
 
     def handle(event: dict[str, Any]) -> bool:
+        if event.get("stdout") and len(printed) < PRINTED_LIMIT:
+            printed.append(str(event["stdout"]))
         status = TASK_EVENTS.get(event.get("event", ""))
         data = event.get("event_data", {})
         if status is None or "host" not in data:
@@ -119,50 +127,127 @@ async def run_playbook(
         loop.call_soon_threadsafe(_record, outcome, result, seen, on_task)
         return False  # nothing kept on disk: we have what we need
 
-    workdir = Path(tempfile.mkdtemp(prefix="rbx-ansible-"))
-    if not isinstance(playbook, Path):
-        (workdir / "play.json").write_text(json.dumps(playbook))
-        playbook = workdir / "play.json"
-    cmdline = ["--check"] if check else []
-    if vault_password_file is not None:
-        cmdline += ["--vault-password-file", str(vault_password_file)]
-    # With `binary` given, ansible-runner passes no playbook itself: it goes last here.
-    cmdline.append(str(playbook.resolve()))
     try:
-        runner = await asyncio.to_thread(
-            ansible_runner.run,
-            private_data_dir=str(workdir),
-            inventory=[os.path.abspath(source) for source in inventory],
-            limit=",".join(hosts),
-            forks=max(1, min(settings.forks, len(hosts))),
-            extravars=dict(extravars or {}),
-            tags=",".join(tags) or None,
-            skip_tags=",".join(skip_tags) or None,
-            cmdline=shlex.join(cmdline),
-            envvars=environment(settings),
-            timeout=int(settings.timeout),
-            quiet=True,
-            suppress_env_files=True,
-            event_handler=handle,
-            cancel_callback=should_cancel,
-            binary=ansible_playbook_binary() or "ansible-playbook",
-        )
+        with private_folder("ansible") as workdir, contextlib.ExitStack() as feeds:
+            # What may hold a secret (the extra vars; a module step's arguments) reaches
+            # ansible-playbook through named pipes: it is never written to a file.
+            if not isinstance(playbook, Path):
+                playbook = feeds.enter_context(_Feed(workdir / "play.json", playbook))
+            cmdline = ["--check"] if check else []
+            if extravars:
+                given = feeds.enter_context(_Feed(workdir / "extravars.json", dict(extravars)))
+                cmdline += ["--extra-vars", f"@{given}"]
+            if vault_password_file is not None:
+                cmdline += ["--vault-password-file", str(vault_password_file)]
+            # With `binary` given, ansible-runner passes no playbook itself: it goes last.
+            cmdline.append(str(playbook.resolve()))
+            envvars = {**environment(settings), "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp")}
+            runner = await asyncio.to_thread(
+                _run_ansible_runner,
+                private_data_dir=str(workdir),
+                inventory=[os.path.abspath(source) for source in inventory],
+                limit=",".join(hosts),
+                forks=max(1, min(settings.forks, len(hosts))),
+                tags=",".join(tags) or None,
+                skip_tags=",".join(skip_tags) or None,
+                cmdline=shlex.join(cmdline),
+                envvars=envvars,
+                timeout=int(settings.timeout),
+                event_handler=handle,
+                cancel_callback=should_cancel,
+                binary=ansible_playbook_binary() or "ansible-playbook",
+            )
         await asyncio.sleep(0)  # let the last events queued from the thread be recorded
         outcome.rc = runner.rc
         outcome.timed_out = runner.status == "timeout"
         if runner.status in ("failed", "timeout", "canceled") and not outcome.tasks:
-            outcome.error = _error_text(runner, workdir)
+            outcome.error = _error_text(printed, runner.status)
     except Exception as exc:
         outcome.rc = None
         outcome.error = f"ansible-runner: {exc}"
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     for host in hosts:
         if host not in seen and outcome.hosts[host] == "ok":
             outcome.hosts[host] = "failed"
             why = outcome.error or ("timed out" if outcome.timed_out else "no task ran on it")
             outcome.messages[host] = why
     return outcome
+
+
+def _run_ansible_runner(
+    *,
+    event_handler: Callable[[dict[str, Any]], bool],
+    cancel_callback: Callable[[], bool],
+    **options: Any,
+) -> Any:
+    """ansible-runner's Runner, set up to keep nothing on disk that could tell a secret:
+    no env/ files, no stdout file, no fact cache, no artifacts/<ident>/command (the full
+    command line and environment, which it always writes; removed as soon as it is written),
+    and none of our own RUNBOOK_EXEC_* variables (the audit key among them) in the
+    environment ansible-playbook gets."""
+    from ansible_runner import Runner, RunnerConfig
+
+    config = RunnerConfig(
+        quiet=True,
+        suppress_env_files=True,
+        settings={"suppress_output_file": True},
+        fact_cache_type="memory",
+        **options,
+    )
+    config.prepare()
+    config.env = {k: v for k, v in config.env.items() if not k.startswith(OWN_VARIABLES)}
+
+    def forget_command(status: Mapping[str, Any], runner_config: Any) -> None:
+        if status.get("status") == "running":  # the file was written just before
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(runner_config.artifact_dir, "command"))
+
+    runner = Runner(
+        config,
+        event_handler=event_handler,
+        cancel_callback=cancel_callback,
+        status_handler=forget_command,
+    )
+    runner.run()
+    return runner
+
+
+class _Feed:
+    """A named pipe that hands `value`, as JSON, to the first process that reads it, and is
+    then removed. What passes through it is never on disk, so a kill -9 leaves nothing
+    behind (ansible-runner hands an SSH key to ssh-agent the same way). ansible-playbook
+    reads its extra vars and its playbook once each; were a second read ever made, it would
+    find no file rather than wait for one."""
+
+    def __init__(self, path: Path, value: Any) -> None:
+        self.path = path
+        self.data = json.dumps(value).encode()
+        self.closing = False
+        self.thread = threading.Thread(target=self._serve, name=f"feed {path.name}", daemon=True)
+
+    def __enter__(self) -> Path:
+        os.mkfifo(self.path, 0o600)
+        self.thread.start()
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        self.closing = True
+        while self.thread.is_alive():
+            # Nobody read it: the writer waits in open() for a reader. Be that reader.
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK))
+            self.thread.join(0.05)
+        self.path.unlink(missing_ok=True)
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # as BrokenPipeError: the reader went away
+            fd = os.open(self.path, os.O_WRONLY)  # blocks until a reader opens the pipe
+            try:
+                self.path.unlink()
+                view = memoryview(b"" if self.closing else self.data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
 
 
 def ansible_playbook_binary() -> str | None:
@@ -206,12 +291,8 @@ def _record(
     on_task(result)
 
 
-def _error_text(runner: Any, workdir: Path) -> str:
+def _error_text(printed: Sequence[str], status: str) -> str:
     """Why ansible-playbook failed before any task ran (syntax, inventory, options)."""
-    try:
-        text = str(runner.stdout.read())
-    except (OSError, ValueError, AttributeError):
-        text = ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln.strip() for text in printed for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "ERROR" in ln]
-    return (errors or lines or [f"ansible-playbook ended {runner.status}"])[0][:500]
+    return (errors or lines or [f"ansible-playbook ended {status}"])[0][:500]
