@@ -3,6 +3,7 @@ named; checkpoints against truncation; keyed chains; fail-closed writes."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -21,6 +23,7 @@ from conftest import BACKENDS
 from helpers import assert_nowhere_in_store, query, wait_until
 from runbook_exec.lab import SshLab
 from runbook_exec.store.audit import canonical, chain_hash
+from runbook_exec.store.keys import KeyRing
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 Write = Callable[[str, str], Path]
@@ -76,7 +79,7 @@ def events(db: str) -> list[dict[str, Any]]:
 def test_a_run_leaves_a_complete_verifiable_chain(chain: str, cli: Callable[..., object]) -> None:
     rows = events(chain)
     kinds = [json.loads(str(r["body"]))["type"] for r in rows]
-    assert kinds[:3] == ["run.requested", "lock.taken", "run.started"]
+    assert kinds[:4] == ["audit.keyed", "run.requested", "lock.taken", "run.started"]
     assert kinds[-1] == "run.finished"
     assert kinds.count("host_step.started") == 8 and kinds.count("host_step.finished") == 8
     finished = next(r for r in rows if r["type"] == "host_step.finished")
@@ -106,6 +109,12 @@ def change_body_byte(db: str) -> int:
     return int(row["seq"])
 
 
+def remove_an_output(db: str) -> int:
+    row = next(r for r in events(db) if r["payload"] is not None)
+    query(db, "UPDATE audit_events SET payload = NULL WHERE seq = :seq", seq=row["seq"])
+    return int(row["seq"])
+
+
 def delete_one(db: str) -> int:
     query(db, "DELETE FROM audit_events WHERE seq = 5")
     return 6
@@ -128,9 +137,17 @@ def insert_one(db: str) -> int:
         change=forged["change_id"],
         body=text,
         prev=rows[2]["hash"],
-        hash=chain_hash(str(rows[2]["hash"]), text, None),
+        hash=chain_hash(str(rows[2]["hash"]), text, store_key(db)),  # even with the key
     )
     return 5
+
+
+def store_key(db: str) -> bytes:
+    """The audit key a store's chain is hashed with, as its first event names it."""
+    keyed = json.loads(str(events(db)[0]["body"]))
+    key = KeyRing.load().get(keyed["key_id"])
+    assert key is not None
+    return key
 
 
 def swap_two(db: str) -> int:
@@ -183,6 +200,7 @@ def rewrite_from_event_3(db: str, key: bytes, **changed: str) -> None:
     [
         (change_output_byte, "its output does not match the digest its event holds"),
         (change_body_byte, "its hash does not match its content"),
+        (remove_an_output, "its output is missing, and no prune event covers it"),
         (delete_one, "missing: expected event 5, found 6"),
         (insert_one, "does not follow the event before it"),
         (swap_two, "does not follow the event before it"),
@@ -191,6 +209,7 @@ def rewrite_from_event_3(db: str, key: bytes, **changed: str) -> None:
     ids=[
         "change one byte of output",
         "change one byte of an event",
+        "remove an output",
         "delete",
         "insert",
         "swap two",
@@ -235,7 +254,8 @@ def test_with_a_key_a_chain_recomputed_without_it_is_caught(
     assert done.returncode == 0, done.stdout + done.stderr
     db = str(runbook_exec.db)  # type: ignore[attr-defined]
     assert verify(cli, db, env=keyed).returncode == 0
-    assert verify(cli, db).returncode == 1  # without the key the hashes do not match
+    refused = verify(cli, db)  # without the key: refused, naming the key it needs
+    assert refused.returncode == 4 and "audit key" in refused.stderr
     # Someone with write access but not the key edits an event and re-hashes the chain.
     rewrite_from_event_3(db, b"a-guessed-key", type="run.note")
     forged = verify(cli, db, env=keyed)
@@ -280,8 +300,12 @@ def test_the_readme_snippet_verifies_an_export_without_this_tool(
     (tmp_path / "verify.py").write_text(snippet)
     export = cli("audit", "export", "--db", chain)
     (tmp_path / "trail.jsonl").write_text(export.stdout)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    keyed = json.loads(str(events(chain)[0]["body"]))["key_id"]
+    (keys / f"{keyed}.key").write_bytes(store_key(chain))
     ok = subprocess.run(
-        ["python3", str(tmp_path / "verify.py"), str(tmp_path / "trail.jsonl")],
+        ["python3", str(tmp_path / "verify.py"), str(tmp_path / "trail.jsonl"), str(keys)],
         capture_output=True,
         text=True,
     )
@@ -289,7 +313,7 @@ def test_the_readme_snippet_verifies_an_export_without_this_tool(
     for edit in (("host1", "hostX"), ("hello from", "hellO from")):  # an event, an output
         (tmp_path / "trail.jsonl").write_text(export.stdout.replace(*edit, 1))
         bad = subprocess.run(
-            ["python3", str(tmp_path / "verify.py"), str(tmp_path / "trail.jsonl")],
+            ["python3", str(tmp_path / "verify.py"), str(tmp_path / "trail.jsonl"), str(keys)],
             capture_output=True,
             text=True,
         )
@@ -365,9 +389,27 @@ def test_a_secret_from_the_environment_is_in_no_file_output_or_export(
         "echo hello",
         "printf 0123456789012345678901234; echo {{ token }}; echo {{ token }} >&2; seq 1 40;"
         " echo hello",
+    ).replace(
+        "  - name: Mark\n",
+        # ...and in the forms a command most often prints one in.
+        "  - name: Encoded\n    shell: >-\n"
+        "      printf %s {{ token | quote }} | base64;"
+        " printf %s {{ token | quote }} | od -An -tx1 | tr -d ' \\n'; echo;"
+        " python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))'"
+        " {{ token | quote }}\n"
+        "  - name: Mark\n",
     )
     done = runbook_exec(
-        "run", write("rb.yml", text), "--output-limit", "64", env={"RBX_AUDIT_TOKEN": secret}
+        "run",
+        write("rb.yml", text),
+        "--output-limit",
+        "64",
+        # Typed by mistake where a change id and a reason go: masked there too.
+        "--change-id",
+        f"CHG-1 {secret}",
+        "--reason",
+        f"rotating {secret}",
+        env={"RBX_AUDIT_TOKEN": secret},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     db = str(runbook_exec.db)  # type: ignore[attr-defined]
@@ -375,9 +417,18 @@ def test_a_secret_from_the_environment_is_in_no_file_output_or_export(
     shown = runbook_exec("show", str(run_id))
     export = cli("audit", "export", "--db", db)
     assert "********" in shown.stdout  # the output was there, masked
-    for printed in (done.stdout, done.stderr, shown.stdout, shown.stderr, export.stdout):
+    encoded = [
+        base64.b64encode(secret.encode()).decode(),
+        secret.encode().hex(),
+        quote(secret),
+    ]
+    listed = runbook_exec("runs")
+    for printed in (done.stdout, done.stderr, shown.stdout, listed.stdout, export.stdout):
         assert secret[:6] not in printed  # not even the piece before the head/tail cut
-    assert_nowhere_in_store(db, secret.encode())
+        assert not [form for form in encoded if form in printed]
+    assert "CHG-1 ********" in export.stdout and "rotating ********" in export.stdout
+    for form in [secret, *encoded]:
+        assert_nowhere_in_store(db, form.encode())
 
 
 def test_pruning_old_output_keeps_every_event_verifiable(

@@ -134,11 +134,11 @@ def test_pruning_clears_old_output_and_keeps_its_digest(db_url: str) -> None:
         ]
     )
     event = {"at": "2020-01-01T00:00:00.000Z", "type": "host_step.finished", "output": "x"}
-    store.append_audits([event, {**event, "at": "2999-01-01T00:00:00.000Z"}], None)
+    store.append_audits([event, {**event, "at": "2999-01-01T00:00:00.000Z"}])
     looked = store.prune_output("2026-01-01T00:00:00", 1_767_225_600.0, dry_run=True)
     assert looked == {"events": 1, "host_steps": 1, "task_results": 0}
     assert store.host_steps_of("run-1")[0]["stdout"] == "old\n"  # a dry run changes nothing
     store.prune_output("2026-01-01T00:00:00", 1_767_225_600.0, dry_run=False)
     (step,) = store.host_steps_of("run-1")
     assert (step["stdout"], step["output_sha256"]) == (None, "ef" * 32)
-    assert [e["payload"] is None for e in store.audit_events()] == [True, False]
+    assert [e["payload"] is None for e in store.audit_events()] == [True, True, False]  # keyed

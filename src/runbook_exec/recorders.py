@@ -23,11 +23,8 @@ class Auditor:
     id, reason), what (runbook name, path and SHA-256), when (UTC, milliseconds), and the
     event's own fields (host, step, status, exit code, duration, output...)."""
 
-    def __init__(
-        self, store: Store, key: bytes | None, run: Mapping[str, Any], operator: str | None = None
-    ) -> None:
+    def __init__(self, store: Store, run: Mapping[str, Any], operator: str | None = None) -> None:
         self.store = store
-        self.key = key
         self.context = {
             "run_id": run["id"],
             "operator": operator or run["operator"],
@@ -46,7 +43,7 @@ class Auditor:
 
     def append(self, kind: str, **fields: Any) -> None:
         """Write one event now, in its own transaction (or the current batch)."""
-        self.store.append_audit(self.event(kind, **fields), self.key)
+        self.store.append_audit(self.event(kind, **fields))
 
 
 class StoreRecorder:
@@ -89,7 +86,7 @@ class StoreRecorder:
                                 pending()
                         self.store.steps_finished(finished)
                         # In the order they happened, in the same commit as their state.
-                        self.store.append_audits(audits, self.auditor.key)
+                        self.store.append_audits(audits)
             except BaseException as exc:  # surfaced by flush()
                 self.error = exc
             finally:
@@ -173,6 +170,7 @@ class StoreRecorder:
             output_bytes=result.output_bytes,
             output_sha256=result.output_sha256,
             attempts=result.attempts,
+            ignored=result.ignored,
         )
 
     def host_status(self, host: str, status: str, message: str | None = None) -> None:

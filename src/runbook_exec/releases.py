@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import HostKeyError
 from .inventory import Host
 from .transports.ssh import SshOptions, Unreachable, connect
+
+if TYPE_CHECKING:
+    from .record import SwitchRecord
 
 CHECK_TIMEOUT = 30.0
 
@@ -62,20 +65,24 @@ def previous_of(switches: Sequence[Mapping[str, Any]]) -> str | None:
 
 
 def recorded(
-    rows: Sequence[Mapping[str, Any]],
-    history: Callable[[str, str], Sequence[Mapping[str, Any]]],
+    switches: Mapping[tuple[str, str], Sequence[SwitchRecord]],
+    hosts: Collection[str] | None = None,
 ) -> list[LiveRelease]:
-    return [
-        LiveRelease(
-            r["host"],
-            r["root"],
-            r["to_version"],
-            previous_of(history(r["host"], r["root"])),
-            r["at"],
-            r["run_id"],
+    """What is live on each host under each root, from the recorded switches (oldest
+    first), for the given hosts only when `hosts` is given."""
+    live = []
+    for (host, root), history in sorted(switches.items()):
+        if not history or (hosts is not None and host not in hosts):
+            continue
+        newest = history[-1]
+        previous = previous_of(
+            [
+                {"to_version": s.to_version, "from_version": s.from_version, "source": s.source}
+                for s in history
+            ]
         )
-        for r in rows
-    ]
+        live.append(LiveRelease(host, root, newest.to_version, previous, newest.at, newest.run_id))
+    return live
 
 
 async def check(

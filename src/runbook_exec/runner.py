@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import hashlib
 import json
 import os
 import secrets
@@ -27,7 +28,6 @@ from .errors import (
     EXIT_REFUSED,
     InputError,
     LockHeld,
-    NotFound,
     Problem,
     Refused,
 )
@@ -35,11 +35,10 @@ from .executor import Approver, Executor, HostStepResult, Recorder, RunOptions, 
 from .inventory import Host, select_hosts
 from .params import ResolvedParams, parse_extra_vars, resolve_params
 from .plan import Plan, build_plan
+from .record import Record, RecordAltered, RunDetails, RunRecord
 from .recorders import Auditor, Fanout, StoreRecorder
-from .releases import previous_of
 from .runbook import RunbookFile, load_runbook, runbook_from_text
-from .store import Store
-from .store.audit import audit_key
+from .store import LockHolder, Store
 from .transports.ansible import PlaybookOutcome
 
 ViewFactory = Callable[[str], Recorder]
@@ -199,57 +198,100 @@ def start(
     on_note: Callable[[str], None] = lambda text: None,
 ) -> Outcome:
     """Record a new run, take its lock, and carry it out."""
+    store.require_key()
     run_id = new_run_id()
     plan = prepared.plan
-    store.create_run(
-        {
-            "id": run_id,
-            "runbook_name": prepared.runbook_file.runbook.name,
-            "runbook_path": str(prepared.runbook_file.path.resolve()),
-            "runbook_sha256": prepared.runbook_file.sha256,
-            "runbook_text": prepared.runbook_file.text,
-            "params": prepared.params.masked(),
-            "secret_names": sorted(prepared.params.secret_names),
-            "inventory": [str(Path(s).resolve()) for s in prepared.inventory],
-            "limit_pattern": prepared.limit,
-            "plan": plan.to_dict(),
-            "plan_digest": plan.digest,
-            "options": _options_record(options),
-            "lock_name": plan.lock,
-            "operator": operator,
-            "os_user": getpass.getuser(),
-            "machine": socket.gethostname(),
-            "pid": os.getpid(),
-            "change_id": change_id,
-            "reason": reason,
-            "status": "pending",
-            "created_at": time.time(),
-        },
-        [(host, number) for number, batch in enumerate(plan.batches, 1) for host in batch],
+    secrets = prepared.params.secrets
+    change_id = secrets.text(change_id) if change_id else change_id
+    reason = secrets.text(reason) if reason else reason
+    record = {
+        "id": run_id,
+        "runbook_name": prepared.runbook_file.runbook.name,
+        "runbook_path": str(prepared.runbook_file.path.resolve()),
+        "runbook_sha256": prepared.runbook_file.sha256,
+        "runbook_text": prepared.runbook_file.text,
+        "params": prepared.params.masked(),
+        "secret_names": sorted(prepared.params.secret_names),
+        "inventory": [str(Path(s).resolve()) for s in prepared.inventory],
+        "limit_pattern": prepared.limit,
+        "plan": plan.to_dict(),
+        "plan_digest": plan.digest,
+        "options": _options_record(options),
+        "lock_name": plan.lock,
+        "operator": operator,
+        "os_user": getpass.getuser(),
+        "machine": socket.gethostname(),
+        "pid": os.getpid(),
+        "change_id": change_id,
+        "reason": reason,
+        "status": "pending",
+        "created_at": time.time(),
+    }
+    with store.batch():  # the run's row and its first event: both or neither
+        store.create_run(
+            record,
+            [(host, number) for number, batch in enumerate(plan.batches, 1) for host in batch],
+        )
+        Auditor(store, record).append(
+            "run.requested",
+            # Everything a resume needs, so that it is taken from the chain, not a table.
+            runbook_text=record["runbook_text"],
+            params=record["params"],
+            secret_names=record["secret_names"],
+            inventory=record["inventory"],
+            targets=plan.targets,
+            limit=prepared.limit,
+            lock=plan.lock,
+            options=record["options"],
+            plan_digest=plan.digest,
+            batches=[list(b) for b in plan.batches],
+            plan=record["plan"],
+        )
+    _take_lock(store, Record(store), run_id, plan.lock, operator, steal_stale_lock, on_note)
+    return _execute(
+        store, run_id, prepared, operator, options, view, approver, RunState(), resumed=False
     )
-    auditor(store, run_id).append(
-        "run.requested",
-        params=prepared.params.masked(),
-        targets=plan.targets,
-        limit=prepared.limit,
-        plan_digest=plan.digest,
-        batches=[list(b) for b in plan.batches],
-    )
-    _take_lock(store, run_id, plan.lock, operator, steal_stale_lock, on_note)
-    return _execute(store, run_id, prepared, operator, options, view, approver, RunState())
 
 
-def auditor(store: Store, run_id: str, operator: str | None = None) -> Auditor:
+def auditor(store: Store, run: RunRecord, operator: str | None = None) -> Auditor:
     """The audit event maker for a recorded run (operator: who acts now, if not its own)."""
-    return Auditor(store, audit_key(), load_run(store, run_id), operator)
+    return Auditor(
+        store,
+        {
+            "id": run.id,
+            "operator": run.operator,
+            "change_id": run.change_id,
+            "reason": run.reason,
+            "runbook_name": run.runbook_name,
+            "runbook_path": run.runbook_path,
+            "runbook_sha256": run.runbook_sha256,
+        },
+        operator,
+    )
 
 
 def _take_lock(
-    store: Store, run_id: str, name: str, operator: str, steal: bool, on_note: Callable[[str], None]
+    store: Store,
+    record: Record,
+    run_id: str,
+    name: str,
+    operator: str,
+    steal: bool,
+    on_note: Callable[[str], None],
 ) -> None:
-    audit = auditor(store, run_id, operator)
+    run = record.run(run_id, outputs=False).run
+    audit = auditor(store, run, operator)
+
+    def holder_of(lock: str) -> LockHolder | None:
+        """The lock's holder as the record vouches for it; a lock row that disagrees with
+        its holder's events is not trusted to refuse, nor to be stolen."""
+        holder, flags = record.lock_holder(lock)
+        if flags:
+            raise RecordAltered(f"taking lock {lock!r} refused: {flags[0]}; nothing was done")
+        return holder
+
     try:
-        stolen = store.acquire_lock(name, run_id, operator, steal_stale=steal)
+        stolen = store.acquire_lock(name, run_id, operator, steal_stale=steal, holder_of=holder_of)
     except LockHeld as exc:
         audit.append("lock.refused", lock=name, message=str(exc))
         hint = (
@@ -257,12 +299,20 @@ def _take_lock(
             if exc.holder is not None and getattr(exc.holder, "stale", False)
             else " Wait for it, or `runbook-exec unlock NAME` if you know it is abandoned."
         )
-        store.update_run(run_id, status="refused", message=str(exc), finished_at=time.time())
+        if not run.started:
+            store.update_run(run_id, status="refused", message=str(exc), finished_at=time.time())
         raise LockHeld(f"{exc}.{hint}", exc.holder) from None
+    except RecordAltered as exc:
+        audit.append("lock.refused", lock=name, message=str(exc))
+        if not run.started:
+            store.update_run(run_id, status="refused", message=str(exc), finished_at=time.time())
+        raise
     if stolen is not None:
         on_note(f"took over a stale lock: {stolen.describe()}")
-        store.update_run(run_id, message=f"took over stale lock from run {stolen.run_id}")
-        audit.append("lock.stolen", lock=name, message=stolen.describe())
+        message = f"took over stale lock from run {stolen.run_id}"
+        with store.batch():
+            store.update_run(run_id, message=message)
+            audit.append("lock.stolen", lock=name, message=message, holder=stolen.describe())
     else:
         audit.append("lock.taken", lock=name)
 
@@ -279,29 +329,35 @@ def resume(
     environ: Mapping[str, str] | None = None,
     on_note: Callable[[str], None] = lambda text: None,
 ) -> Outcome:
-    """Carry on a run from its record: finished host-steps are not run again."""
-    record = load_run(store, run_id)
-    if record["status"] in ENDED or record["status"] == "refused":
-        raise Refused(f"run {run_id} has ended ({record['status']}); nothing to resume")
-    holder = store.lock_holder(record["lock_name"])
+    """Carry on a run from its record: finished host-steps are not run again. Everything is
+    taken from the run's verified events; a table that disagrees refuses (exit 4)."""
+    store.require_key()
+    record = Record(store)
+    details = record.run(run_id)
+    details.require_intact("resume")
+    run = details.run
+    if run.status in ENDED or run.status == "refused":
+        raise Refused(f"run {run_id} has ended ({run.status}); nothing to resume")
+    table = store.get_run(run_id) or {}
+    lock = run.lock or table["lock_name"]
+    holder, _ = record.lock_holder(lock)
     if holder is not None and holder.run_id == run_id and not holder.stale:
         raise Refused(
             f"run {run_id} is still running (pid {holder.pid} on {holder.machine}); "
             "stop it first, or wait for it"
         )
-    runbook_file = runbook_from_text(record["runbook_text"], record["runbook_path"])
-    secrets_needed = set(record["secret_names"])
-    given = {k: v for k, v in record["params"].items() if k not in secrets_needed and v is not None}
-    prepared = _prepare(
-        runbook_file,
-        record["inventory"],
-        [],
-        record["limit_pattern"],
-        record["operator"],
-        environ,
-        given,
-    )
-    planned = [list(b) for b in record["plan"]["batches"]]
+    text = run.runbook_text if run.runbook_text is not None else table["runbook_text"]
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() != run.runbook_sha256:
+        raise RecordAltered(
+            f"resume refused for run {run_id}: its runbook text does not have the SHA-256 "
+            f"event {run.event} holds; nothing was run"
+        )
+    runbook_file = runbook_from_text(text, run.runbook_path)
+    secret_names = run.secret_names if run.secret_names is not None else table["secret_names"]
+    given = {k: v for k, v in run.params.items() if k not in secret_names and v is not None}
+    inventory = run.inventory if run.inventory is not None else table["inventory"]
+    prepared = _prepare(runbook_file, inventory, [], run.limit, run.operator, environ, given)
+    planned = [list(b) for b in run.batches]
     if [list(b) for b in prepared.plan.batches] != planned:
         raise InputError(
             Problem(
@@ -309,42 +365,43 @@ def resume(
                 f"({', '.join(h for b in planned for h in b)}); nothing was run"
             )
         )
-    _take_lock(store, run_id, record["lock_name"], operator, steal_stale_lock, on_note)
-    stored_options = RunOptions(
-        **{**record["options"], "known_hosts": Path(record["options"]["known_hosts"])}
-    )
+    _take_lock(store, record, run_id, lock, operator, steal_stale_lock, on_note)
+    recorded = run.options if run.options is not None else table["options"]
+    stored_options = RunOptions(**{**recorded, "known_hosts": Path(recorded["known_hosts"])})
     return _execute(
         store,
         run_id,
         prepared,
-        record["operator"],
+        run.operator,
         options or stored_options,
         view,
         approver,
-        _state_of(store, run_id),
+        _state_of(details),
+        resumed=True,
     )
 
 
-def _state_of(store: Store, run_id: str) -> RunState:
-    finished = {}
-    for row in store.host_steps_of(run_id):
-        if row["status"] == "running":
-            continue  # started and never finished: runs again
-        finished[(row["section"], row["step_index"], row["host"])] = HostStepResult(
-            row["host"],
-            row["section"],
-            row["step_index"],
-            row["step_name"],
-            row["status"],
-            row["rc"],
-            row["stdout"] or "",
-            row["stderr"] or "",
-            row["message"] or "",
-            attempts=row["attempts"],
-            ignored=bool(row["message"] and row["message"].startswith("ignored:")),
+def _state_of(details: RunDetails) -> RunState:
+    finished = {
+        step.key: HostStepResult(
+            step.host,
+            step.section,
+            step.index,
+            step.name,
+            step.status,
+            step.rc,
+            step.stdout or "",
+            step.stderr or "",
+            step.message,
+            attempts=step.attempts,
+            ignored=step.ignored,
         )
-    hosts = {row["host"]: row["status"] for row in store.hosts_of(run_id)}
-    return RunState(finished, hosts, store.gates_of(run_id))
+        for step in details.steps
+        if step.status != "running"  # started and never finished: runs again
+    }
+    hosts = {host.host: host.status for host in details.hosts}
+    gates = {gate.key: {"status": gate.status} for gate in details.gates}
+    return RunState(finished, hosts, gates)
 
 
 def _execute(
@@ -356,15 +413,18 @@ def _execute(
     view: ViewFactory,
     approver: Approver | None,
     state: RunState,
+    *,
+    resumed: bool,
 ) -> Outcome:
-    resumed = store.get_run(run_id) or {}
-    audit = auditor(store, run_id, operator)
-    audit.append("run.resumed" if resumed.get("status") != "pending" else "run.started")
-    store.update_run(run_id, status="running", pid=os.getpid(), machine=socket.gethostname())
+    record = Record(store)
+    run = record.run(run_id, outputs=False).run
+    if _needs_release_history(prepared):
+        record.previous_release("-", "-")  # refuses now, before any host, if it cannot vouch
+    audit = auditor(store, run, operator)
+    with store.batch():
+        audit.append("run.resumed" if resumed else "run.started")
+        store.update_run(run_id, status="running", pid=os.getpid(), machine=socket.gethostname())
     writer = StoreRecorder(store, run_id, audit)
-
-    def previous_release(host: str, root: str) -> str | None:
-        return previous_of(store.switches(host, root))
 
     executor = Executor(
         run_id,
@@ -377,7 +437,7 @@ def _execute(
         options,
         state,
         approver,
-        previous_release,
+        record.previous_release,
         [(g.wait, g.approve) for g in prepared.plan.gates if g.after_batch == 1],
         prepared.inventory,
     )
@@ -385,16 +445,33 @@ def _execute(
         status = asyncio.run(_with_signals(executor))
     finally:
         writer.close()
-    ended = status in ENDED
-    store.update_run(run_id, status=status, finished_at=time.time() if ended else None)
-    audit.append("run.finished" if ended else "run.stopped", status=status)
-    if ended:
-        store.release_lock(prepared.plan.lock, run_id)
-        for row in store.hosts_of(run_id):  # hosts never reached say so, not "pending"
-            if row["status"] == "pending":
-                store.set_host_status(run_id, row["host"], "not_reached")
-    hosts = {row["host"]: row["status"] for row in store.hosts_of(run_id)}
+    _end(store, audit, run_id, status, prepared.plan.lock)
+    hosts = {h.host: h.status for h in record.run(run_id, outputs=False).hosts}
     return Outcome(run_id, status, hosts)
+
+
+def _end(store: Store, audit: Auditor, run_id: str, status: str, lock: str) -> None:
+    """Record how a run stopped or ended, in one transaction: its status, its hosts never
+    reached (which say so, not "pending"), and, if it ended, its lock released."""
+    ended = status in ENDED
+    with store.batch():
+        store.update_run(run_id, status=status, finished_at=time.time() if ended else None)
+        if ended:
+            for row in store.hosts_of(run_id):
+                if row["status"] == "pending":
+                    store.set_host_status(run_id, row["host"], "not_reached")
+                    audit.append("host.status", host=row["host"], status="not_reached")
+        audit.append("run.finished" if ended else "run.stopped", status=status)
+        if ended:
+            store.release_lock(lock, run_id)
+
+
+def _needs_release_history(prepared: Prepared) -> bool:
+    book = prepared.runbook_file.runbook
+    return any(
+        step.kind == "release" and "previous" in str(step.action().get("release", {}))
+        for step in (*book.steps, *book.rollback)
+    )
 
 
 async def _with_signals(executor: Executor) -> str:
@@ -429,53 +506,45 @@ async def _with_signals(executor: Executor) -> str:
 
 
 def decide(store: Store, run_id: str, approved: bool, operator: str, comment: str | None) -> str:
-    """Record a decision on the gate a run waits at; returns the gate's message."""
-    record = load_run(store, run_id)
-    waiting = [
-        (k, g)
-        for k, g in store.gates_of(run_id).items()
-        if g["status"] == "waiting" and g["kind"] == "approve"
-    ]
-    if record["status"] != "awaiting_approval" or not waiting:
-        raise Refused(f"run {run_id} is not waiting for approval (it is {record['status']})")
-    key, gate = waiting[0]
+    """Record a decision on the gate a run waits at; returns the gate's message. Taken from
+    the run's verified events: a gate the table alone says is waiting (or decided) is not."""
+    store.require_key()
+    details = Record(store).run(run_id, outputs=False)
+    details.require_intact("approving or rejecting")
+    run = details.run
+    waiting = [g for g in details.gates if g.status == "waiting" and g.kind == "approve"]
+    if run.status != "awaiting_approval" or not waiting:
+        raise Refused(f"run {run_id} is not waiting for approval (it is {run.status})")
+    gate = waiting[0]
     decision = "approved" if approved else "rejected"
-    auditor(store, run_id, operator).append(
-        f"gate.{decision}",
-        gate={"key": key, "kind": "approve", "message": gate["message"]},
-        decided_by=operator,
-        comment=comment,
-    )
-    store.set_gate(
-        run_id,
-        key,
-        kind="approve",
-        message=gate["message"],
-        status="approved" if approved else "rejected",
-        decided_by=operator,
-        comment=comment,
-        decided_at=time.time(),
-    )
-    if not approved:
-        auditor(store, run_id, operator).append("run.finished", status="rejected")
-        store.update_run(
-            run_id,
-            status="rejected",
-            finished_at=time.time(),
-            message=f"rejected by {operator}" + (f": {comment}" if comment else ""),
+    audit = auditor(store, run, operator)
+    with store.batch():  # the decision and what it changes: both or neither
+        audit.append(
+            f"gate.{decision}",
+            gate={"key": gate.key, "kind": "approve", "message": gate.message},
+            decided_by=operator,
+            comment=comment,
         )
-        store.release_lock(record["lock_name"], run_id)
-        for row in store.hosts_of(run_id):
-            if row["status"] == "pending":
-                store.set_host_status(run_id, row["host"], "not_reached")
-    return str(gate["message"])
-
-
-def load_run(store: Store, run_id: str) -> dict[str, Any]:
-    record = store.get_run(run_id)
-    if record is None:
-        raise NotFound(f"no run {run_id!r} in the state store (see `runbook-exec runs`)")
-    return record
+        store.set_gate(
+            run_id,
+            gate.key,
+            kind="approve",
+            message=gate.message,
+            status=decision,
+            decided_by=operator,
+            comment=comment,
+            decided_at=time.time(),
+        )
+        if approved:
+            store.update_run(run_id, status="running")
+    if not approved:
+        store.update_run(
+            run_id, message=f"rejected by {operator}" + (f": {comment}" if comment else "")
+        )
+        _end(
+            store, audit, run_id, "rejected", run.lock or (store.get_run(run_id) or {})["lock_name"]
+        )
+    return str(gate.message)
 
 
 def _options_record(options: RunOptions) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from rich.table import Table
 from .durations import format_duration
 from .errors import Problem
 from .plan import Plan, PlannedGate, PlannedStep
+from .record import Flag, HostStepRecord, RunDetails, TaskRecord
 
 MAX_HOSTS_SHOWN = 6
 MAX_ACTIONS_SHOWN = 3
@@ -159,40 +160,128 @@ def _when(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
 
 
-def run_summary(record: Mapping[str, Any]) -> dict[str, Any]:
-    ended = record.get("finished_at")
+def _iso(timestamp: float | None) -> str | None:
+    """UTC with milliseconds, as the audit trail writes it: 2026-11-23T08:40:03.123Z."""
+    if timestamp is None:
+        return None
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
+    return f"{whole}.{round(timestamp * 1000) % 1000:03d}Z"
+
+
+def run_summary(details: RunDetails) -> dict[str, Any]:
+    run = details.run
     return {
-        "run_id": record["id"],
-        "runbook": record["runbook_name"],
-        "operator": record["operator"],
-        "change_id": record["change_id"],
-        "reason": record["reason"],
-        "status": record["status"],
-        "started": _when(record["created_at"]) + "Z",
-        "duration_s": round(ended - record["created_at"], 3) if ended else None,
+        "run_id": run.id,
+        "runbook": run.runbook_name,
+        "operator": run.operator,
+        "change_id": run.change_id,
+        "reason": run.reason,
+        "status": run.status,
+        "started": _iso(run.requested_at),
+        "duration_s": round(run.finished_at - run.requested_at, 3) if run.finished_at else None,
+        "verified": details.verified,
+        "flags": [str(f) for f in details.flags],
+        "event": run.event,
     }
 
 
-def print_runs(console: Console, records: Sequence[Mapping[str, Any]]) -> None:
+def run_json(details: RunDetails) -> dict[str, Any]:
+    """`show --json`: the run as its events tell it, with what the record cannot vouch for."""
+    run = details.run
+    return {
+        **run_summary(details),
+        "runbook": run.runbook_name,
+        "runbook_path": run.runbook_path,
+        "runbook_sha256": run.runbook_sha256,
+        "os_user": run.os_user,
+        "machine": run.machine,
+        "params": run.params,
+        "limit": run.limit,
+        "batches": [list(b) for b in run.batches],
+        "message": run.message,
+        "finished": _iso(run.finished_at),
+        "hosts": [
+            {"host": h.host, "batch": h.batch, "status": h.status, "message": h.message}
+            for h in details.hosts
+        ],
+        "host_steps": [step.to_dict() for step in details.steps],
+        "task_results": [
+            {
+                "host": t.host,
+                "section": t.section,
+                "step_index": t.index,
+                "task": t.task,
+                "status": t.status,
+                "message": t.message,
+                "result": t.result,
+                "at": _iso(t.at),
+                "event": t.event,
+            }
+            for t in details.tasks
+        ],
+        "gates": [
+            {
+                "gate_key": g.key,
+                "kind": g.kind,
+                "message": g.message,
+                "status": g.status,
+                "decided_by": g.decided_by,
+                "comment": g.comment,
+                "decided_at": _iso(g.decided_at),
+                "event": g.event,
+            }
+            for g in details.gates
+        ],
+        "release_switches": [
+            {
+                "host": w.host,
+                "root": w.root,
+                "from": w.from_version,
+                "to": w.to_version,
+                "chosen": w.source,
+                "at": _iso(w.at),
+                "event": w.event,
+            }
+            for w in details.switches
+        ],
+    }
+
+
+def print_flags(console: Console, flags: Sequence[Flag], limit: int = 20) -> None:
+    """What the record cannot vouch for, first and in red."""
+    for flag in flags[:limit]:
+        console.print(f"[bold red]{escape(str(flag))}[/bold red]", soft_wrap=True)
+    if len(flags) > limit:
+        console.print(f"[bold red]… and {len(flags) - limit} more differences[/bold red]")
+
+
+def print_runs(console: Console, records: Sequence[RunDetails]) -> None:
     if not records:
         console.print("no runs yet")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("run", "runbook", "operator", "change", "started (UTC)", "took", "status"):
         table.add_column(column)
-    for record in records:
-        summary = run_summary(record)
-        took = summary["duration_s"]
+    flagged = []
+    for details in records:
+        run = details.run
+        took = run.finished_at - run.requested_at if run.finished_at else None
+        mark = "" if details.verified else " [bold red](record altered)[/bold red]"
+        if not details.verified:
+            flagged.append(details)
         table.add_row(
-            record["id"],
-            escape(record["runbook_name"]),
-            escape(record["operator"]),
-            escape(record["change_id"] or "-"),
-            _when(record["created_at"]),
+            run.id,
+            escape(run.runbook_name),
+            escape(run.operator),
+            escape(run.change_id or "-"),
+            _when(run.requested_at),
             f"{took:.1f}s" if took is not None else "-",
-            _status(record["status"]),
+            _status(run.status) + mark,
         )
     console.print(table)
+    for details in flagged:
+        console.print(f"run {details.run.id}:")
+        print_flags(console, details.flags, limit=5)
 
 
 def _status(status: str) -> str:
@@ -209,70 +298,71 @@ def _status(status: str) -> str:
     return f"[{style}]{status.replace('_', ' ')}[/{style}]"
 
 
-def print_run(
-    console: Console,
-    record: Mapping[str, Any],
-    hosts: Sequence[Mapping[str, Any]],
-    steps: Sequence[Mapping[str, Any]],
-    gates: Mapping[str, Any],
-    tasks: Sequence[Mapping[str, Any]] = (),
-) -> None:
-    console.print(f"[bold]run {record['id']}[/bold] {_status(record['status'])}")
+def print_run(console: Console, details: RunDetails) -> None:
+    run = details.run
+    print_flags(console, details.flags)
+    verified = "" if details.verified else " [bold red](record altered)[/bold red]"
+    console.print(f"[bold]run {run.id}[/bold] {_status(run.status)}{verified}")
     console.print(
-        f"runbook {escape(record['runbook_name'])} ({escape(record['runbook_path'])}, "
-        f"sha256 {record['runbook_sha256'][:12]})"
+        f"runbook {escape(run.runbook_name)} ({escape(run.runbook_path)}, "
+        f"sha256 {run.runbook_sha256[:12]})"
     )
     console.print(
-        f"by {escape(record['operator'])} (OS user {escape(record['os_user'])} on "
-        f"{escape(record['machine'])}), started {_when(record['created_at'])} UTC, "
-        f"ended {_when(record['finished_at'])}"
+        f"by {escape(run.operator)} (OS user {escape(run.os_user or '-')} on "
+        f"{escape(run.machine or '-')}), started {_when(run.requested_at)} UTC, "
+        f"ended {_when(run.finished_at)}"
     )
-    if record["change_id"] or record["reason"]:
-        console.print(
-            f"change {escape(record['change_id'] or '-')}: {escape(record['reason'] or '')}"
-        )
-    shown = ", ".join(f"{k}={v!r}" for k, v in record["params"].items() if v is not None)
+    if run.change_id or run.reason:
+        console.print(f"change {escape(run.change_id or '-')}: {escape(run.reason or '')}")
+    shown = ", ".join(f"{k}={v!r}" for k, v in run.params.items() if v is not None)
     console.print(f"params: {escape(shown)}")
-    if record.get("message"):
-        console.print(f"[yellow]{escape(record['message'])}[/yellow]")
-    for gate in gates.values():
-        by = f" by {gate['decided_by']}" if gate.get("decided_by") else ""
+    if run.message:
+        console.print(f"[yellow]{escape(run.message)}[/yellow]")
+    for gate in details.gates:
+        by = f" by {gate.decided_by}" if gate.decided_by else ""
+        said = f": {gate.comment}" if gate.comment else ""
         console.print(
-            f"gate {gate['gate_key']}: {gate['kind']} {escape(gate['message'] or '')}"
-            f" → {gate['status']}{escape(by)}"
+            f"gate {gate.key}: {gate.kind} {escape(gate.message or '')}"
+            f" → {gate.status}{escape(by + said)}"
         )
     console.print()
-    for host in hosts:
+    steps: dict[str, list[HostStepRecord]] = {}
+    for step in details.steps:
+        steps.setdefault(step.host, []).append(step)
+    tasks: dict[tuple[str, str, int], list[TaskRecord]] = {}
+    for task in details.tasks:
+        tasks.setdefault((task.host, task.section, task.index), []).append(task)
+    for host in details.hosts:
         console.print(
-            f"[bold]{escape(host['host'])}[/bold] (batch {host['batch']}) "
-            f"{_status(host['status'])} {escape(host['message'] or '')}"
+            f"[bold]{escape(host.host)}[/bold] (batch {host.batch}) "
+            f"{_status(host.status)} {escape(host.message or '')}"
         )
-        for step in (s for s in steps if s["host"] == host["host"]):
-            took = (step["finished_at"] or step["started_at"]) - step["started_at"]
-            rc = f"rc={step['rc']}" if step["rc"] is not None else ""
-            where = "↩ " if step["section"] == "rollback" else ""
+        for step in steps.get(host.host, []):
+            took = (step.duration_ms or 0) / 1000
+            rc = f"rc={step.rc}" if step.rc is not None else ""
+            where = "↩ " if step.section == "rollback" else ""
             console.print(
-                f"  {where}{step['step_index'] + 1}. {escape(step['step_name'])} "
-                f"{_status(step['status'])} {rc} {took:.2f}s {escape(step['message'] or '')}"
+                f"  {where}{step.index + 1}. {escape(step.name)} "
+                f"{_status(step.status)} {rc} {took:.2f}s {escape(step.message)}"
             )
-            ran = [
-                t
-                for t in tasks
-                if (t["host"], t["section"], t["step_index"])
-                == (host["host"], step["section"], step["step_index"])
-            ]
+            ran = tasks.get((host.host, step.section, step.index), [])
             for task in ran:
-                said = f" — {escape(task['message'])}" if task["message"] else ""
-                console.print(f"     task {escape(task['task'])} {_status(task['status'])}{said}")
+                said = f" — {escape(task.message)}" if task.message else ""
+                console.print(f"     task {escape(task.task)} {_status(task.status)}{said}")
             if ran:
                 continue  # the tasks say it all; their summary is the step's stdout
-            if step["stdout"] is None and step["stderr"] is None and step["output_bytes"]:
+            if step.output == "pruned":
                 console.print(
-                    f"     [dim](output pruned: {step['output_bytes']} bytes, "
-                    f"sha256 {step['output_sha256']})[/dim]"
+                    f"     [dim](output pruned: {step.output_bytes} bytes, "
+                    f"sha256 {step.output_sha256})[/dim]"
+                )
+            elif step.output == "missing":
+                console.print(
+                    f"     [bold red](output missing: {step.output_bytes} bytes, sha256 "
+                    f"{step.output_sha256}; no prune event covers it)[/bold red]"
                 )
             for stream in ("stdout", "stderr"):
-                text = (step[stream] or "").rstrip()
+                text = (getattr(step, stream) or "").rstrip()
                 for line in text.splitlines():
                     console.print(f"     [dim]{stream[3:]}│[/dim] {escape(line)}")
 

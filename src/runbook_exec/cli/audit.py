@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import InputError, Problem
-from .options import DEFAULT_DB, DbOpt, OperatorOpt, out
+from .options import DEFAULT_DB, DbOpt, OperatorOpt, err, out
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 audit_app = typer.Typer(
     help=(
         "The audit trail: verify that it is whole, export it, keep a signed checkpoint, prune "
-        "old output. With RUNBOOK_EXEC_AUDIT_KEY (or RUNBOOK_EXEC_AUDIT_KEY_FILE) set, the "
-        "chain's hashes are HMAC-SHA256 with that key."
+        "old output, rotate its key. The chain's hashes are "
+        "HMAC-SHA256 with the store's audit key: RUNBOOK_EXEC_AUDIT_KEY, the file named by "
+        "RUNBOOK_EXEC_AUDIT_KEY_FILE, or one made for a new SQLite store in "
+        "~/.config/runbook-exec/audit-keys/ (0600). The store records the key's id, never "
+        "the key."
     ),
     no_args_is_help=True,
 )
@@ -65,18 +68,22 @@ def audit_verify(
 
     Says why (changed, missing, inserted, reordered). Exit 0 intact, 1 not."""
     from ..store import checkpoints
-    from ..store.audit import audit_key, verify
+    from ..store.audit import verify
+    from ..store.keys import KeyRing
 
-    key = audit_key()
     point = _read_checkpoint(checkpoint) if checkpoint else None
     trusted = checkpoints.load_public_key(public_key) if public_key else None
     store: Store | None = None
     if file is None:
         store = _store(db)
+        store.require_key()
+        keys = store.keys
         rows = store.audit_events()
     else:
+        keys = KeyRing.load()
         rows = _export_rows(file)
-    verified = verify(rows, key)
+    verified = verify(rows, keys)
+    key = keys.get(verified.key_ids[-1]) if verified.key_ids else None
     if verified.finding is None and point is not None:
         verified.finding = checkpoints.check(point, rows, key, trusted)
     if store is not None:
@@ -86,12 +93,21 @@ def audit_verify(
     if verified.finding is not None:
         _not_intact(verified)
     extends = " and extends the checkpoint" if point is not None else ""
-    keyed = "HMAC-SHA256" if key else "SHA-256"
     pruned = f"; {verified.pruned} with output pruned" if verified.pruned else ""
     out().print(
         f"[green]audit trail OK[/green]: {verified.count} events, chain intact "
-        f"({keyed}){extends}{pruned}"
+        f"({_keyed(verified)}){extends}{pruned}"
     )
+    if verified.unkeyed and not verified.key_ids:
+        out().print(
+            "[yellow]this trail is not keyed[/yellow]: anyone who can write the database can "
+            "recompute it; `runbook-exec audit rotate-key` keys it from now on"
+        )
+    elif verified.unkeyed:
+        out().print(
+            "[yellow]the events before its first key are not keyed[/yellow]: anyone who can "
+            "write the database could have recomputed them before the key was set"
+        )
 
 
 @audit_app.command("export")
@@ -121,13 +137,14 @@ def audit_export(
 
     A whole export verifies with `audit verify --file` or the README's snippet; a filtered
     one still lets each event's hash be checked against its prev_hash."""
-    from ..store.audit import export_csv, export_lines
+    from ..store.audit import export_csv, export_lines, verify
 
     if fmt not in ("jsonl", "csv"):
         raise InputError(Problem(f"{fmt!r}: choose jsonl or csv", field="--format"))
     since_at = _utc(since, "--since").isoformat() if since else None
     until_at = _utc(until, "--until").isoformat() if until else None
     store = _store(db)
+    store.require_key()
 
     def wanted(row: dict[str, Any]) -> bool:
         return (
@@ -139,7 +156,9 @@ def audit_export(
             and (until_at is None or _at(row) < until_at)
         )
 
-    rows = (r for r in store.audit_events() if wanted(r))
+    everything = store.audit_events()
+    verified = verify(everything, store.keys)
+    rows = (r for r in everything if wanted(r))
     for chunk in export_csv(rows) if fmt == "csv" else (f"{line}\n" for line in export_lines(rows)):
         typer.echo(chunk, nl=False)
     filters = {"run": run, "host": host, "operator": operator_filter, "change_id": change_id}
@@ -149,7 +168,17 @@ def audit_export(
         "audit.exported",
         format=fmt,
         filters={**filters, "since": since, "until": until},
+        intact=verified.finding is None,
     )
+    if verified.finding is not None and verified.finding.missing_key:
+        err().print(f"[yellow]exported, but not verified[/yellow]: {escape(str(verified.finding))}")
+        raise typer.Exit(4)
+    if verified.finding is not None:
+        err().print(
+            f"[red]the exported trail does not verify[/red]: {escape(str(verified.finding))}; "
+            "exported as it is, as evidence"
+        )
+        raise typer.Exit(1)
 
 
 @audit_app.command("checkpoint")
@@ -172,13 +201,19 @@ def audit_checkpoint(
     later that the chain still extends it, so cutting events off its end, or rewriting it,
     is caught."""
     from ..store import checkpoints
-    from ..store.audit import GENESIS, audit_key
+    from ..store.audit import GENESIS, verify
 
     signing = checkpoints.load_signing_key(sign_key) if sign_key else None
     store = _store(db)
+    store.require_key()
     rows = store.audit_events()
+    verified = verify(rows, store.keys)
+    if verified.finding is not None:
+        out().print("checkpoint refused: it would vouch for a trail that does not verify.")
+        _not_intact(verified)
+    key = store.keys.get(verified.key_ids[-1]) if verified.key_ids else None
     head = rows[-1]["hash"] if rows else GENESIS
-    typer.echo(json.dumps(checkpoints.make(len(rows), head, audit_key(), signing), indent=2))
+    typer.echo(json.dumps(checkpoints.make(len(rows), head, key, signing), indent=2))
     _record(store, operator, "audit.checkpoint", count=len(rows), head=head)
 
 
@@ -204,16 +239,22 @@ def audit_prune(
     Every event stays, with the SHA-256 of the output it had, so the chain still verifies
     and an output kept elsewhere can still be matched against it. Refuses a chain that does
     not verify, so tampering is never pruned away. The pruning is itself an audit event."""
-    from ..store.audit import audit_key, verify
+    from ..store.audit import verify
 
     cutoff = _utc(before, "--before")
     store = _store(db)
-    verified = verify(store.audit_events(), audit_key())
+    store.require_key()
+    verified = verify(store.audit_events(), store.keys)
     if verified.finding is not None:
         out().print("prune refused: the output it would remove may be evidence.")
         _not_intact(verified)
     epoch = cutoff.replace(tzinfo=UTC).timestamp()
-    counts = store.prune_output(cutoff.isoformat(), epoch, dry_run=dry_run)
+    if dry_run:
+        counts = store.prune_output(cutoff.isoformat(), epoch, dry_run=True)
+    else:
+        with store.batch():  # the prune and the event that makes it provable: both or neither
+            counts = store.prune_output(cutoff.isoformat(), epoch, dry_run=False)
+            _record(store, operator, "audit.pruned", before=cutoff.isoformat(), removed=counts)
     said = (
         f"{counts['events']} events' output, {counts['host_steps']} host-steps' output, "
         f"{counts['task_results']} Ansible task results"
@@ -221,11 +262,76 @@ def audit_prune(
     if dry_run:
         out().print(f"would remove {said} recorded before {cutoff.isoformat()}")
         return
-    _record(store, operator, "audit.pruned", before=cutoff.isoformat(), removed=counts)
     out().print(f"removed {said} recorded before {cutoff.isoformat()}; the chain still verifies")
 
 
+@audit_app.command("rotate-key")
+def audit_rotate_key(
+    new_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-key-file",
+            metavar="FILE",
+            help="The new key (a file holding it) instead of a new random one.",
+        ),
+    ] = None,
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Hash the trail's next events with a new audit key (or key an unkeyed trail).
+
+    The rotation is an event hashed with the old key and naming the new key's id; the
+    events before it keep verifying with the old key, so keep both. A new key is made in
+    ~/.config/runbook-exec/audit-keys/ID.key (0600) unless --new-key-file gives one. Copy it
+    to every machine that writes this store, and to its auditors. Refuses a trail that does
+    not verify."""
+    from ..store.audit import verify
+    from ..store.keys import key_id
+
+    store = _store(db)
+    store.require_key()
+    verified = verify(store.audit_events(), store.keys)
+    if verified.finding is not None:
+        out().print("rotation refused: the new key would vouch for a trail that does not verify.")
+        _not_intact(verified)
+    if new_key_file is not None:
+        try:
+            new = new_key_file.read_bytes().strip()
+        except OSError as exc:
+            raise InputError(
+                Problem(f"cannot read it: {exc.strerror}", str(new_key_file))
+            ) from None
+        if len(new) < 16:
+            raise InputError(Problem("an audit key needs at least 16 bytes", str(new_key_file)))
+        store.keys.keys[key_id(new)] = new
+    else:
+        new = store.keys.make_key()
+    old = verified.key_ids[-1] if verified.key_ids and not verified.unkeyed else None
+    if old == key_id(new):
+        raise InputError(Problem("that is the key in use already", field="--new-key-file"))
+    _record(store, operator, "audit.key_rotated", key_id=key_id(new), previous_key_id=old)
+    where = (
+        f"keep {new_key_file} and give it as RUNBOOK_EXEC_AUDIT_KEY_FILE"
+        if new_key_file
+        else f"it is in {store.keys.folder / (key_id(new) + '.key')}"
+    )
+    out().print(
+        f"audit key rotated: events from now on are hashed with key {key_id(new)} "
+        f"(before: {old or 'unkeyed'}); {where}. Keep the old key too: the events before "
+        "still verify with it."
+    )
+
+
+def _keyed(verified: Verified) -> str:
+    if not verified.key_ids:
+        return "SHA-256, unkeyed"
+    if verified.unkeyed:
+        return f"SHA-256, then HMAC-SHA256 with key {' then '.join(verified.key_ids)}"
+    return f"HMAC-SHA256 with key {' then '.join(verified.key_ids)}"
+
+
 def _not_intact(verified: Verified) -> None:
+    _refuse_missing_key(verified)
     out().print(
         f"[red]audit trail NOT intact[/red]: {escape(str(verified.finding))} "
         f"({verified.count} events verified before it)"
@@ -241,7 +347,7 @@ def _store(db: str) -> Store:
 
 def _record(store: Store, operator: str | None, kind: str, **fields: Any) -> None:
     """Reading, exporting, checkpointing and pruning the trail are audit events themselves."""
-    from ..store.audit import actor, audit_key, operator_name, utc_now
+    from ..store.audit import actor, operator_name, utc_now
 
     who = operator_name(operator)
     event = {
@@ -254,7 +360,7 @@ def _record(store: Store, operator: str | None, kind: str, **fields: Any) -> Non
         "actor": actor(who),
         **fields,
     }
-    store.append_audit(event, audit_key())
+    store.append_audit(event)
 
 
 def _utc(text: str, option: str) -> datetime:
@@ -303,3 +409,14 @@ def _export_rows(file: Path) -> list[dict[str, Any]]:
                 "not an audit export line (JSONL or CSV from `audit export`)", str(file), exc.line
             )
         ) from None
+
+
+def _refuse_missing_key(verified: Verified) -> None:
+    """A key not at hand is not tampering: exit 4, naming the key and where it was sought."""
+    from ..store.keys import AuditKeyError
+
+    if verified.finding is not None and verified.finding.missing_key:
+        raise AuditKeyError(
+            f"cannot verify {verified.finding} ({verified.count} events verified before it); "
+            "nothing is known to be wrong, but nothing from there on is checked"
+        )

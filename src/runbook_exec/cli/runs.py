@@ -146,16 +146,17 @@ def resume(
     their environment variables. The same run id, one continuous record.
     """
     from .. import runner
+    from ..record import Record
     from ..store import Store
     from ..store.audit import operator_name
 
     store = Store.open(db)
-    record = runner.load_run(store, run_id)
+    batches = Record(store).run(run_id, outputs=False).run.batches
     who = operator_name(operator)
     _carry_out(
         as_json,
         no_input,
-        record["plan"]["batches"],
+        batches,
         lambda view, approver, note: runner.resume(
             store,
             run_id,
@@ -256,11 +257,14 @@ def runs(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
-    """List runs, newest first: id, runbook, operator, change id, start, duration, status."""
+    """List runs, newest first: id, runbook, operator, change id, start, duration, status.
+
+    Read from the verified audit trail; a run whose table row says otherwise is flagged."""
+    from ..record import Record
     from ..store import Store
     from ..views import print_runs, run_summary
 
-    records = Store.open(db).list_runs(limit)
+    records = Record(Store.open(db)).runs(limit)
     if as_json:
         typer.echo(json.dumps([run_summary(r) for r in records], indent=2))
     else:
@@ -272,33 +276,19 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
-    """Every step of a run on every host: status, exit code, duration and output."""
-    from .. import runner
-    from ..store import Store
-    from ..views import print_run, run_summary
+    """Every step of a run on every host: status, exit code, duration and output.
 
-    store = Store.open(db)
-    record = runner.load_run(store, run_id)
-    steps = store.host_steps_of(run_id)
-    gates = store.gates_of(run_id)
-    tasks = store.task_results_of(run_id)
+    Read from the verified audit trail: where the tables or the chain say otherwise, the
+    difference is shown as "record altered", and what is shown is what the events say."""
+    from ..record import Record
+    from ..store import Store
+    from ..views import print_run, run_json
+
+    details = Record(Store.open(db)).run(run_id)
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    **run_summary(record),
-                    "params": record["params"],
-                    "host_steps": steps,
-                    "task_results": tasks,
-                    "gates": list(gates.values()),
-                    "hosts": store.hosts_of(run_id),
-                },
-                indent=2,
-                default=str,
-            )
-        )
+        typer.echo(json.dumps(run_json(details), indent=2, default=str))
     else:
-        print_run(out(), record, store.hosts_of(run_id), steps, gates, tasks)
+        print_run(out(), details)
 
 
 def releases(
@@ -325,22 +315,24 @@ def releases(
 
     from .. import releases as live
     from ..inventory import select_hosts
+    from ..record import Record
     from ..store import Store
     from ..transports.ssh import SshOptions
 
     hosts = {h.name: h for h in select_hosts(inventory, "all", limit)} if inventory else None
     if check_hosts and hosts is None:
         raise InputError(Problem("--check needs -i INVENTORY to reach the hosts"))
-    store = Store.open(db)
-    rows = live.recorded(store.live_releases(list(hosts) if hosts else None), store.switches)
+    recorded = Record(Store.open(db)).releases()
+    rows = live.recorded(recorded.switches, set(hosts) if hosts else None)
     if check_hosts and hosts is not None:
         options = SshOptions((known_hosts or Path("~/.ssh/known_hosts").expanduser()).resolve())
         rows = asyncio.run(live.check(rows, hosts, options))
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
     else:
-        from ..views import print_releases
+        from ..views import print_flags, print_releases
 
+        print_flags(out(), recorded.flags)
         print_releases(out(), rows, checked=check_hosts)
     if check_hosts and any(r.drift for r in rows):
         raise typer.Exit(1)
@@ -357,14 +349,34 @@ def unlock(
 
     The run it belonged to can still be resumed, and takes the lock again."""
     from .. import runner
+    from ..record import Record, RecordAltered
     from ..store import Store
-    from ..store.audit import operator_name
+    from ..store.audit import actor, operator_name, utc_now
 
     store = Store.open(db)
-    holder = store.force_unlock(name)
-    if holder is None:
-        raise InputError(Problem(f"no lock named {name!r}"))
-    runner.auditor(store, holder.run_id, operator_name(operator)).append(
-        "lock.forced", lock=name, message=holder.describe()
-    )
+    store.require_key()
+    who = operator_name(operator)
+    with store.batch():  # the lock forced open and its event: both or neither
+        holder = store.force_unlock(name)
+        if holder is None:
+            raise InputError(Problem(f"no lock named {name!r}"))
+        try:
+            run = Record(store).run(holder.run_id, outputs=False).run
+            runner.auditor(store, run, who).append(
+                "lock.forced", lock=name, message=holder.describe()
+            )
+        except RecordAltered:  # a lock row with no run on record: forced all the same
+            store.append_audit(
+                {
+                    "at": utc_now(),
+                    "type": "lock.forced",
+                    "run_id": None,
+                    "host": None,
+                    "operator": who,
+                    "change_id": None,
+                    "actor": actor(who),
+                    "lock": name,
+                    "message": f"{holder.describe()} (a run the audit trail does not record)",
+                }
+            )
     out().print(f"unlocked by {operator_name(operator)}: {holder.describe()}")

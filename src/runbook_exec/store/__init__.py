@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,19 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import LockHeld, StoreError
 from ..processes import alive
-from .audit import COLUMNS, GENESIS, canonical, chain_hash, detach
+from .audit import (
+    COLUMNS,
+    GENESIS,
+    KEYED,
+    ROTATED,
+    Start,
+    actor,
+    canonical,
+    chain_hash,
+    detach,
+    utc_now,
+)
+from .keys import AuditKeyError, KeyRing, key_id
 from .schema import audit_events, gates, host_steps, locks, releases, run_hosts, runs, task_results
 
 # A host-step named by the parameters k_run, k_section, k_index and k_host, for statements
@@ -64,7 +76,7 @@ class LockHolder:
     def stale(self) -> bool:
         """The holding process is known to be gone: on this machine and not running, or its
         run has ended. A holder on another machine is never presumed dead."""
-        if self.run_status in ("succeeded", "failed", "rolled_back", "rejected"):
+        if self.run_status in ("succeeded", "failed", "rolled_back", "rollback_failed", "rejected"):
             return True
         return self.machine == socket.gethostname() and not alive(self.pid)
 
@@ -81,12 +93,13 @@ class LockHolder:
 class Store:
     """One database: open it with `Store.open(url)`, which applies pending migrations."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, keys: KeyRing | None = None) -> None:
         self.engine = engine
+        self.keys = keys if keys is not None else KeyRing.load()
         self._local = threading.local()
 
     @classmethod
-    def open(cls, url: str) -> Store:
+    def open(cls, url: str, keys: KeyRing | None = None) -> Store:
         url = engine_url(url)
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             path = Path(url.removeprefix("sqlite:///"))
@@ -108,7 +121,7 @@ class Store:
             # Take the write lock when a transaction begins: in WAL mode a transaction that
             # read first and then writes fails at once if another writer got in between.
             event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-        store = cls(engine)
+        store = cls(engine, keys)
         store.migrate()
         return store
 
@@ -174,11 +187,7 @@ class Store:
             raise StoreError(f"the state store could not be written: {first_line(exc)}") from None
 
     def _read(self, statement: Any) -> list[dict[str, Any]]:
-        try:
-            with self.engine.connect() as connection:
-                return [dict(row._mapping) for row in connection.execute(statement)]
-        except SQLAlchemyError as exc:
-            raise StoreError(f"the state store could not be read: {first_line(exc)}") from None
+        return self._rows(statement)
 
     # --- runs -------------------------------------------------------------------------------
 
@@ -317,13 +326,14 @@ class Store:
 
     # --- the audit chain ----------------------------------------------------------------------
 
-    def append_audit(self, event: Mapping[str, Any], key: bytes | None) -> int:
+    def append_audit(self, event: Mapping[str, Any]) -> int:
         """Append one event to the chain (in the current batch, if any); returns its seq."""
-        return self.append_audits([event], key)[-1]
+        return self.append_audits([event])[-1]
 
-    def append_audits(self, events: Sequence[Mapping[str, Any]], key: bytes | None) -> list[int]:
+    def append_audits(self, events: Sequence[Mapping[str, Any]]) -> list[int]:
         """Append events to the chain in order, reading its head once and inserting them in
-        one statement (in the current batch, if any); returns their seqs."""
+        one statement (in the current batch, if any); returns their seqs. Hashed with the
+        key the chain names; a new chain first records which key that is."""
         for _ in range(100):
             try:
                 with self._tx() as tx:
@@ -335,6 +345,9 @@ class Store:
                     ).first()
                     seq = head.seq if head else 0
                     prev = head.hash if head else GENESIS
+                    key, _ = self._append_key(tx)
+                    if head is None and events:
+                        events = [self._keyed_event(events[0], key), *events]
                     rows: list[dict[str, Any]] = []
                     for event in events:
                         seq += 1
@@ -352,6 +365,8 @@ class Store:
                             }
                         )
                         prev = digest
+                        if event.get("type") == ROTATED:
+                            key = self._key_named(str(event["key_id"]))
                     if rows:
                         tx.execute(insert(audit_events), rows)
                 return [int(row["seq"]) for row in rows]
@@ -361,14 +376,158 @@ class Store:
                 time.sleep(0.005)  # another writer took this seq: go again on the new head
         raise StoreError("could not append to the audit trail: it kept moving under us")
 
+    def require_key(self) -> str | None:
+        """Make sure this process can append to the chain with the key it needs; returns
+        that key's id (None for an old SHA-256 chain). Raises `AuditKeyError` (exit 4)."""
+        with self._tx() as tx:
+            return self._append_key(tx)[1]
+
+    def _append_key(self, tx: Connection) -> tuple[bytes | None, str | None]:
+        cached = getattr(self._local, "append_key", None)
+        newest = self._newest_key_event(tx)
+        if cached is not None and cached[0] == newest:
+            return cached[1], cached[2]
+        if newest is None:
+            first = tx.execute(
+                select(audit_events.c.body, audit_events.c.hash).where(audit_events.c.seq == 1)
+            ).first()
+            key = self._new_chain_key() if first is None else self._old_chain_key(first)
+        else:
+            key = self._key_named(str(json.loads(newest[1])["key_id"]))
+        found = (key, key_id(key) if key else None)
+        self._local.append_key = (newest, *found)
+        return found
+
+    def _newest_key_event(self, tx: Connection) -> tuple[int, str] | None:
+        row = tx.execute(
+            select(audit_events.c.seq, audit_events.c.body)
+            .where(audit_events.c.type.in_([KEYED, ROTATED]))
+            .order_by(audit_events.c.seq.desc())
+            .limit(1)
+        ).first()
+        return (int(row.seq), str(row.body)) if row else None
+
+    def _key_named(self, wanted: str) -> bytes:
+        key = self.keys.get(wanted)
+        if key is None:
+            raise AuditKeyError(
+                f"this store's audit trail is hashed with audit key {wanted}, which is not in "
+                f"{self.keys.where()}; nothing was done"
+            )
+        return key
+
+    def _new_chain_key(self) -> bytes:
+        if self.keys.given:
+            return self.keys.given
+        if self.engine.dialect.name != "sqlite":
+            raise AuditKeyError(
+                "a new shared (PostgreSQL) store needs an audit key that every machine of the "
+                "team uses: set RUNBOOK_EXEC_AUDIT_KEY_FILE (or RUNBOOK_EXEC_AUDIT_KEY); "
+                "nothing was done"
+            )
+        return self.keys.newest_in_folder() or self.keys.make_key()
+
+    def _old_chain_key(self, first: Any) -> bytes | None:
+        """A chain begun before keys had ids: the given key if it hashed the first event,
+        no key if none did (it goes on unkeyed), else refuse."""
+        if self.keys.given and chain_hash(GENESIS, first.body, self.keys.given) == first.hash:
+            return self.keys.given
+        if chain_hash(GENESIS, first.body, None) == first.hash:
+            return None
+        raise AuditKeyError(
+            "this store's audit trail is hashed with an audit key, and "
+            + ("not the one given" if self.keys.given else "none is given")
+            + " (RUNBOOK_EXEC_AUDIT_KEY or RUNBOOK_EXEC_AUDIT_KEY_FILE); nothing was done"
+        )
+
+    def _keyed_event(self, first: Mapping[str, Any], key: bytes | None) -> dict[str, Any]:
+        operator = str(first.get("operator") or "")
+        return {
+            "at": utc_now(),
+            "type": KEYED,
+            "run_id": None,
+            "host": None,
+            "operator": operator,
+            "change_id": None,
+            "actor": actor(operator),
+            "key_id": key_id(key) if key else None,
+        }
+
+    def chain_start(self, seq: int) -> tuple[Start, dict[str, Any] | None]:
+        """Where a walk from event `seq` starts (the hash before it, the key in force), and
+        the event before it, whose own hash the caller checks."""
+        with self._tx() as tx:
+            before = tx.execute(select(audit_events).where(audit_events.c.seq == seq - 1)).first()
+            keyed = tx.execute(
+                select(audit_events.c.seq, audit_events.c.body)
+                .where(audit_events.c.type.in_([KEYED, ROTATED]), audit_events.c.seq < seq)
+                .order_by(audit_events.c.seq.desc())
+                .limit(1)
+            ).first()
+            first = tx.execute(
+                select(audit_events.c.body, audit_events.c.hash).where(audit_events.c.seq == 1)
+            ).first()
+        wanted = str(json.loads(keyed.body).get("key_id")) if keyed else None
+        if wanted:
+            key = self.keys.get(wanted)
+        elif first is not None and seq > 1:
+            try:
+                key = self._old_chain_key(first)
+            except AuditKeyError:
+                key = self.keys.given
+        else:
+            key = None
+        prev = str(before.hash) if before is not None else GENESIS
+        start = Start(seq, prev, key, wanted or (key_id(key) if key else None))
+        return start, dict(before._mapping) if before is not None else None
+
+    def audit_range(
+        self, first_seq: int, *, payloads: bool = False, until: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Events from `first_seq` on (to `until`, inclusive), in order; with `payloads`,
+        their payload column too."""
+        columns = [c for c in audit_events.c if payloads or c.name != "payload"]
+        statement = select(*columns).where(audit_events.c.seq >= first_seq)
+        if until is not None:
+            statement = statement.where(audit_events.c.seq <= until)
+        return self._rows(statement.order_by(audit_events.c.seq))
+
+    def payloads_of(self, run_id: str) -> dict[int, str | None]:
+        """The payload column of a run's events, by seq (None: pruned, or removed)."""
+        rows = self._read(
+            select(audit_events.c.seq, audit_events.c.payload).where(
+                audit_events.c.run_id == run_id
+            )
+        )
+        return {int(r["seq"]): r["payload"] for r in rows}
+
+    def first_event_of(self, run_ids: Sequence[str]) -> int | None:
+        """The seq of the oldest event of any of these runs."""
+        rows = self._read(
+            select(func.min(audit_events.c.seq).label("seq")).where(
+                audit_events.c.run_id.in_(list(run_ids))
+            )
+        )
+        return int(rows[0]["seq"]) if rows and rows[0]["seq"] is not None else None
+
     def audit_events(self) -> list[dict[str, Any]]:
         """The whole chain in order. Built from rows as tuples (at 100,000 events SQLAlchemy's
         row mappings would cost as much as verifying them), with the cyclic garbage
         collector paused: the rows hold only strings and numbers, so it could find nothing,
         yet its passes over 100,000 new dicts made the read 1.5 to 3 times slower."""
+        return self._rows(select(audit_events).order_by(audit_events.c.seq))
+
+    def _rows(self, statement: Any) -> list[dict[str, Any]]:
+        """The rows of a SELECT as dicts; inside a batch, on the batch's own connection
+        (which sees its writes)."""
+        shared = getattr(self._local, "connection", None)
+        if shared is not None:
+            result = shared.execute(statement)
+            names = list(result.keys())
+            return [dict(zip(names, row, strict=True)) for row in result]
         try:
-            with _gc_paused(), self.engine.connect() as connection:
-                result = connection.execute(select(audit_events).order_by(audit_events.c.seq))
+            with gc_paused(), self.engine.connect() as connection:
+                result = connection.execute(statement)
                 names = list(result.keys())
                 return [dict(zip(names, row, strict=True)) for row in result]
         except SQLAlchemyError as exc:
@@ -426,6 +585,16 @@ class Store:
             .order_by(releases.c.id)
         )
 
+    def switches_of_run(self, run_id: str) -> list[dict[str, Any]]:
+        """The release switches a run made, in order."""
+        return self._read(
+            select(releases).where(releases.c.run_id == run_id).order_by(releases.c.id)
+        )
+
+    def all_switches(self) -> list[dict[str, Any]]:
+        """Every release switch on record, in order."""
+        return self._read(select(releases).order_by(releases.c.id))
+
     def live_releases(self, hosts: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """The newest switch of every (host, root), optionally for some hosts only."""
         newest = (
@@ -441,10 +610,18 @@ class Store:
     # --- locks ------------------------------------------------------------------------------
 
     def acquire_lock(
-        self, name: str, run_id: str, operator: str, *, steal_stale: bool = False
+        self,
+        name: str,
+        run_id: str,
+        operator: str,
+        *,
+        steal_stale: bool = False,
+        holder_of: Callable[[str], LockHolder | None] | None = None,
     ) -> LockHolder | None:
         """Take `name` for `run_id`. Returns the stale holder it replaced, if any; raises
-        `LockHeld` when someone else holds it."""
+        `LockHeld` when someone else holds it. `holder_of` says who holds a lock (by
+        default the lock table; the record's verified answer for a decision)."""
+        holder_of = holder_of or self.lock_holder
         mine = {
             "run_id": run_id,
             "operator": operator,
@@ -458,9 +635,11 @@ class Store:
             return None
         except IntegrityError:
             pass
-        holder = self.lock_holder(name)
+        holder = holder_of(name)
         if holder is None:
-            return self.acquire_lock(name, run_id, operator, steal_stale=steal_stale)
+            return self.acquire_lock(
+                name, run_id, operator, steal_stale=steal_stale, holder_of=holder_of
+            )
         if holder.run_id != run_id and not (steal_stale and holder.stale):
             raise LockHeld(holder.describe(), holder)
         with self._tx() as tx:
@@ -472,7 +651,9 @@ class Store:
                 .values(**mine)
             ).rowcount
         if not taken:
-            return self.acquire_lock(name, run_id, operator, steal_stale=steal_stale)
+            return self.acquire_lock(
+                name, run_id, operator, steal_stale=steal_stale, holder_of=holder_of
+            )
         return holder if holder.run_id != run_id else None
 
     def lock_holder(self, name: str) -> LockHolder | None:
@@ -512,7 +693,9 @@ MIGRATION_LOCK = 0x7262_786D_6967_7261  # "rbxmigra"
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a block that makes many acyclic objects (rows,
+    decoded events): its passes over them find nothing and cost as much as the work."""
     enabled = gc.isenabled()
     gc.disable()
     try:

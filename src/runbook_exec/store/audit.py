@@ -25,15 +25,16 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, Problem
+from .keys import KeyRing, key_id
 
 GENESIS = "0" * 64
-DETACHED = ("output", "result")  # an event's fields that go to its payload
+DETACHED = ("output", "result", "plan")  # an event's fields that go to its payload
 
 
 def detach(event: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -61,23 +62,25 @@ def chain_hash(prev_hash: str, body: str, key: bytes | None) -> str:
     return hashlib.sha256(message).hexdigest()
 
 
-def audit_key(environ: Mapping[str, str] | None = None) -> bytes | None:
-    """The audit key: RUNBOOK_EXEC_AUDIT_KEY, or the file named by RUNBOOK_EXEC_AUDIT_KEY_FILE."""
-    env = environ if environ is not None else os.environ
-    if env.get("RUNBOOK_EXEC_AUDIT_KEY"):
-        return env["RUNBOOK_EXEC_AUDIT_KEY"].encode("utf-8")
-    if env.get("RUNBOOK_EXEC_AUDIT_KEY_FILE"):
-        path = Path(env["RUNBOOK_EXEC_AUDIT_KEY_FILE"])
-        try:
-            key = path.read_bytes().strip()
-        except OSError as exc:
-            raise InputError(
-                Problem(f"cannot read the audit key: {exc.strerror}", str(path))
-            ) from None
-        if not key:
-            raise InputError(Problem("the audit key file is empty", str(path)))
-        return key
-    return None
+def _hasher(key: bytes | None) -> Callable[[str, str], str]:
+    """`chain_hash` with its key set up once, for walking many events."""
+    if not key:
+        return lambda prev, body: chain_hash(prev, body, None)
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def hash_with_key(prev_hash: str, body: str) -> str:
+        mac = keyed.copy()
+        mac.update((prev_hash + "\n" + body).encode("utf-8"))
+        return mac.hexdigest()
+
+    return hash_with_key
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A row's values for these names, as a tuple (itemgetter, at C speed)."""
+    if len(names) > 1:
+        return itemgetter(*names)
+    return lambda row: tuple(row[name] for name in names)
 
 
 def operator_name(given: str | None) -> str:
@@ -85,9 +88,14 @@ def operator_name(given: str | None) -> str:
     return given or os.environ.get("RUNBOOK_EXEC_OPERATOR") or getpass.getuser()
 
 
-def actor(operator: str) -> dict[str, str]:
-    """An event's `actor`: the OS user, the operator they act as, and this machine."""
-    return {"os_user": getpass.getuser(), "operator": operator, "machine": socket.gethostname()}
+def actor(operator: str) -> dict[str, Any]:
+    """An event's `actor`: the OS user, the operator they act as, this machine and process."""
+    return {
+        "os_user": getpass.getuser(),
+        "operator": operator,
+        "machine": socket.gethostname(),
+        "pid": os.getpid(),
+    }
 
 
 def utc_now() -> str:
@@ -98,10 +106,12 @@ def utc_now() -> str:
 
 @dataclass(frozen=True)
 class Finding:
-    """The first place where the chain does not hold, and why."""
+    """The first place where the chain does not hold, and why. With `missing_key`, it is not
+    known to be broken: the events from there on are hashed with a key not at hand."""
 
     seq: int | None
     reason: str
+    missing_key: str | None = None
 
     def __str__(self) -> str:
         return f"event {self.seq}: {self.reason}" if self.seq is not None else self.reason
@@ -109,18 +119,49 @@ class Finding:
 
 @dataclass
 class Verified:
-    """What `verify` found: how many events held, how many of them had their payload pruned,
-    and the first event that does not hold, if any."""
+    """What `verify` found: how many events held, how many of them had their payload pruned
+    (by a prune event that covers them), the first event that does not hold, if any, and
+    the keys the chain is hashed with (ids, oldest first; empty for a SHA-256 chain)."""
 
     count: int = 0
     pruned: int = 0
     finding: Finding | None = None
+    key_ids: list[str] = field(default_factory=list)
+    unkeyed: bool = False
+    last_seq: int = 0  # the last event that held, and its hash
+    last_hash: str = ""
 
 
-def verify(rows: Iterable[Mapping[str, Any]], key: bytes | None) -> Verified:
-    """Walk events in `seq` order, up to the first that does not hold."""
+@dataclass(frozen=True)
+class Start:
+    """Where a walk over part of the chain starts: the first seq, the hash before it, and
+    the key in force there."""
+
+    seq: int = 1
+    prev_hash: str = GENESIS
+    key: bytes | None = None
+    key_id: str | None = None
+
+
+KEYED = "audit.keyed"  # a chain's first event: which key hashes it
+ROTATED = "audit.key_rotated"  # the events after this one are hashed with the key it names
+PRUNED = "audit.pruned"
+
+
+Visit = Callable[[int, Mapping[str, Any]], None]
+
+
+def verify(
+    rows: Iterable[Mapping[str, Any]],
+    keys: KeyRing | None,
+    start: Start | None = None,
+    visit: Visit | None = None,
+) -> Verified:
+    """Walk events in `seq` order, up to the first that does not hold: the whole chain, or
+    from `start` on (see `Store.chain_start`). `visit` gets each event that held, decoded."""
     verified = Verified()
-    verified.finding = _walk(rows, key, verified)
+    ring = keys or KeyRing(Path("/nonexistent"))
+    verified.finding = _walk(rows, ring, start, verified, visit)
     return verified
 
 
@@ -130,11 +171,24 @@ _decode = json.JSONDecoder().raw_decode  # json.loads without its wrapper: verif
 
 
 def _walk(
-    rows: Iterable[Mapping[str, Any]], key: bytes | None, verified: Verified
+    rows: Iterable[Mapping[str, Any]],
+    keys: KeyRing,
+    start: Start | None,
+    verified: Verified,
+    visit: Visit | None = None,
 ) -> Finding | None:
-    expected_prev = GENESIS
-    expected_seq = 1
+    expected_prev = start.prev_hash if start else GENESIS
+    expected_seq = start.seq if start else 1
+    key = start.key if start else None
+    if start and start.key_id:
+        verified.key_ids.append(start.key_id)
     columns: tuple[str, ...] | None = None  # the columns these rows have (an export has none)
+    in_columns: Callable[[Mapping[str, Any]], tuple[Any, ...]] = _getter(())
+    hasher: Callable[[str, str], str] | None = None
+    hashed_with: bytes | None = None
+    missing: list[tuple[int, str]] = []  # events whose payload is gone: (seq, at)
+    prunes: list[tuple[int, str]] = []  # prune events: (seq, cut-off)
+    finding: Finding | None = None
     for row in rows:
         seq = int(row["seq"])
         if seq != expected_seq:
@@ -143,38 +197,103 @@ def _walk(
                 if seq > expected_seq
                 else f"out of order after event {expected_seq - 1}"
             )
-            return Finding(seq, why)
+            finding = Finding(seq, why)
+            break
         if row["prev_hash"] != expected_prev:
-            return Finding(
+            finding = Finding(
                 seq, "does not follow the event before it (inserted, removed or reordered events)"
             )
+            break
         try:
             body, _ = _decode(row["body"])
         except (ValueError, TypeError):
-            return Finding(seq, "its body is not JSON (changed)")
+            finding = Finding(seq, "its body is not JSON (changed)")
+            break
         if not isinstance(body, dict) or body.get("seq") != seq:
             moved = body.get("seq") if isinstance(body, dict) else None
-            return Finding(seq, f"its body says seq {moved} (moved)")
-        if chain_hash(expected_prev, row["body"], key) != row["hash"]:
-            return Finding(
+            finding = Finding(seq, f"its body says seq {moved} (moved)")
+            break
+        if seq == 1:
+            key, finding = _first_key(body, row, keys, verified)
+            if finding:
+                break
+        if hasher is None or hashed_with is not key:
+            hasher, hashed_with = _hasher(key), key
+        if hasher(expected_prev, row["body"]) != row["hash"]:
+            finding = Finding(
                 seq,
                 "its hash does not match its content (changed"
                 + (", or a different audit key)" if key else ")"),
             )
+            break
         if columns is None:
             columns = tuple(c for c in COLUMNS if c in row)
-        if tuple(row[c] for c in columns) != tuple(body.get(c) for c in columns):
+            in_columns = _getter(columns)
+        if in_columns(row) != tuple(map(body.get, columns)):
             column = next(c for c in columns if row[c] != body.get(c))
-            return Finding(seq, f"its {column} column differs from its hashed body (changed)")
+            finding = Finding(seq, f"its {column} column differs from its hashed body (changed)")
+            break
+        if "readable" in row:
+            said = readable(body)
+            wrong = [k for k, v in row["readable"].items() if _cell(said.get(k)) != v]
+            if wrong:
+                finding = Finding(seq, f"its {wrong[0]} column does not match its hashed body")
+                break
         payload = row.get("payload")
         if payload is not None and sha256_hex(payload) != body.get("payload_sha256"):
-            return Finding(seq, "its output does not match the digest its event holds (changed)")
-        if payload is None and "payload_sha256" in body:
-            verified.pruned += 1
+            finding = Finding(seq, "its output does not match the digest its event holds (changed)")
+            break
+        if payload is None and "payload_sha256" in body and "payload" in row:
+            missing.append((seq, str(body.get("at"))))
+        if body.get("type") == PRUNED:
+            prunes.append((seq, str(body.get("before"))))
         expected_prev = row["hash"]
         expected_seq += 1
         verified.count += 1
-    return None
+        verified.last_seq, verified.last_hash = seq, expected_prev
+        if visit is not None:
+            visit(seq, body)
+        if body.get("type") == ROTATED:
+            wanted = str(body.get("key_id"))
+            key = keys.get(wanted)
+            verified.key_ids.append(wanted)
+            if key is None:
+                finding = Finding(
+                    seq + 1,
+                    f"the events from here on are hashed with audit key {wanted} (rotated at "
+                    f"event {seq}), which is not in {keys.where()}",
+                    missing_key=wanted,
+                )
+                break
+    for seq, at in missing:
+        if any(p_seq > seq and at < before for p_seq, before in prunes):
+            verified.pruned += 1
+        elif finding is None or seq < (finding.seq or 0):
+            return Finding(seq, "its output is missing, and no prune event covers it (removed)")
+    return finding
+
+
+def _first_key(
+    body: Mapping[str, Any], row: Mapping[str, Any], keys: KeyRing, verified: Verified
+) -> tuple[bytes | None, Finding | None]:
+    """The key that hashes a chain from its first event: the one it names, or, for a chain
+    made before keys had ids, the given key if it fits, else none (SHA-256)."""
+    if body.get("type") == KEYED:
+        wanted = str(body.get("key_id"))
+        verified.key_ids.append(wanted)
+        key = keys.get(wanted)
+        if key is None:
+            return None, Finding(
+                1,
+                f"the trail is hashed with audit key {wanted}, which is not in {keys.where()}",
+                missing_key=wanted,
+            )
+        return key, None
+    if keys.given and chain_hash(GENESIS, row["body"], keys.given) == row["hash"]:
+        verified.key_ids.append(key_id(keys.given))
+        return keys.given, None
+    verified.unkeyed = True
+    return None, None
 
 
 EXPORTED = ("seq", "prev_hash", "hash", "body", "payload")
@@ -209,25 +328,38 @@ CSV_COLUMNS = (
 )
 
 
+READABLE = tuple(c for c in CSV_COLUMNS if c not in EXPORTED)
+
+
+def readable(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns of a CSV export that people read, as the hashed body says them."""
+    actor = body.get("actor") or {}
+    step = body.get("step") or {}
+    return {
+        **{k: body.get(k) for k in ("at", "type", "run_id", "change_id", "host")},
+        **{k: body.get(k) for k in ("operator", "status", "rc", "duration_ms", "message")},
+        "os_user": actor.get("os_user"),
+        "machine": actor.get("machine"),
+        "step": step.get("name") or (f"#{step['index'] + 1}" if "index" in step else None),
+    }
+
+
+def _cell(value: Any) -> str:
+    """A value as the csv module writes it."""
+    return "" if value is None else str(value)
+
+
 def export_csv(rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
     """The trail as CSV for a spreadsheet: the columns people read first, then the hashed
-    body and the payload, so a CSV export verifies just as a JSONL one does."""
+    body and the payload, so a CSV export verifies just as a JSONL one does (and so do the
+    readable columns: each must say what the body says)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in rows:
-        body = json.loads(row["body"])
-        actor = body.get("actor") or {}
-        step = body.get("step") or {}
-        readable = {
-            **{k: body.get(k) for k in ("at", "type", "run_id", "change_id", "host")},
-            **{k: body.get(k) for k in ("operator", "status", "rc", "duration_ms", "message")},
-            "os_user": actor.get("os_user"),
-            "machine": actor.get("machine"),
-            "step": step.get("name") or (f"#{step['index'] + 1}" if "index" in step else None),
-        }
+        said = readable(json.loads(row["body"]))
         writer.writerow(
-            [row.get(name) if name in EXPORTED else readable.get(name) for name in CSV_COLUMNS]
+            [row.get(name) if name in EXPORTED else said.get(name) for name in CSV_COLUMNS]
         )
         yield buffer.getvalue()
         buffer.seek(0)
@@ -254,6 +386,7 @@ def read_export(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
                     "seq": int(row["seq"]),
                     **{name: str(row[name]) for name in EXPORTED[1:4]},
                     "payload": row["payload"] or None,
+                    "readable": {name: row[name] for name in READABLE},
                 }
             except (KeyError, TypeError, ValueError):
                 raise BadExportLine(reader.line_num) from None

@@ -160,3 +160,4 @@ audit_events = Table(
     Column("hash", String(64), nullable=False),
 )
 Index("ix_audit_run", audit_events.c.run_id)
+Index("ix_audit_type", audit_events.c.type)

@@ -1,0 +1,347 @@
+"""The record: the one read API over the state store. Every view (`runs`, `show`,
+`releases`, exports, later the web view and the report) and every decision (resume, gates,
+locks, `activate: previous`) asks it, never a table.
+
+It answers from the audit chain, verified over the events it reads: from the event before
+a run's first to the chain's head, so an event cannot be removed, moved or hidden from it.
+The tables beside the chain are indexes (which runs, in which order) and are checked
+against the events; where they differ the answer carries a `Flag`, and a decision refuses
+(`RunDetails.require_intact`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from ..errors import NotFound
+from ..store import LockHolder, Store, gc_paused
+from ..store.audit import PRUNED, Start, Verified, verify
+from . import compare
+from .fold import RunFold
+from .values import (
+    Flag,
+    GateRecord,
+    HostRecord,
+    HostStepRecord,
+    LockRecord,
+    RecordAltered,
+    RunDetails,
+    RunRecord,
+    SwitchRecord,
+    TaskRecord,
+)
+
+__all__ = [
+    "Flag",
+    "GateRecord",
+    "HostRecord",
+    "HostStepRecord",
+    "LockRecord",
+    "Record",
+    "RecordAltered",
+    "Releases",
+    "RunDetails",
+    "RunRecord",
+    "SwitchRecord",
+    "TaskRecord",
+]
+
+
+@dataclass
+class Releases:
+    """Every release switch on record, by (host, root), oldest first, and what the record
+    cannot vouch for."""
+
+    switches: dict[tuple[str, str], list[SwitchRecord]]
+    flags: list[Flag]
+    upto: int = 0  # the last event read: the next read goes on from there
+    head: str = ""
+    key_id: str | None = None
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _gc_paused(method: Callable[P, T]) -> Callable[P, T]:
+    """A read that decodes and folds thousands of events runs with the cyclic garbage
+    collector paused (see `store.gc_paused`): a fifth of `show` went to it."""
+
+    @functools.wraps(method)
+    def paused(*args: P.args, **kwargs: P.kwargs) -> T:
+        with gc_paused():
+            return method(*args, **kwargs)
+
+    return paused
+
+
+class Record:
+    """Questions about runs, answered from verified events. One per command."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._releases: Releases | None = None
+
+    # --- one run ----------------------------------------------------------------------------
+
+    @_gc_paused
+    def run(self, run_id: str, *, outputs: bool = True) -> RunDetails:
+        """A run: its records from its events, checked against the tables. With `outputs`,
+        its host-steps' output and Ansible results too."""
+        first = self.store.first_event_of([run_id])
+        row = self.store.get_run(run_id)
+        if first is None:
+            if row is None:
+                raise NotFound(f"no run {run_id!r} in the state store (see `runbook-exec runs`)")
+            raise RecordAltered(
+                f"run {run_id} is in the runs table, but no audit event records it (inserted, "
+                "or its events removed); nothing from it is shown or used"
+            )
+        folds = {run_id: RunFold(run_id)}
+        verified, prunes = self._walk(first, folds)
+        fold = folds[run_id]
+        if fold.first is None:
+            raise RecordAltered(f"run {run_id}: its events do not verify ({verified.finding})")
+        payloads = self.store.payloads_of(run_id) if outputs else None
+        details = fold.details(payloads, prunes)
+        details.flags[:0] = _chain_flags(verified)
+        details.flags.extend(compare.run_row(details, row))
+        details.flags.extend(compare.host_rows(details, self.store.hosts_of(run_id)))
+        steps = self.store.host_steps_of(run_id)
+        if not outputs:
+            steps = [{**s, "stdout": None, "stderr": None} for s in steps]
+        details.flags.extend(compare.step_rows(details, steps))
+        details.flags.extend(compare.gate_rows(details, list(self.store.gates_of(run_id).values())))
+        if outputs:
+            details.flags.extend(compare.task_rows(details, self.store.task_results_of(run_id)))
+        details.flags.extend(compare.switch_rows(details, self.store.switches_of_run(run_id)))
+        return details
+
+    # --- many runs --------------------------------------------------------------------------
+
+    @_gc_paused
+    def runs(self, limit: int = 50) -> list[RunDetails]:
+        """The newest runs (as the runs table orders them, plus any run whose row is
+        missing from it), each from its events; newest first."""
+        rows = {r["id"]: r for r in self.store.list_runs(limit)}
+        first = self.store.first_event_of(list(rows))
+        if first is None:
+            return []
+        folds: dict[str, RunFold] = {}
+        verified, _ = self._walk(first, folds, light=True, every_run=True)
+        chain = _chain_flags(verified)
+        listed = []
+        for run_id, fold in folds.items():
+            if fold.first is None:
+                continue
+            details = fold.details(None, [])
+            details.flags[:0] = chain
+            row = rows.get(run_id) or self.store.get_run(run_id)
+            details.flags.extend(compare.run_row(details, row))
+            listed.append(details)
+        for run_id in rows.keys() - folds.keys():
+            raise RecordAltered(
+                f"run {run_id} is in the runs table, but no audit event records it (inserted, "
+                "or its events removed)"
+            )
+        listed.sort(key=lambda d: (d.run.requested_at, d.run.id), reverse=True)
+        return listed
+
+    # --- releases and locks -----------------------------------------------------------------
+
+    @_gc_paused
+    def releases(self) -> Releases:
+        """Every release switch, from the whole chain, checked against the releases table.
+        Asked again, it reads and verifies only the events appended since."""
+        known = self._releases
+        folds: dict[str, RunFold] = {}
+        if known is None or known.flags:
+            verified, _ = self._walk(1, folds, every_run=True, kinds=_SWITCH_KINDS)
+            switches: dict[tuple[str, str], list[SwitchRecord]] = {}
+        else:
+            verified, _ = self._walk(
+                known.upto + 1, folds, every_run=True, kinds=_SWITCH_KINDS, after=known
+            )
+            switches = {k: list(v) for k, v in known.switches.items()}
+        flags = _chain_flags(verified)
+        said = sorted((s for fold in folds.values() for s in fold.switches), key=lambda s: s.event)
+        for switch in said:
+            switches.setdefault((switch.host, switch.root), []).append(switch)
+        everything = sorted((s for v in switches.values() for s in v), key=lambda s: s.event)
+        table = [
+            (r["host"], r["root"], r["from_version"], r["to_version"], r["run_id"])
+            for r in self.store.all_switches()
+        ]
+        events = [(s.host, s.root, s.from_version, s.to_version, s.run_id) for s in everything]
+        if table != events:
+            flags.append(
+                Flag(
+                    None,
+                    "releases",
+                    f"record altered: the releases table holds {len(table)} switches that do "
+                    f"not match the {len(events)} the audit events record",
+                )
+            )
+        last = known.upto if known and not known.flags else 0
+        self._releases = Releases(
+            switches,
+            flags,
+            upto=verified.last_seq or last,
+            head=verified.last_hash or (known.head if known else ""),
+            key_id=verified.key_ids[-1] if verified.key_ids else None,
+        )
+        return self._releases
+
+    def previous_release(self, host: str, root: str) -> str | None:
+        """What was live before the current release of `root` on `host`, for a decision
+        (`activate: previous`): refuses (exit 4) where the record cannot vouch for it."""
+        from ..releases import previous_of
+
+        releases = self.releases()
+        if releases.flags:
+            raise RecordAltered(
+                f"activate: previous on {host} refused: {releases.flags[0]}; nothing was done"
+            )
+        return previous_of(
+            [
+                {"to_version": s.to_version, "from_version": s.from_version, "source": s.source}
+                for s in releases.switches.get((host, root), [])
+            ]
+        )
+
+    def lock_holder(self, name: str) -> tuple[LockHolder | None, list[Flag]]:
+        """Who holds lock `name`, as its holder's events say, and where the lock table
+        disagrees with them."""
+        row = self.store.lock_holder(name)
+        if row is None:
+            return None, []
+        try:
+            details = self.run(row.run_id, outputs=False)
+        except (NotFound, RecordAltered) as exc:
+            return row, [Flag(None, "locks", f"record altered: lock {name!r}: {exc}")]
+        held = [lock for lock in details.locks if lock.name == name]
+        flags = list(details.flags)
+        if not held:
+            flags.append(
+                Flag(
+                    None,
+                    "locks",
+                    f"record altered: no event of run {row.run_id} takes lock "
+                    f"{name!r}, which the table says it holds",
+                )
+            )
+            return row, flags
+        lock = held[-1]
+        holder = LockHolder(
+            name,
+            row.run_id,
+            lock.operator,
+            lock.machine,
+            lock.pid if lock.pid is not None else row.pid,
+            lock.since,
+            details.run.status,
+        )
+        said = (lock.operator, lock.machine, lock.pid)
+        table = (row.operator, row.machine, row.pid)
+        if lock.pid is not None and said != table:
+            flags.append(
+                Flag(
+                    lock.event,
+                    "locks",
+                    f"record altered: event {lock.event} says lock "
+                    f"{name!r} is held by {said}; the table says {table}",
+                )
+            )
+        return holder, flags
+
+    # --- the walk ---------------------------------------------------------------------------
+
+    def _walk(
+        self,
+        first: int,
+        folds: dict[str, RunFold],
+        *,
+        light: bool = False,
+        every_run: bool = False,
+        kinds: frozenset[str] | None = None,
+        after: Releases | None = None,
+    ) -> tuple[Verified, list[tuple[int, str]]]:
+        """Verify the chain from the event before `first` to the head (or, `after` a walk
+        already made, from `first` on), folding each run's events into `folds` (only the
+        runs given, or `every_run`)."""
+        if after is not None:
+            begin = first
+            key = self.store.keys.get(after.key_id) if after.key_id else None
+            start = Start(first, after.head, key, after.key_id)
+        else:
+            begin = max(1, first - 1)
+            start, _ = self.store.chain_start(begin)
+        rows = self.store.audit_range(begin)
+        prunes: list[tuple[int, str]] = []
+        last = [0]
+
+        def visit(seq: int, body: Mapping[str, Any]) -> None:
+            last[0] = seq
+            kind = body.get("type")
+            if kind == PRUNED:
+                prunes.append((seq, str(body.get("before"))))
+            run_id = body.get("run_id")
+            if run_id is None or (kinds is not None and kind not in kinds):
+                return
+            fold = folds.get(run_id)
+            if fold is None:
+                if not every_run:
+                    return
+                fold = folds[run_id] = RunFold(run_id, light=light)
+            fold.add(seq, body)
+
+        verified = verify(rows, self.store.keys, start, visit=visit)
+        if verified.finding is not None:
+            _fold_unverified(rows, last[0], visit)
+        return verified, prunes
+
+
+_SWITCH_KINDS = frozenset({"run.requested", "release.switched"})
+
+
+def _chain_flags(verified: Verified) -> list[Flag]:
+    if verified.finding is None:
+        return []
+    if verified.finding.missing_key:
+        return [
+            Flag(
+                verified.finding.seq,
+                "chain",
+                f"not verified: {verified.finding}; what the events say from there on is "
+                "shown unchecked",
+            )
+        ]
+    return [
+        Flag(
+            verified.finding.seq,
+            "chain",
+            f"record altered: the audit chain does not hold at {verified.finding}; what it "
+            "says from there on is shown but not verified",
+        )
+    ]
+
+
+def _fold_unverified(
+    rows: Sequence[Mapping[str, Any]],
+    last_verified: int,
+    visit: Callable[[int, Mapping[str, Any]], None],
+) -> None:
+    """After a break in the chain, the rest is still read (for a view, flagged)."""
+    for row in rows:
+        if int(row["seq"]) <= last_verified:
+            continue
+        try:
+            body = json.loads(row["body"])
+        except (TypeError, ValueError):
+            continue
+        if isinstance(body, dict):
+            visit(int(row["seq"]), body)

@@ -1,0 +1,302 @@
+"""Events in, records out: a run's audit events folded, in order, into the records of its
+run, hosts, host-steps, gates, Ansible tasks, release switches and locks. Pure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from ..store.audit import sha256_hex
+from .values import (
+    Flag,
+    GateRecord,
+    HostRecord,
+    HostStepRecord,
+    LockRecord,
+    RunDetails,
+    RunRecord,
+    SwitchRecord,
+    TaskRecord,
+)
+
+ENDING = ("run.finished", "run.stopped")
+LOCK_HELD = ("lock.taken", "lock.stolen")
+
+
+def epoch(at: Any) -> float:
+    """An event's `at` (2026-11-23T08:40:03.123Z) as seconds since the epoch."""
+    try:
+        return datetime.fromisoformat(str(at)).timestamp()
+    except ValueError:
+        return 0.0
+
+
+class RunFold:
+    """Folds one run's events. `light` keeps only what a list of runs shows."""
+
+    def __init__(self, run_id: str, *, light: bool = False) -> None:
+        self.run_id = run_id
+        self.light = light
+        self.first: Mapping[str, Any] | None = None
+        self.first_seq = 0
+        self.fields: dict[str, Any] = {}
+        self.hosts: dict[str, HostRecord] = {}
+        self.steps: dict[tuple[str, int, str], HostStepRecord] = {}
+        self.gates: dict[str, GateRecord] = {}
+        self.tasks: list[tuple[TaskRecord, tuple[str, str] | None]] = []
+        self.switches: list[SwitchRecord] = []
+        self.locks: list[LockRecord] = []
+        self.outputs: dict[tuple[str, int, str], tuple[str, str]] = {}  # digest, at
+        self.flags: list[Flag] = []
+
+    def add(self, seq: int, body: Mapping[str, Any]) -> None:
+        kind = body.get("type")
+        if self.first is None:
+            self.first, self.first_seq = body, seq
+            self._request(body, seq)
+            if kind == "run.requested":
+                return
+            why = (
+                f"record altered: event {seq} is this run's first, but it is {kind!r}, "
+                "not its request (events removed or moved)"
+            )
+            self.flags.append(Flag(seq, "run.requested", why))
+        at = epoch(body.get("at"))
+        if kind in ("run.started", "run.resumed"):
+            self.fields.update(status="running", started=True, finished_at=None)
+            self.fields["machine"] = (body.get("actor") or {}).get("machine")
+        elif kind in ENDING:
+            self.fields["status"] = str(body.get("status"))
+            self.fields["finished_at"] = at if kind == "run.finished" else None
+        elif kind == "run.note":
+            self.fields["message"] = body.get("message")
+        elif kind == "lock.refused" and not self.fields.get("started"):
+            self.fields.update(status="refused", message=body.get("message"), finished_at=at)
+        elif kind in LOCK_HELD:
+            actor = body.get("actor") or {}
+            self.locks.append(
+                LockRecord(
+                    str(body.get("lock")),
+                    self.run_id,
+                    str(body.get("operator")),
+                    str(actor.get("machine")),
+                    actor.get("pid"),
+                    at,
+                    seq,
+                )
+            )
+            if kind == "lock.stolen":
+                self.fields["message"] = body.get("message")
+        elif kind and kind.startswith("gate."):
+            self._gate(seq, body, at)
+        elif self.light:
+            return
+        elif kind == "host.status":
+            host = str(body.get("host"))
+            batch = self.hosts[host].batch if host in self.hosts else 0
+            self.hosts[host] = HostRecord(
+                host, batch, str(body.get("status")), body.get("message"), seq
+            )
+        elif kind == "host_step.started":
+            self._started(seq, body, at)
+        elif kind == "host_step.finished":
+            self._finished(seq, body, at)
+        elif kind == "task.result":
+            step = body.get("step") or {}
+            task = TaskRecord(
+                str(body.get("host")),
+                str(step.get("section")),
+                int(step.get("index", 0)),
+                str(body.get("task")),
+                str(body.get("status")),
+                str(body.get("message") or ""),
+                None,
+                at,
+                seq,
+            )
+            digest = body.get("payload_sha256")
+            self.tasks.append((task, (str(digest), str(body.get("at"))) if digest else None))
+        elif kind == "release.switched":
+            release = body.get("release") or {}
+            self.switches.append(
+                SwitchRecord(
+                    str(body.get("host")),
+                    str(release.get("root")),
+                    release.get("from"),
+                    str(release.get("to")),
+                    str(release.get("chosen")),
+                    self.run_id,
+                    at,
+                    seq,
+                )
+            )
+
+    def _request(self, body: Mapping[str, Any], seq: int) -> None:
+        runbook = body.get("runbook") or {}
+        actor = body.get("actor") or {}
+        batches = tuple(tuple(str(h) for h in b) for b in body.get("batches") or ())
+        self.fields = {
+            "runbook_name": str(runbook.get("name")),
+            "runbook_path": str(runbook.get("path")),
+            "runbook_sha256": str(runbook.get("sha256")),
+            "runbook_text": body.get("runbook_text"),
+            "params": dict(body.get("params") or {}),
+            "secret_names": _tuple(body.get("secret_names")),
+            "inventory": _tuple(body.get("inventory")),
+            "limit": body.get("limit"),
+            "targets": body.get("targets"),
+            "batches": batches,
+            "plan_digest": body.get("plan_digest"),
+            "options": body.get("options"),
+            "lock": body.get("lock"),
+            "operator": str(body.get("operator")),
+            "os_user": actor.get("os_user"),
+            "machine": actor.get("machine"),
+            "change_id": body.get("change_id"),
+            "reason": body.get("reason"),
+            "status": "pending",
+            "message": None,
+            "requested_at": epoch(body.get("at")),
+            "finished_at": None,
+            "started": False,
+        }
+        for number, batch in enumerate(batches, 1):
+            for host in batch:
+                self.hosts[host] = HostRecord(host, number, "pending", None, seq)
+
+    def _gate(self, seq: int, body: Mapping[str, Any], at: float) -> None:
+        gate = body.get("gate") or {}
+        status = str(body["type"]).removeprefix("gate.")
+        key = str(gate.get("key"))
+        by = body.get("decided_by")
+        self.gates[key] = GateRecord(
+            key,
+            str(gate.get("kind")),
+            gate.get("message"),
+            status,
+            by,
+            body.get("comment"),
+            at if by else None,
+            seq,
+        )
+        if self.fields.get("finished_at") is not None:
+            return  # a gate event after the end changes nothing
+        if status == "waiting" and gate.get("kind") == "approve":
+            self.fields["status"] = "awaiting_approval"
+        elif status in ("approved", "rejected", "done"):
+            self.fields["status"] = "running"
+
+    def _started(self, seq: int, body: Mapping[str, Any], at: float) -> None:
+        step = body.get("step") or {}
+        key = (str(step.get("section")), int(step.get("index", 0)), str(body.get("host")))
+        self.steps[key] = HostStepRecord(
+            key[2], int(body.get("batch") or 0), key[0], key[1], str(step.get("name")),
+            "running", None, None, None, "", False, None, None, 0, at, None, None, "none", seq,
+        )  # fmt: skip
+        self.outputs.pop(key, None)
+
+    def _finished(self, seq: int, body: Mapping[str, Any], at: float) -> None:
+        step = body.get("step") or {}
+        key = (str(step.get("section")), int(step.get("index", 0)), str(body.get("host")))
+        started = self.steps.get(key)
+        message = str(body.get("message") or "")
+        ignored = bool(body.get("ignored", message.startswith("ignored:")))
+        self.steps[key] = HostStepRecord(
+            key[2],
+            int(body.get("batch") or 0),
+            key[0],
+            key[1],
+            str(step.get("name")),
+            str(body.get("status")),
+            body.get("rc"),
+            None,
+            None,
+            message,
+            ignored,
+            body.get("output_bytes"),
+            body.get("output_sha256"),
+            int(body.get("attempts") or 0),
+            started.started_at if started else at,
+            at,
+            body.get("duration_ms"),
+            "none",
+            seq,
+        )
+        if "payload_sha256" in body:
+            self.outputs[key] = (str(body["payload_sha256"]), str(body.get("at")))
+
+    def details(
+        self,
+        payloads: Mapping[int, str | None] | None,
+        prunes: list[tuple[int, str]],
+    ) -> RunDetails:
+        """The run's records; with `payloads` (by seq), host-steps and tasks get their
+        output, checked against the digests their events hold."""
+        from dataclasses import replace
+
+        run = RunRecord(id=self.run_id, event=self.first_seq, **self.fields)
+        steps = list(self.steps.values())
+        flags = list(self.flags)
+        if payloads is not None:
+            for step in steps:
+                digest = self.outputs.get(step.key)
+                if digest is None:
+                    continue
+                output, text = _payload(step.event, digest, payloads, prunes)
+                if isinstance(output, Flag):
+                    flags.append(output)
+                    step.output = "missing"
+                    continue
+                parsed = json.loads(text).get("output", {}) if text else {}
+                step.output, step.stdout, step.stderr = (
+                    output,
+                    parsed.get("stdout"),
+                    parsed.get("stderr"),
+                )
+        tasks = []
+        for task, digest in self.tasks:
+            if payloads is None or digest is None:
+                tasks.append(task)
+                continue
+            output, text = _payload(task.event, digest, payloads, prunes)
+            if isinstance(output, Flag):
+                flags.append(output)
+                tasks.append(task)
+            else:
+                tasks.append(replace(task, result=json.loads(text).get("result") if text else None))
+        return RunDetails(
+            run,
+            sorted(self.hosts.values(), key=lambda h: h.batch),
+            sorted(steps, key=lambda s: (s.started_at, s.event)),
+            list(self.gates.values()),
+            tasks,
+            list(self.switches),
+            list(self.locks),
+            flags,
+        )
+
+
+def _payload(
+    seq: int,
+    digest_at: tuple[str, str],
+    payloads: Mapping[int, str | None],
+    prunes: list[tuple[int, str]],
+) -> tuple[str | Flag, str | None]:
+    """An event's payload, checked: ("kept", text), ("pruned", None), or a flag."""
+    digest, at = digest_at
+    text = payloads.get(seq)
+    if text is None:
+        if any(p_seq > seq and at < before for p_seq, before in prunes):
+            return "pruned", None
+        why = f"record altered: event {seq}'s output is missing, and no prune event covers it"
+        return Flag(seq, "output", why), None
+    if sha256_hex(text) != digest:
+        why = f"record altered: event {seq}'s output does not match the digest the event holds"
+        return Flag(seq, "output", why), None
+    return "kept", text
+
+
+def _tuple(value: Any) -> tuple[str, ...] | None:
+    return tuple(str(v) for v in value) if isinstance(value, list) else None

@@ -1,0 +1,213 @@
+"""The typed records the record answers with: each built from verified audit events and
+naming the event it came from (`event`, its seq)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import EXIT_AUDIT, RunbookExecError
+
+
+class RecordAltered(RunbookExecError):
+    """The record does not prove what a decision needs: the audit chain does not hold, or a
+    table disagrees with it. Nothing was done (exit 4)."""
+
+    exit_code = EXIT_AUDIT
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Where the record cannot vouch for something: a table that says otherwise than the
+    event, a row with no event, an event with no row, or a chain that does not hold."""
+
+    seq: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def altered(seq: int | None, name: str, said: Any, table: Any) -> Flag:
+    where = f"event {seq} says" if seq is not None else "the record says"
+    return Flag(seq, name, f"record altered: {where} {name}={said!r}; the table says {table!r}")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Who ran what, why, where and with which outcome, from the run's events."""
+
+    id: str
+    runbook_name: str
+    runbook_path: str
+    runbook_sha256: str
+    runbook_text: str | None  # in the run's first event (runs recorded before: None)
+    params: dict[str, Any]
+    secret_names: tuple[str, ...] | None
+    inventory: tuple[str, ...] | None
+    limit: str | None
+    targets: str | None
+    batches: tuple[tuple[str, ...], ...]
+    plan_digest: str | None
+    options: dict[str, Any] | None
+    lock: str | None
+    operator: str
+    os_user: str | None
+    machine: str | None
+    change_id: str | None
+    reason: str | None
+    status: str
+    message: str | None
+    requested_at: float
+    finished_at: float | None
+    event: int
+    started: bool = False  # it ran (or began to), as opposed to being refused at once
+
+    @property
+    def ended(self) -> bool:
+        return self.finished_at is not None
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    host: str
+    batch: int
+    status: str  # pending, active, ok, stopped, failed, rolled_back, rollback_failed...
+    message: str | None
+    event: int
+
+
+@dataclass(slots=True)
+class HostStepRecord:
+    """One step on one host: how it ended (or that it is running), with its output. Not
+    frozen: the fold fills in the output once it has checked it (a run has thousands of
+    these, and copying each to add its output cost a tenth of `show`); readers do not
+    change it."""
+
+    host: str
+    batch: int
+    section: str
+    index: int
+    name: str
+    status: str
+    rc: int | None
+    stdout: str | None
+    stderr: str | None
+    message: str
+    ignored: bool
+    output_bytes: int | None
+    output_sha256: str | None
+    attempts: int
+    started_at: float
+    finished_at: float | None
+    duration_ms: int | None
+    output: str  # kept | pruned | missing | none
+    event: int
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.section, self.index, self.host)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "batch": self.batch,
+            "section": self.section,
+            "step_index": self.index,
+            "step_name": self.name,
+            "status": self.status,
+            "rc": self.rc,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "message": self.message,
+            "ignored": self.ignored,
+            "output_bytes": self.output_bytes,
+            "output_sha256": self.output_sha256,
+            "output": self.output,
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_ms": self.duration_ms,
+            "event": self.event,
+        }
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    key: str
+    kind: str  # wait | approve
+    message: str | None
+    status: str  # waiting, approved, rejected, done
+    decided_by: str | None
+    comment: str | None
+    decided_at: float | None
+    event: int
+
+
+@dataclass(frozen=True)
+class SwitchRecord:
+    """A release switch on a host."""
+
+    host: str
+    root: str
+    from_version: str | None
+    to_version: str
+    source: str  # activate | previous | disk
+    run_id: str
+    at: float
+    event: int
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    host: str
+    section: str
+    index: int
+    task: str
+    status: str
+    message: str
+    result: str | None
+    at: float
+    event: int
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    """Who holds a lock, as the lock's event says."""
+
+    name: str
+    run_id: str
+    operator: str
+    machine: str
+    pid: int | None
+    since: float
+    event: int
+
+
+@dataclass
+class RunDetails:
+    """A run as its verified events tell it, and every place the record cannot vouch for."""
+
+    run: RunRecord
+    hosts: list[HostRecord] = field(default_factory=list)
+    steps: list[HostStepRecord] = field(default_factory=list)
+    gates: list[GateRecord] = field(default_factory=list)
+    tasks: list[TaskRecord] = field(default_factory=list)
+    switches: list[SwitchRecord] = field(default_factory=list)
+    locks: list[LockRecord] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return not self.flags
+
+    def require_intact(self, doing: str) -> None:
+        """For a decision: refuse (exit 4) unless the record vouches for everything."""
+        if self.flags:
+            more = f" (and {len(self.flags) - 1} more)" if len(self.flags) > 1 else ""
+            raise RecordAltered(
+                f"{doing} refused for run {self.run.id}: {self.flags[0]}{more}; nothing was "
+                "done (`runbook-exec show` lists every difference, `audit verify` checks "
+                "the chain)"
+            )
