@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from runbook_exec.lab import SshLab
 from runbook_exec.store import Store
 from runbook_exec.store.audit import export_lines, verify
+from runbook_exec.store.keys import key_folder
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
@@ -35,8 +37,8 @@ WITHOUT_AUDIT = """
 import sys
 from runbook_exec.store import Store
 # The benchmark's "no audit" contender: every way into the chain does nothing.
-Store.append_audit = lambda self, event, key: 0
-Store.append_audits = lambda self, events, key: []
+Store.append_audit = lambda self, event: 0
+Store.append_audits = lambda self, events: []
 from runbook_exec.cli import main
 sys.argv = ["runbook-exec", *sys.argv[1:]]
 main()
@@ -118,7 +120,7 @@ def fill(url: str, count: int) -> None:
                 }
             )
     for start in range(0, count, 10_000):
-        store.append_audits(events[start : start + 10_000], None)
+        store.append_audits(events[start : start + 10_000])
 
 
 def verify_speed(count: int, work: Path) -> dict[str, float]:
@@ -126,7 +128,7 @@ def verify_speed(count: int, work: Path) -> dict[str, float]:
     fill(url, count)
     store = Store.open(url)
     start = time.perf_counter()
-    result = verify(store.audit_events(), None)
+    result = verify(store.audit_events(), store.keys)
     in_process = time.perf_counter() - start
     assert result.finding is None and result.count == count
     whole = wall([str(BIN / "runbook-exec"), "audit", "verify", "--db", url])
@@ -135,7 +137,7 @@ def verify_speed(count: int, work: Path) -> dict[str, float]:
     readme = (REPO / "README.md").read_text()
     snippet = readme.split("<!-- verify-snippet -->")[1].split("```python")[1].split("```")[0]
     (work / "verify.py").write_text(snippet)
-    standalone = wall([sys.executable, str(work / "verify.py"), str(export)])
+    standalone = wall([sys.executable, str(work / "verify.py"), str(export), str(key_folder())])
     return {"in_process_s": in_process, "whole_process_s": whole, "snippet_s": standalone}
 
 
@@ -147,6 +149,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rbx-bench-audit-"))
+    # The stores made here get their audit keys in a folder of the benchmark's own.
+    os.environ["XDG_CONFIG_HOME"] = str(work / "config")
 
     cost = write_cost(args.hosts, args.steps, args.repeat, work)
     share = (cost["with_s"] - cost["without_s"]) / cost["with_s"]
