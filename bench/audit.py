@@ -1,12 +1,15 @@
 """What the audit trail costs: its share of a run, and how fast a long trail verifies.
 
     .venv/bin/python bench/audit.py [--hosts 50] [--steps 10] [--repeat 5] [--events 100000]
+                                    [--before REV]
 
-1. Write cost. The fleet benchmark's run (--hosts real local sshd hosts, --steps
-   `shell: "true"` steps, whole process) with the audit chain, against the same run with
-   `Store.append_audit(s)` replaced by no-ops in the benchmark's process: the difference is
-   what hashing and writing the chain costs the run. The two alternate, --repeat times
-   each; medians are compared.
+1. Run cost. The fleet benchmark's run (--hosts real local sshd hosts, --steps
+   `shell: "true"` steps, whole process, keyed store) today, against the same run by git
+   revision --before (default a9d4b2d: it wrote the chain but read nothing back from it, no
+   key checks, no verified lock or run records), from a git worktree of it, each on a store
+   of its own. The difference is what making the record the authority costs a run. (The
+   chain cannot be turned off today: a run reads its own start back from it.) The two
+   alternate, --repeat times each; medians are compared.
 2. Verify speed. A SQLite store holding --events real-shaped events (host-steps started and
    finished, with output payloads) in one chain; timed: `verify` in-process (read and
    recompute), `runbook-exec audit verify` as a whole process, and the README's standalone
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -25,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from older import revision
 from runbook_exec.lab import SshLab
 from runbook_exec.store import Store
 from runbook_exec.store.audit import export_lines, verify
@@ -33,29 +38,18 @@ from runbook_exec.store.keys import key_folder
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
 
-WITHOUT_AUDIT = """
-import sys
-from runbook_exec.store import Store
-# The benchmark's "no audit" contender: every way into the chain does nothing.
-Store.append_audit = lambda self, event: 0
-Store.append_audits = lambda self, events: []
-from runbook_exec.cli import main
-sys.argv = ["runbook-exec", *sys.argv[1:]]
-main()
-"""
 
-
-def wall(command: list[str]) -> float:
+def wall(command: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{command[:3]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return elapsed
 
 
-def write_cost(hosts: int, steps: int, repeat: int, work: Path) -> dict[str, float]:
-    with SshLab() as lab:
+def write_cost(hosts: int, steps: int, repeat: int, work: Path, before: str) -> dict[str, float]:
+    with SshLab() as lab, revision(before, work / "before") as (old_cli, old_env):
         lab.start(hosts)
         runbook = work / "rb.yml"
         runbook.write_text("name: bench\ntargets: lab\nsteps:\n" + '  - shell: "true"\n' * steps)
@@ -70,13 +64,13 @@ def write_cost(hosts: int, steps: int, repeat: int, work: Path) -> dict[str, flo
             str(hosts),
         ]
         with_audit = [str(BIN / "runbook-exec"), *args, "--db", f"sqlite:///{work}/a.db"]
-        without = [sys.executable, "-c", WITHOUT_AUDIT, *args, "--db", f"sqlite:///{work}/b.db"]
+        older = [*old_cli, *args, "--db", f"sqlite:///{work}/b.db"]
         wall(with_audit)  # first runs create the stores
-        wall(without)
+        wall(older, old_env)
         timings: dict[str, list[float]] = {"with": [], "without": []}
         for _ in range(repeat):
             timings["with"].append(wall(with_audit))
-            timings["without"].append(wall(without))
+            timings["without"].append(wall(older, old_env))
         events = len(Store.open(f"sqlite:///{work}/a.db").audit_events())
     return {
         "with_s": statistics.median(timings["with"]),
@@ -123,22 +117,44 @@ def fill(url: str, count: int) -> None:
         store.append_audits(events[start : start + 10_000])
 
 
-def verify_speed(count: int, work: Path) -> dict[str, float]:
+def verify_speed(count: int, work: Path, before: str) -> dict[str, float]:
     url = f"sqlite:///{work}/trail.db"
     fill(url, count)
     store = Store.open(url)
     start = time.perf_counter()
     result = verify(store.audit_events(), store.keys)
     in_process = time.perf_counter() - start
-    assert result.finding is None and result.count == count
+    assert result.finding is None and result.count == count + 1  # and audit.keyed, first
     whole = wall([str(BIN / "runbook-exec"), "audit", "verify", "--db", url])
+    # The older revision, on a copy with its schema (one index fewer) and the key in its
+    # environment, as it took keys then.
+    with sqlite3.connect(work / "trail.db") as now, sqlite3.connect(work / "old.db") as db:
+        now.backup(db)  # consistent, WAL included
+        db.execute("DROP INDEX IF EXISTS ix_audit_type")
+        db.execute("UPDATE alembic_version SET version_num = '0005'")
+    (key_file,) = key_folder().glob("*.key")
+    with revision(before, work / "before-verify") as (old_cli, old_env):
+        old_env["RUNBOOK_EXEC_AUDIT_KEY"] = key_file.read_text().strip()
+        old = [*old_cli, "audit", "verify", "--db", f"sqlite:///{work}/old.db"]
+        older = min(wall(old, old_env) for _ in range(3))
+    whole = min(
+        [
+            whole,
+            *(wall([str(BIN / "runbook-exec"), "audit", "verify", "--db", url]) for _ in range(2)),
+        ]
+    )
     export = work / "trail.jsonl"
     export.write_text("".join(f"{line}\n" for line in export_lines(store.audit_events())))
     readme = (REPO / "README.md").read_text()
     snippet = readme.split("<!-- verify-snippet -->")[1].split("```python")[1].split("```")[0]
     (work / "verify.py").write_text(snippet)
     standalone = wall([sys.executable, str(work / "verify.py"), str(export), str(key_folder())])
-    return {"in_process_s": in_process, "whole_process_s": whole, "snippet_s": standalone}
+    return {
+        "in_process_s": in_process,
+        "whole_process_s": whole,
+        "before_whole_process_s": older,
+        "snippet_s": standalone,
+    }
 
 
 def main() -> None:
@@ -147,25 +163,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--before", default="a9d4b2d", help="the git revision to compare with")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rbx-bench-audit-"))
     # The stores made here get their audit keys in a folder of the benchmark's own.
     os.environ["XDG_CONFIG_HOME"] = str(work / "config")
+    os.environ["RUNBOOK_EXEC_NO_WARM"] = "1"
 
-    cost = write_cost(args.hosts, args.steps, args.repeat, work)
+    cost = write_cost(args.hosts, args.steps, args.repeat, work, args.before)
     share = (cost["with_s"] - cost["without_s"]) / cost["with_s"]
     print(
         f"write cost, {args.hosts} hosts × {args.steps} steps "
         f"({cost['events_per_run']:.0f} events a run), median of {args.repeat}:"
     )
-    print(f"  with the audit chain     {cost['with_s']:6.2f} s")
-    print(f"  append_audit a no-op     {cost['without_s']:6.2f} s")
-    print(f"  the chain's share of the run: {share * 100:.1f}%")
+    print(f"  {'today (verified record)':32} {cost['with_s']:6.2f} s")
+    print(f"  {args.before + ' (write-only)':32} {cost['without_s']:6.2f} s")
+    print(f"  what the verified record costs the run: {share * 100:.1f}%")
 
-    speed = verify_speed(args.events, work)
+    speed = verify_speed(args.events, work, args.before)
     print(f"verify {args.events:,} events:")
     print(f"  in-process (read + verify)       {speed['in_process_s']:6.2f} s")
-    print(f"  `runbook-exec audit verify`      {speed['whole_process_s']:6.2f} s")
+    print(f"  `runbook-exec audit verify`      {speed['whole_process_s']:6.2f} s (best of 3)")
+    print(
+        f"  the same, {args.before}           {speed['before_whole_process_s']:6.2f} s (best of 3)"
+    )
     print(f"  README snippet on a JSONL export {speed['snippet_s']:6.2f} s")
 
     out = Path(__file__).parent / "results"

@@ -30,13 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from older import revision
 from runbook_exec.lab import SshLab
 
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parent.parent
 BEFORE = "a9d4b2d"
-
-OLD_CLI = "import sys; from runbook_exec.cli import main; sys.argv[0] = 'runbook-exec'; main()"
 
 
 def wall(command: list[str], env: dict[str, str] | None = None) -> float:
@@ -100,6 +98,37 @@ def set_back(work: Path) -> None:
         db.execute("UPDATE alembic_version SET version_num = '0005'")
 
 
+def compare(
+    run_id: str,
+    work: Path,
+    env: dict[str, str],
+    old_cli: list[str],
+    old_env: dict[str, str],
+    repeat: int,
+) -> dict[str, float]:
+    """Each contender's best time: `show` and `show --json`, verified and from the tables."""
+    old_db = f"sqlite:///{work}/before.db"
+    contenders = {}
+    for flags in ([], ["--json"]):
+        name = " ".join(["show", *flags])
+        now_db = f"sqlite:///{work}/now.db"
+        contenders[f"{name}, verified"] = (
+            [str(BIN / "runbook-exec"), "show", run_id, *flags, "--db", now_db],
+            env,
+        )
+        contenders[f"{name}, tables"] = (
+            [*old_cli, "show", run_id, *flags, "--db", old_db],
+            old_env,
+        )
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for command, command_env in contenders.values():
+        wall(command, command_env)  # warm the page cache
+    for _ in range(repeat):
+        for name, (command, command_env) in contenders.items():
+            times[name].append(wall(command, command_env))
+    return {name: min(values) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, default=1000)
@@ -116,42 +145,12 @@ def main() -> None:
         "RUNBOOK_EXEC_AUDIT_KEY": "bench-audit-key-0123456789",
         "COLUMNS": "160",
     }
-    older = work / "before"
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(older), args.before],
-        check=True,
-        capture_output=True,
-    )
     try:
-        run_id, events = real_run(args.hosts, args.steps, work, env)
-        set_back(work)
-        old_env = {**env, "PYTHONPATH": str(older / "src")}
-        old_db = f"sqlite:///{work}/before.db"
-        contenders = {}
-        for flags in ([], ["--json"]):
-            name = " ".join(["show", *flags])
-            contenders[f"{name}, verified"] = (
-                [
-                    str(BIN / "runbook-exec"),
-                    "show",
-                    run_id,
-                    *flags,
-                    "--db",
-                    f"sqlite:///{work}/now.db",
-                ],
-                env,
-            )
-            contenders[f"{name}, tables"] = (
-                [sys.executable, "-c", OLD_CLI, "show", run_id, *flags, "--db", old_db],
-                old_env,
-            )
-        times: dict[str, list[float]] = {name: [] for name in contenders}
-        for command, command_env in contenders.values():
-            wall(command, command_env)  # warm the page cache
-        for _ in range(args.repeat):
-            for name, (command, command_env) in contenders.items():
-                times[name].append(wall(command, command_env))
-        best = {name: min(values) for name, values in times.items()}
+        with revision(args.before, work / "before") as (old_cli, old_env):
+            run_id, events = real_run(args.hosts, args.steps, work, env)
+            set_back(work)
+            old_env.update(RUNBOOK_EXEC_NO_WARM="1", COLUMNS="160")
+            best = compare(run_id, work, env, old_cli, old_env, args.repeat)
         print(
             f"show of a {args.hosts}-host × {args.steps}-step run ({events:,} events in the "
             f"store), whole process, best of {args.repeat}:"
@@ -168,10 +167,6 @@ def main() -> None:
             json.dumps({"hosts": args.hosts, "steps": args.steps, "events": events, **best})
         )
     finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(older)],
-            capture_output=True,
-        )
         if args.keep:
             print(f"  the stores are in {work}")
         else:
