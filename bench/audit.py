@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 
 from older import revision
-from runbook_exec.lab import SshLab
 from runbook_exec.store import Store
 from runbook_exec.store.audit import export_lines, verify
 from runbook_exec.store.keys import key_folder
+from runbook_exec.testing.lab import SshLab
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runbook_exec.lab import SshLab
+from runbook_exec.testing.lab import SshLab
 from runbook_exec.warm import ask
 
 BIN = Path(sys.executable).parent

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runbook_exec.lab import SshLab
+from runbook_exec.testing.lab import SshLab
 from runbook_exec.transports.ansible import AnsibleSettings, environment
 
 BIN = Path(sys.executable).parent

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from older import revision
-from runbook_exec.lab import SshLab
+from runbook_exec.testing.lab import SshLab
 
 BIN = Path(sys.executable).parent
 BEFORE = "a9d4b2d"

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from runbook_exec.lab import SshLab, sample_release
+from runbook_exec.testing.lab import SshLab, sample_release
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).with_name("runbook-exec"))

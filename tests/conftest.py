@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pgserver import PostgresServer, server_binaries
-from runbook_exec.lab import SshLab
+from runbook_exec.testing.lab import SshLab
 from warmserver import WarmController
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,9 +21,9 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from conftest import BACKENDS
 from helpers import assert_nowhere_in_store, query, wait_until
-from runbook_exec.lab import SshLab
 from runbook_exec.store.audit import canonical, chain_hash
 from runbook_exec.store.keys import KeyRing
+from runbook_exec.testing.lab import SshLab
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 Write = Callable[[str, str], Path]

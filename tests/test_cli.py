@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from runbook_exec.lab import SshLab
+from runbook_exec.testing.lab import SshLab
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 Write = Callable[[str, str], Path]

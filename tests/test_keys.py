@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from helpers import query
-from runbook_exec.lab import SshLab
 from runbook_exec.store.audit import GENESIS, canonical, chain_hash
+from runbook_exec.testing.lab import SshLab
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 Write = Callable[[str, str], Path]

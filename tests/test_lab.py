@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from runbook_exec.lab import LAB_USER, SshLab
+from runbook_exec.testing.lab import LAB_USER, SshLab
 
 
 def test_each_lab_host_answers_a_real_ssh_login(lab: SshLab) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import BACKENDS
 from helpers import query
-from runbook_exec.lab import SshLab
+from runbook_exec.testing.lab import SshLab
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 Write = Callable[[str, str], Path]

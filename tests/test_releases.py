@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from runbook_exec.lab import SshLab, sample_release
-from runbook_exec.releases import previous_of
+from runbook_exec.record.values import previous_of
+from runbook_exec.testing.lab import SshLab, sample_release
 
 REPO = Path(__file__).resolve().parent.parent
 Run = Callable[..., subprocess.CompletedProcess[str]]

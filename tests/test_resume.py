@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from conftest import BACKENDS, BACKENDS_AND_WARM
 from helpers import assert_nowhere_in_store, query, wait_until
-from runbook_exec.lab import SshLab
+from runbook_exec.testing.lab import SshLab
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 Write = Callable[[str, str], Path]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_until
-from runbook_exec.lab import SshLab
+from runbook_exec.testing.lab import SshLab
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 Write = Callable[[str, str], Path]

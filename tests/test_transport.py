@@ -7,7 +7,7 @@ import asyncio
 import os
 
 from runbook_exec.inventory import select_hosts
-from runbook_exec.lab import SshLab
+from runbook_exec.testing.lab import SshLab
 from runbook_exec.transports.ssh import CommandResult, SshOptions, connect
 
 CASES = [

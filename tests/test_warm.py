@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 
 from helpers import query, wait_until
-from runbook_exec.entry import send
-from runbook_exec.lab import LAB_USER, SshLab
 from runbook_exec.processes import alive
+from runbook_exec.testing.lab import LAB_USER, SshLab
 from runbook_exec.warm import ask
+from runbook_exec.wire import send
 from warmserver import WarmController
 
 Run = Callable[..., subprocess.CompletedProcess[str]]

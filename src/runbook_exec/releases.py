@@ -7,14 +7,12 @@ import asyncio
 import shlex
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import HostKeyError
 from .inventory import Host
+from .record.values import SwitchRecord, previous_of
 from .transports.ssh import SshOptions, Unreachable, connect
-
-if TYPE_CHECKING:
-    from .record import SwitchRecord
 
 CHECK_TIMEOUT = 30.0
 
@@ -48,20 +46,6 @@ class LiveRelease:
             "problem": self.problem,
             "drift": self.drift,
         }
-
-
-def previous_of(switches: Sequence[Mapping[str, Any]]) -> str | None:
-    """The release that was live before the current one was deployed, from one root's
-    switches on one host (oldest first). Switching back (`activate: previous`) is not a
-    deploy: after 1 -> 2 -> 3 and a rollback to 2, the previous release is 1, not 3, so a
-    second rollback goes further back instead of returning to the release just left."""
-    if not switches:
-        return None
-    live = switches[-1]["to_version"]
-    for switch in reversed(switches):
-        if switch["to_version"] == live and switch["source"] == "activate":
-            return str(switch["from_version"]) if switch["from_version"] else None
-    return None  # the live release was never deployed on record: the disk must tell
 
 
 def recorded(

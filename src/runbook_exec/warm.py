@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO
 
-from .entry import FORWARDED, HEADER, fingerprint, receive, send, socket_path
+from .wire import FORWARDED, HEADER, fingerprint, receive, send, send_line, socket_path
 
 EXIT_SIGNALLED = 128
 PRELOAD = (
@@ -62,13 +62,27 @@ class WarmError(Exception):
     """The warm controller cannot start or cannot be reached."""
 
 
+Command = Callable[[list[str]], object]
+
+
+def _not_serving(argv: list[str]) -> object:
+    raise RuntimeError("the warm controller runs commands only once `serve` is called")
+
+
+_run: Command = _not_serving
+
+
 def serve(
     path: str,
     idle_timeout: float | None,
+    command: Command,
     ready: Callable[[], None] = lambda: None,
     log: TextIO = sys.stderr,
 ) -> None:
-    """Listen on `path` until stopped, idle for `idle_timeout` seconds, or out of date."""
+    """Listen on `path` until stopped, idle for `idle_timeout` seconds, or out of date;
+    each request runs `command(argv)` (the CLI's main) in a fork of its own."""
+    global _run
+    _run = command
     code = fingerprint()
     _preload()
     listener = _listen(path)
@@ -132,7 +146,7 @@ def serve(
         _log(log, f"stopped after {served} command(s)")
 
 
-def serve_in_background(path: str, idle_timeout: float | None) -> int:
+def serve_in_background(path: str, idle_timeout: float | None, command: Command) -> int:
     """Start `serve` as a daemon logging to PATH.log; its pid once it listens."""
     ready_r, ready_w = os.pipe()
     first = os.fork()
@@ -141,7 +155,7 @@ def serve_in_background(path: str, idle_timeout: float | None) -> int:
             os.close(ready_r)
             os.setsid()
             if os.fork() == 0:  # not a session leader: it can never get a terminal
-                _daemon(path, idle_timeout, ready_w)
+                _daemon(path, idle_timeout, command, ready_w)
         finally:
             os._exit(0)
     os.close(ready_w)
@@ -153,7 +167,7 @@ def serve_in_background(path: str, idle_timeout: float | None) -> int:
     return int(said.split()[1])
 
 
-def _daemon(path: str, idle_timeout: float | None, ready_w: int) -> NoReturn:
+def _daemon(path: str, idle_timeout: float | None, command: Command, ready_w: int) -> NoReturn:
     code = 1
     try:
         os.chdir("/")
@@ -173,7 +187,7 @@ def _daemon(path: str, idle_timeout: float | None, ready_w: int) -> NoReturn:
             os.write(ready_w, f"ready {os.getpid()}".encode())
             os.close(ready_w)
 
-        serve(path, idle_timeout, ready)
+        serve(path, idle_timeout, command, ready)
         code = 0
     except WarmError as exc:
         try:
@@ -360,10 +374,8 @@ def _command(request: dict[str, Any], fds: list[int]) -> NoReturn:
         time.tzset()
         os.umask(int(request["umask"]))
         sys.argv = list(request["argv"])
-        from .cli import main
-
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-        main(sys.argv[1:])
+        _run(sys.argv[1:])
         code = 0
     except SystemExit as exc:
         code = _exit_code(exc.code)
@@ -434,10 +446,6 @@ def _command_name(argv: list[str]) -> str:
 
 def _log(log: TextIO, text: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} runbook-exec warm: {text}", file=log, flush=True)
-
-
-def send_line(conn: socket.socket, message: dict[str, Any]) -> None:
-    conn.sendall(json.dumps(message).encode() + b"\n")
 
 
 def ask(op: str, path: str | None = None) -> dict[str, Any] | None:

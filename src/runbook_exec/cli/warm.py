@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from ..durations import format_duration, parse_duration
-from ..entry import socket_path
 from ..errors import EXIT_FAILED, InputError, Problem, Refused
 from ..processes import alive
+from ..wire import socket_path
 from .options import out
 
 warm_app = typer.Typer(
@@ -54,9 +54,9 @@ def warm_start(
         return
     try:
         if foreground:
-            warm.serve(path, idle)
+            warm.serve(path, idle, _command)
             return
-        pid = warm.serve_in_background(path, idle)
+        pid = warm.serve_in_background(path, idle, _command)
     except warm.WarmError as exc:
         raise Refused(str(exc)) from None
     out().print(
@@ -97,3 +97,10 @@ def warm_stop() -> None:
     while time.monotonic() < deadline and alive(pid):
         time.sleep(0.02)
     out().print(f"stopped the warm controller (pid {pid})")
+
+
+def _command(argv: list[str]) -> None:
+    """What the warm controller runs for each request: this CLI, as started by hand."""
+    from . import main
+
+    main(argv)

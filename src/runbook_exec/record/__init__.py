@@ -33,6 +33,7 @@ from .values import (
     RunRecord,
     SwitchRecord,
     TaskRecord,
+    previous_of,
 )
 
 __all__ = [
@@ -199,8 +200,6 @@ class Record:
     def previous_release(self, host: str, root: str) -> str | None:
         """What was live before the current release of `root` on `host`, for a decision
         (`activate: previous`): refuses (exit 4) where the record cannot vouch for it."""
-        from ..releases import previous_of
-
         releases = self.releases()
         if releases.flags:
             raise RecordAltered(
