@@ -14,9 +14,17 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .executor import HostStepResult
-from .steps import ReleaseSwitch
-from .transports.ansible import TaskResult
+from .errors import EXIT_AUDIT, EXIT_FAILED
+from .events import (
+    HOST_FAILED,
+    STEP_FAILED,
+    EventSink,
+    HostStatus,
+    HostStepResult,
+    ReleaseSwitch,
+    RunStatus,
+    TaskResult,
+)
 
 OUTPUT_LINES = 12
 STATUS_STYLE = {
@@ -28,7 +36,7 @@ STATUS_STYLE = {
 }
 
 
-class ConsoleRecorder:
+class ConsoleRecorder(EventSink):
     """Shows a run to a person. `live=True` redraws a compact view in place (for a
     terminal); otherwise every event is one line, for logs and pipes."""
 
@@ -102,7 +110,7 @@ class ConsoleRecorder:
         entry = self.steps.get((result.section, result.index))
         if entry is not None:
             entry["done"][result.status] += 1
-        if result.status in ("failed", "timeout", "unreachable"):
+        if result.status in STEP_FAILED:
             ignored = " (ignored)" if result.ignored else ""
             self._line(
                 f"  {result.status.upper()}{ignored} {result.host} · {result.name}: "
@@ -118,8 +126,8 @@ class ConsoleRecorder:
                 f"    {result.status} {result.host} · {result.name} {result.duration:.2f}s{detail}"
             )
 
-    def host_status(self, host: str, status: str, message: str | None = None) -> None:
-        if status in ("rolled_back", "rollback_failed"):
+    def host_status(self, host: str, status: HostStatus, message: str | None = None) -> None:
+        if status in (HostStatus.ROLLED_BACK, HostStatus.ROLLBACK_FAILED):
             self._line(f"  {host}: {status.replace('_', ' ')}", "yellow")
 
     def gate(
@@ -179,16 +187,21 @@ def print_outcome(
     console: Console, run_id: str, status: str, hosts: dict[str, str], exit_code: int
 ) -> None:
     counts = Counter(hosts.values())
-    style = "green" if status == "succeeded" else "red" if exit_code in (1, 4) else "yellow"
+    if status == RunStatus.SUCCEEDED:
+        style = "green"
+    elif exit_code in (EXIT_FAILED, EXIT_AUDIT):
+        style = "red"
+    else:
+        style = "yellow"  # waiting for a decision, refused, or interrupted
     parts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
     console.print(f"[{style}]run {run_id} {status.replace('_', ' ')}[/{style}] ({parts})")
-    bad = [h for h, s in hosts.items() if s in ("failed", "rollback_failed")]
+    bad = [h for h, s in hosts.items() if s in HOST_FAILED]
     if bad:
         console.print(f"failed hosts: {escape(', '.join(bad))}")
-    if status == "awaiting_approval":
+    if status == RunStatus.AWAITING_APPROVAL:
         console.print(
             f"waiting for approval: `runbook-exec approve {run_id}` "
             f"(or `reject`), then `runbook-exec resume {run_id}`"
         )
-    elif status == "interrupted":
+    elif status == RunStatus.INTERRUPTED:
         console.print(f"interrupted; carry on with `runbook-exec resume {run_id}`")

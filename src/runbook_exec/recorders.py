@@ -1,5 +1,5 @@
 """Where a run's events go: the store (written by one writer thread, group-committed) and
-the views, fanned out in order, the store first."""
+the audit events that go with each, made by one `Auditor`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import StoreError
-from .executor import HostStepResult, Recorder
-from .steps import ReleaseSwitch
+from .events import EventSink, HostStatus, HostStepResult, ReleaseSwitch, TaskResult
 from .store import Store, first_line
 from .store.audit import actor, utc_now
-from .transports.ansible import TaskResult
 
 
 class Auditor:
@@ -46,7 +44,7 @@ class Auditor:
         self.store.append_audit(self.event(kind, **fields))
 
 
-class StoreRecorder:
+class StoreRecorder(EventSink):
     """Writes every state change of a run to the store. Writes go, in order, to one writer
     thread that commits whatever has queued up in a single transaction (group commit), so
     they overlap the hosts' work; `flush` is the barrier the executor awaits before any new
@@ -110,9 +108,6 @@ class StoreRecorder:
         self.queue.put(None)
         self.thread.join(timeout=30)
 
-    def batch_started(self, batch: int, hosts: Sequence[str]) -> None:
-        pass  # the batch's hosts become "active" through host_status
-
     def steps_started(
         self, batch: int, section: str, index: int, name: str, hosts: Sequence[str]
     ) -> None:
@@ -173,7 +168,7 @@ class StoreRecorder:
             ignored=result.ignored,
         )
 
-    def host_status(self, host: str, status: str, message: str | None = None) -> None:
+    def host_status(self, host: str, status: HostStatus, message: str | None = None) -> None:
         self.queue.put(lambda: self.store.set_host_status(self.run_id, host, status, message))
         self._audit("host.status", host=host, status=status, message=message)
 
@@ -262,56 +257,3 @@ class StoreRecorder:
                 "chosen": switch.source,
             },
         )
-
-
-class Fanout:
-    """Hands every event to each recorder in turn: the store first, then the view."""
-
-    def __init__(self, *recorders: Recorder) -> None:
-        self.recorders = recorders
-
-    def batch_started(self, batch: int, hosts: Sequence[str]) -> None:
-        for recorder in self.recorders:
-            recorder.batch_started(batch, hosts)
-
-    def steps_started(
-        self, batch: int, section: str, index: int, name: str, hosts: Sequence[str]
-    ) -> None:
-        for recorder in self.recorders:
-            recorder.steps_started(batch, section, index, name, hosts)
-
-    def step_finished(self, batch: int, result: HostStepResult) -> None:
-        for recorder in self.recorders:
-            recorder.step_finished(batch, result)
-
-    def host_status(self, host: str, status: str, message: str | None = None) -> None:
-        for recorder in self.recorders:
-            recorder.host_status(host, status, message)
-
-    def gate(
-        self,
-        key: str,
-        kind: str,
-        message: str,
-        status: str,
-        by: str | None = None,
-        comment: str | None = None,
-    ) -> None:
-        for recorder in self.recorders:
-            recorder.gate(key, kind, message, status, by, comment)
-
-    def note(self, text: str) -> None:
-        for recorder in self.recorders:
-            recorder.note(text)
-
-    def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
-        for recorder in self.recorders:
-            recorder.release_switched(host, switch)
-
-    def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None:
-        for recorder in self.recorders:
-            recorder.task_result(batch, section, index, result)
-
-    async def flush(self) -> None:
-        for recorder in self.recorders:
-            await recorder.flush()

@@ -31,30 +31,30 @@ from .errors import (
     Problem,
     Refused,
 )
-from .executor import Approver, Executor, HostStepResult, Recorder, RunOptions, RunState
+from .events import RUN_ENDED, EventSink, Fanout, HostStepResult, RunStatus, StepStatus
+from .executor import Approver, Executor, RunOptions, RunState
 from .inventory import Host, select_hosts
 from .params import ResolvedParams, parse_extra_vars, resolve_params
 from .plan import Plan, build_plan
 from .record import Record, RecordAltered, RunDetails, RunRecord
-from .recorders import Auditor, Fanout, StoreRecorder
+from .recorders import Auditor, StoreRecorder
 from .runbook import RunbookFile, load_runbook, runbook_from_text
 from .store import LockHolder, Store
 from .transports.ansible import PlaybookOutcome
 
-ViewFactory = Callable[[str], Recorder]
+ViewFactory = Callable[[str], EventSink]
 """Given the run id, the recorder that shows the run to a person (or records nothing)."""
 
-EXIT_FOR_STATUS = {
-    "succeeded": EXIT_OK,
-    "failed": EXIT_FAILED,
-    "rolled_back": EXIT_FAILED,
-    "rollback_failed": EXIT_FAILED,
-    "awaiting_approval": EXIT_REFUSED,
-    "rejected": EXIT_REFUSED,
-    "refused": EXIT_REFUSED,
-    "interrupted": EXIT_INTERRUPTED,
+EXIT_FOR_STATUS: dict[str, int] = {
+    RunStatus.SUCCEEDED: EXIT_OK,
+    RunStatus.FAILED: EXIT_FAILED,
+    RunStatus.ROLLED_BACK: EXIT_FAILED,
+    RunStatus.ROLLBACK_FAILED: EXIT_FAILED,
+    RunStatus.AWAITING_APPROVAL: EXIT_REFUSED,
+    RunStatus.REJECTED: EXIT_REFUSED,
+    RunStatus.REFUSED: EXIT_REFUSED,
+    RunStatus.INTERRUPTED: EXIT_INTERRUPTED,
 }
-ENDED = frozenset({"succeeded", "failed", "rolled_back", "rollback_failed", "rejected"})
 
 
 @dataclass(frozen=True)
@@ -336,7 +336,7 @@ def resume(
     details = record.run(run_id)
     details.require_intact("resume")
     run = details.run
-    if run.status in ENDED or run.status == "refused":
+    if run.status in RUN_ENDED or run.status == RunStatus.REFUSED:
         raise Refused(f"run {run_id} has ended ({run.status}); nothing to resume")
     table = store.get_run(run_id) or {}
     lock = run.lock or table["lock_name"]
@@ -388,7 +388,7 @@ def _state_of(details: RunDetails) -> RunState:
             step.section,
             step.index,
             step.name,
-            step.status,
+            StepStatus(step.status),
             step.rc,
             step.stdout or "",
             step.stderr or "",
@@ -453,7 +453,7 @@ def _execute(
 def _end(store: Store, audit: Auditor, run_id: str, status: str, lock: str) -> None:
     """Record how a run stopped or ended, in one transaction: its status, its hosts never
     reached (which say so, not "pending"), and, if it ended, its lock released."""
-    ended = status in ENDED
+    ended = status in RUN_ENDED
     with store.batch():
         store.update_run(run_id, status=status, finished_at=time.time() if ended else None)
         if ended:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..events import ReleaseSwitch
 from ..masking import Secrets
 from ..runbook import in_workspace
 from ..scratch import private_folder
@@ -180,17 +181,6 @@ async def _release(spec: Mapping[str, Any], host: HostContext) -> CommandResult:
     )
     done = await (await host.session()).run(script, host.timeout)
     return replace(done, stdout=note + done.stdout) if note else done
-
-
-@dataclass(frozen=True)
-class ReleaseSwitch:
-    """What a release step did on a host, read from its output."""
-
-    root: str
-    from_version: str | None
-    to_version: str
-    pruned: tuple[str, ...]
-    source: str  # activate (a named release), previous (from the record) or disk
 
 
 def release_switch(spec: Mapping[str, Any], stdout: str) -> ReleaseSwitch | None:

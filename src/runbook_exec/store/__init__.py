@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import LockHeld, StoreError
+from ..events import RUN_ENDED
 from ..processes import alive
 from .audit import (
     COLUMNS,
@@ -76,7 +77,7 @@ class LockHolder:
     def stale(self) -> bool:
         """The holding process is known to be gone: on this machine and not running, or its
         run has ended. A holder on another machine is never presumed dead."""
-        if self.run_status in ("succeeded", "failed", "rolled_back", "rollback_failed", "rejected"):
+        if self.run_status in RUN_ENDED:
             return True
         return self.machine == socket.gethostname() and not alive(self.pid)
 

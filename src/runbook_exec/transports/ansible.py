@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..events import TaskResult
 from ..masking import Secrets
 from ..scratch import private_folder
 
@@ -35,18 +36,6 @@ TASK_EVENTS = {
     "runner_on_skipped": "skipped",
     "runner_on_unreachable": "unreachable",
 }
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """One Ansible task's result on one host."""
-
-    host: str
-    task: str
-    status: str  # ok | changed | failed | skipped | unreachable
-    message: str
-    result: str  # the module's result as JSON, capped
-    ignored: bool = False
 
 
 @dataclass

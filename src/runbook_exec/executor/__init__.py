@@ -1,95 +1,44 @@
 """Carries a plan out: batch by batch, each step on the batch's hosts at once, with retries,
 timeouts, the failure policy, gates and rollback.
 
-Everything it does goes to one `Recorder` before it goes on, so a run killed at any point can
+Everything it does goes to one `EventSink` before it goes on, so a run killed at any point can
 be resumed from the store: host-steps that finished are not run again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from .errors import HostKeyError
-from .inventory import Host
-from .model import StepBase
-from .params import ResolvedParams
-from .plan import render_action
-from .runbook import RunbookFile
-from .steps import (
+from ..errors import HostKeyError
+from ..events import (
+    HOST_FAILED,
+    STEP_FAILED,
+    EventSink,
+    HostStatus,
+    HostStepResult,
+    RunStatus,
+    Section,
+    StepStatus,
+)
+from ..inventory import Host
+from ..model import StepBase
+from ..params import ResolvedParams
+from ..plan import render_action
+from ..runbook import RunbookFile
+from ..steps import (
     HostContext,
-    ReleaseSwitch,
-    ansible_call,
     guard_skips,
     perform,
     release_switch,
 )
-from .templating import HostVars, TemplateProblem, evaluate, render
-from .transports.ansible import (
-    AnsibleSettings,
-    PlaybookOutcome,
-    TaskResult,
-    run_playbook,
-)
-from .transports.ssh import CommandResult, SshOptions, SshSession, Unreachable, connect
-
-FINISHED = frozenset({"ok", "skipped", "failed", "timeout", "unreachable"})
-FAILED = frozenset({"failed", "timeout", "unreachable"})
-
-
-@dataclass(frozen=True)
-class HostStepResult:
-    """How one step ended on one host."""
-
-    host: str
-    section: str
-    index: int
-    name: str
-    status: str  # ok | skipped | failed | timeout | unreachable
-    rc: int | None = None
-    stdout: str = ""
-    stderr: str = ""
-    message: str = ""
-    duration: float = 0.0
-    attempts: int = 0
-    output_bytes: int = 0
-    output_sha256: str = ""
-    ignored: bool = False
-
-    @property
-    def failed(self) -> bool:
-        return self.status in FAILED and not self.ignored
-
-
-class Recorder(Protocol):
-    """Where the executor reports every state change, in order, before acting on the next."""
-
-    def batch_started(self, batch: int, hosts: Sequence[str]) -> None: ...
-    def steps_started(
-        self, batch: int, section: str, index: int, name: str, hosts: Sequence[str]
-    ) -> None: ...
-    def step_finished(self, batch: int, result: HostStepResult) -> None: ...
-    def host_status(self, host: str, status: str, message: str | None = None) -> None: ...
-    def gate(
-        self,
-        key: str,
-        kind: str,
-        message: str,
-        status: str,
-        by: str | None = None,
-        comment: str | None = None,
-    ) -> None: ...
-    def note(self, text: str) -> None: ...
-    def release_switched(self, host: str, switch: ReleaseSwitch) -> None: ...
-    def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None: ...
-    async def flush(self) -> None:
-        """Return once everything reported so far is durably recorded (or raise)."""
-
+from ..templating import HostVars, TemplateProblem, evaluate, render
+from ..transports.ssh import CommandResult, SshOptions, SshSession, Unreachable, connect
+from .ansible import AnsibleStep
 
 Approver = Callable[[str], Awaitable[tuple[bool, str | None] | None]]
 
@@ -122,7 +71,7 @@ class Executor:
         hosts: Sequence[Host],
         batches: Sequence[Sequence[str]],
         params: ResolvedParams,
-        recorder: Recorder,
+        recorder: EventSink,
         options: RunOptions,
         state: RunState | None = None,
         approver: Approver | None = None,
@@ -148,7 +97,7 @@ class Executor:
         self.stopping = False
         self.sessions: dict[str, asyncio.Future[SshSession]] = {}
         self.failed: dict[str, str] = {
-            h: s for h, s in self.state.host_status.items() if s in ("failed", "rollback_failed")
+            h: s for h, s in self.state.host_status.items() if s in HOST_FAILED
         }
         self.registered: dict[str, dict[str, Any]] = {h: {} for h in self.hosts}
         self.run_once_done: dict[tuple[str, int], dict[str, Any]] = {}
@@ -164,6 +113,7 @@ class Executor:
         base = {**params.values, "run": {"id": run_id, "operator": operator}}
         self.names = {h.name: HostVars(h.template_vars(), base) for h in hosts}
         self._restore_registered()
+        self.ansible = AnsibleStep(self)
 
     # --- the run ----------------------------------------------------------------------------
 
@@ -180,26 +130,26 @@ class Executor:
         policy = self.book.strategy
         for number, batch in enumerate(self.batches, 1):
             if self.stopping:
-                return "interrupted"
+                return RunStatus.INTERRUPTED
             if self._batch_done(number, batch):
                 continue
             self.recorder.batch_started(number, batch)
             for host in batch:
                 if host not in self.failed:
-                    self.recorder.host_status(host, "active")
-            outcome = await self._section("steps", self.book.steps, number, batch)
+                    self.recorder.host_status(host, HostStatus.ACTIVE)
+            outcome = await self._section(Section.STEPS, self.book.steps, number, batch)
             if outcome:
                 return outcome
             if self.stopping:
-                return "interrupted"
+                return RunStatus.INTERRUPTED
             breached = self._failed_share(batch) > policy.max_fail_percentage
             last = len(self.book.steps) - 1
             for host in batch:
                 if host not in self.failed:
-                    complete = ("steps", last, host) in self.state.finished
+                    complete = (Section.STEPS, last, host) in self.state.finished
                     self.recorder.host_status(
                         host,
-                        "ok" if complete else "stopped",
+                        HostStatus.OK if complete else HostStatus.STOPPED,
                         None if complete else "the batch stopped early",
                     )
             if breached and self.book.on_failure != "continue":
@@ -209,14 +159,15 @@ class Executor:
                     outcome = await self._gate(f"after:{number}:{index}", wait, approve)
                     if outcome:
                         return outcome
-        return "failed" if self.failed else "succeeded"
+        return RunStatus.FAILED if self.failed else RunStatus.SUCCEEDED
 
     def _batch_done(self, number: int, batch: Sequence[str]) -> bool:
         """On resume: every host of this batch finished the last step or dropped out, and
         the gates after it were passed."""
         last = len(self.book.steps) - 1
         hosts_done = all(
-            host in self.failed or ("steps", last, host) in self.state.finished for host in batch
+            host in self.failed or (Section.STEPS, last, host) in self.state.finished
+            for host in batch
         )
         gates = range(len(self.between)) if number < len(self.batches) else ()
         gates_done = all(
@@ -233,14 +184,14 @@ class Executor:
         self.recorder.note(f"batch {number} failed on {names}: no further batch starts")
         if self.book.on_failure == "rollback":
             return await self._rollback(number)
-        return "failed"
+        return RunStatus.FAILED
 
     async def _rollback(self, up_to: int) -> str:
         """The rollback steps on every host this run changed, newest batch first."""
         touched = {
             host
             for (section, _, host), r in self.state.finished.items()
-            if section == "steps" and r.status != "skipped"
+            if section == Section.STEPS and r.status != StepStatus.SKIPPED
         }
         failures = False
         for number in range(up_to, 0, -1):
@@ -250,15 +201,16 @@ class Executor:
             self.recorder.note(f"rolling back batch {number}: {', '.join(hosts)}")
             for host in hosts:
                 self.failed.pop(host, None)
-            outcome = await self._section("rollback", self.book.rollback, number, hosts)
+            outcome = await self._section(Section.ROLLBACK, self.book.rollback, number, hosts)
             if outcome:
                 return outcome
             for host in hosts:
                 failures |= host in self.failed
                 self.recorder.host_status(
-                    host, "rollback_failed" if host in self.failed else "rolled_back"
+                    host,
+                    HostStatus.ROLLBACK_FAILED if host in self.failed else HostStatus.ROLLED_BACK,
                 )
-        return "rollback_failed" if failures else "rolled_back"
+        return RunStatus.ROLLBACK_FAILED if failures else RunStatus.ROLLED_BACK
 
     async def _section(
         self, section: str, steps: Sequence[StepBase], number: int, batch: Sequence[str]
@@ -267,7 +219,7 @@ class Executor:
         policy = self.book.strategy
         for index, step in enumerate(steps):
             if self.stopping:
-                return "interrupted"
+                return RunStatus.INTERRUPTED
             live = [h for h in batch if h not in self.failed]
             if not live:
                 return None
@@ -282,7 +234,7 @@ class Executor:
                 continue
             await self._step(section, index, step, number, live)
             breached = self._failed_share(batch) > policy.max_fail_percentage
-            if section == "steps" and breached and self.book.on_failure != "continue":
+            if section == Section.STEPS and breached and self.book.on_failure != "continue":
                 return None  # the batch stops here, as Ansible's does; the caller applies policy
         return None
 
@@ -298,7 +250,7 @@ class Executor:
         if step.kind in ("playbook", "module"):
             self.recorder.steps_started(number, section, index, step.title, todo)
             await self.recorder.flush()
-            await self._ansible_step(section, index, step, number, todo)
+            await self.ansible.run(section, index, step, number, todo)
             return
         self.recorder.steps_started(number, section, index, step.title, todo)
         await self.recorder.flush()  # recorded as started before any host begins it
@@ -318,7 +270,7 @@ class Executor:
             (
                 r
                 for (s, i, _), r in self.state.finished.items()
-                if s == section and i == index and r.status != "skipped"
+                if s == section and i == index and r.status != StepStatus.SKIPPED
             ),
             None,
         )
@@ -332,10 +284,15 @@ class Executor:
             self.recorder.steps_started(number, section, index, step.title, others)
         for host in others:
             where = done.host if done else "another host"
-            self._finish(
+            self.finish(
                 number,
                 HostStepResult(
-                    host, section, index, step.title, "skipped", message=f"run_once: ran on {where}"
+                    host,
+                    section,
+                    index,
+                    step.title,
+                    StepStatus.SKIPPED,
+                    message=f"run_once: ran on {where}",
                 ),
             )
             if step.register_as and done is not None:
@@ -346,27 +303,31 @@ class Executor:
     ) -> HostStepResult:
         async with self.forks:
             result = await self._attempts(section, index, step, host)
-        self._finish(number, result)
+        self.finish(number, result)
         return result
 
-    def _finish(self, number: int, result: HostStepResult) -> None:
+    def finish(self, number: int, result: HostStepResult) -> None:
         self.state.finished[(result.section, result.index, result.host)] = result
         self.recorder.step_finished(number, result)
-        step = (self.book.steps if result.section == "steps" else self.book.rollback)[result.index]
-        if step.register_as and result.status != "skipped":
+        step = (self.book.steps if result.section == Section.STEPS else self.book.rollback)[
+            result.index
+        ]
+        if step.register_as and result.status != StepStatus.SKIPPED:
             self.registered[result.host][step.register_as] = _registered(result)
         if result.failed and result.host not in self.failed:
             self.failed[result.host] = result.message or f"{result.name} failed"
-            self.recorder.host_status(result.host, "failed", self.failed[result.host])
+            self.recorder.host_status(result.host, HostStatus.FAILED, self.failed[result.host])
 
     async def _attempts(
         self, section: str, index: int, step: StepBase, host: str
     ) -> HostStepResult:
         names = self.names[host].extended(self.registered[host])
-        base = HostStepResult(host, section, index, step.title, "failed")
+        base = HostStepResult(host, section, index, step.title, StepStatus.FAILED)
         try:
             if step.when is not None and not evaluate(step.when, names):
-                return _with(base, status="skipped", message=f"when {step.when!r} is false")
+                return _with(
+                    base, status=StepStatus.SKIPPED, message=f"when {step.when!r} is false"
+                )
             problems: list[str] = []
             action = render_action(step, names, lambda path, msg: problems.append(msg))
             if action is None:
@@ -374,7 +335,7 @@ class Executor:
         except TemplateProblem as exc:
             return _with(base, message=str(exc))
         context = HostContext(
-            session=lambda: self._session(host),
+            session=lambda: self.session(host),
             timeout=step.timeout or self.options.timeout,
             output_limit=self.options.output_limit,
             secrets=self.secrets,
@@ -389,18 +350,20 @@ class Executor:
             try:
                 skip = await guard_skips(action, context) if attempts == 1 else None
                 if skip:
-                    return _with(base, status="skipped", message=skip, attempts=attempts)
+                    return _with(base, status=StepStatus.SKIPPED, message=skip, attempts=attempts)
                 outcome = await perform(step.kind, action, context)
             except Unreachable as exc:
                 return _with(
                     base,
-                    status="unreachable",
+                    status=StepStatus.UNREACHABLE,
                     message=str(exc),
                     attempts=attempts,
                     duration=time.monotonic() - started,
                 )
             except HostKeyError as exc:
-                return _with(base, status="unreachable", message=str(exc), attempts=attempts)
+                return _with(
+                    base, status=StepStatus.UNREACHABLE, message=str(exc), attempts=attempts
+                )
             except (OSError, TemplateProblem, TimeoutError, ValueError) as exc:
                 outcome = CommandResult(1, "", str(exc) or type(exc).__name__, 0.0)
             except Exception as exc:
@@ -414,173 +377,6 @@ class Executor:
                 self.recorder.release_switched(host, switch)
         return self._result(base, outcome, attempts, time.monotonic() - started, step)
 
-    async def _ansible_step(
-        self, section: str, index: int, step: StepBase, number: int, todo: Sequence[str]
-    ) -> None:
-        """A playbook or module step: one ansible-playbook run on the batch's hosts that have
-        not finished it, then each host's outcome as an ordinary host-step result."""
-        actions: dict[str, dict[str, Any]] = {}
-        for host in todo:
-            base = HostStepResult(host, section, index, step.title, "failed")
-            names = self.names[host].extended(self.registered[host])
-            problems: list[str] = []
-            try:
-                if step.when is not None and not evaluate(step.when, names):
-                    skipped = f"when {step.when!r} is false"
-                    self._finish(number, _with(base, status="skipped", message=skipped))
-                    continue
-                action = render_action(step, names, _collect(problems))
-            except TemplateProblem as exc:
-                action, problems = None, [str(exc)]
-            if action is None:
-                self._finish(number, _with(base, message="; ".join(problems)))
-                continue
-            actions[host] = action
-        shared = {json.dumps(_ansible_fields(a), sort_keys=True) for a in actions.values()}
-        if len(shared) > 1:
-            why = (
-                "renders differently on different hosts, but Ansible takes one set of vars "
-                "and args per run: put host-specific values in the inventory or the playbook, "
-                "or wrap them in {% raw %}…{% endraw %} so that Ansible templates them per host"
-            )
-            for host in actions:
-                self._finish(
-                    number, HostStepResult(host, section, index, step.title, "failed", message=why)
-                )
-            return
-        remaining = [
-            h
-            for h in actions
-            if not await self._guarded(number, section, index, step, h, actions[h])
-        ]
-        attempts = 0
-        started = time.monotonic()
-        while remaining:
-            attempts += 1
-            outcome = await self._run_ansible(
-                step, actions[remaining[0]], remaining, number, section, index
-            )
-            failed = [h for h in remaining if outcome.hosts[h] != "ok"]
-            retry = bool(failed) and attempts <= step.retries and not self.stopping
-            for host in remaining:
-                if host in failed and retry:
-                    continue
-                self._finish(
-                    number,
-                    self._ansible_result(
-                        host, section, index, step, outcome, attempts, time.monotonic() - started
-                    ),
-                )
-            if not retry:
-                break
-            remaining = failed
-            await asyncio.sleep(step.delay if step.delay is not None else 1.0)
-
-    async def _guarded(
-        self,
-        number: int,
-        section: str,
-        index: int,
-        step: StepBase,
-        host: str,
-        action: Mapping[str, Any],
-    ) -> bool:
-        """Finish the step as skipped on `host` when its creates/unless guard says so."""
-        if not (action.get("creates") or action.get("unless")):
-            return False
-        context = HostContext(
-            lambda: self._session(host),
-            step.timeout or self.options.timeout,
-            self.options.output_limit,
-            self.secrets,
-            self.file.workspace,
-            self.names[host],
-        )
-        try:
-            reason = await guard_skips(action, context)
-        except (Unreachable, HostKeyError) as exc:
-            self._finish(
-                number,
-                HostStepResult(host, section, index, step.title, "unreachable", message=str(exc)),
-            )
-            return True
-        if reason:
-            self._finish(
-                number, HostStepResult(host, section, index, step.title, "skipped", message=reason)
-            )
-        return reason is not None
-
-    async def _run_ansible(
-        self,
-        step: StepBase,
-        action: Mapping[str, Any],
-        hosts: Sequence[str],
-        number: int,
-        section: str,
-        index: int,
-    ) -> PlaybookOutcome:
-        settings = AnsibleSettings(
-            self.options.known_hosts,
-            self.options.accept_new_host_keys,
-            self.options.forks,
-            step.timeout or self.options.timeout,
-            self.secrets,
-        )
-
-        def on_task(result: TaskResult) -> None:
-            masked = replace(
-                result, message=self._mask(result.message), result=self._mask(result.result)
-            )
-            self.recorder.task_result(number, section, index, masked)
-
-        playbook, options = ansible_call(step.kind, step.title, action, self.file.workspace)
-        return await run_playbook(
-            playbook,
-            self.inventory,
-            hosts,
-            settings,
-            on_task=on_task,
-            should_cancel=lambda: self.abandoning,
-            **options,
-        )
-
-    def _ansible_result(
-        self,
-        host: str,
-        section: str,
-        index: int,
-        step: StepBase,
-        outcome: PlaybookOutcome,
-        attempts: int,
-        duration: float,
-    ) -> HostStepResult:
-        status = outcome.hosts[host]
-        tasks = outcome.tasks.get(host, [])
-        summary = "\n".join(
-            f"{t.status}: {t.task}"
-            + (f" — {t.message}" if t.message and t.status in ("failed", "unreachable") else "")
-            for t in tasks
-        )
-        changed = sum(1 for t in tasks if t.status == "changed")
-        message = (
-            outcome.messages.get(host, "")
-            if status != "ok"
-            else (f"{len(tasks)} tasks, {changed} changed")
-        )
-        return HostStepResult(
-            host,
-            section,
-            index,
-            step.title,
-            status,
-            rc=0 if status == "ok" else (outcome.rc or 2),
-            stdout=self._mask(summary),
-            message=self._mask(message),
-            duration=duration,
-            attempts=attempts,
-            ignored=status != "ok" and step.ignore_errors,
-        )
-
     def _result(
         self,
         base: HostStepResult,
@@ -590,26 +386,26 @@ class Executor:
         step: StepBase,
     ) -> HostStepResult:
         if outcome.ok:
-            status, message = "ok", ""
+            status, message = StepStatus.OK, ""
         elif outcome.timed_out:
-            status = "timeout"
+            status = StepStatus.TIMEOUT
             message = f"timed out after {step.timeout or self.options.timeout:g}s"
         else:
-            status = "failed"
+            status = StepStatus.FAILED
             detail = outcome.stderr.strip().splitlines()[-1:] if outcome.stderr.strip() else []
             message = f"exit {outcome.rc}" + (f": {detail[0]}" if detail else "")
         return _with(
             base,
             status=status,
             rc=outcome.rc,
-            stdout=self._mask(outcome.stdout),
-            stderr=self._mask(outcome.stderr),
-            message=self._mask(message),
+            stdout=self.mask(outcome.stdout),
+            stderr=self.mask(outcome.stderr),
+            message=self.mask(message),
             duration=duration,
             attempts=attempts,
             output_bytes=outcome.output_bytes,
             output_sha256=outcome.output_sha256,
-            ignored=status != "ok" and step.ignore_errors,
+            ignored=status != StepStatus.OK and step.ignore_errors,
         )
 
     # --- gates ------------------------------------------------------------------------------
@@ -620,24 +416,24 @@ class Executor:
         if known and known["status"] in ("approved", "done"):
             return None
         if known and known["status"] == "rejected":
-            return "rejected"
+            return RunStatus.REJECTED
         if wait is not None:
             self.recorder.gate(key, "wait", f"wait {wait:g}s", "waiting")
             await self._sleep(wait)
             if self.stopping:
-                return "interrupted"
+                return RunStatus.INTERRUPTED
             self.recorder.gate(key, "wait", f"wait {wait:g}s", "done")
             return None
         message = approve or "Continue?"
         self.recorder.gate(key, "approve", message, "waiting")
         answer = await self.approver(message) if self.approver else None
         if answer is None:
-            return "awaiting_approval"
+            return RunStatus.AWAITING_APPROVAL
         approved, comment = answer
         status = "approved" if approved else "rejected"
         self.recorder.gate(key, "approve", message, status, self.operator, comment)
         self.state.gates[key] = {"status": status}
-        return None if approved else "rejected"
+        return None if approved else RunStatus.REJECTED
 
     async def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -646,7 +442,7 @@ class Executor:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    async def _session(self, host: str) -> SshSession:
+    async def session(self, host: str) -> SshSession:
         if host not in self.sessions:
             self.sessions[host] = asyncio.ensure_future(connect(self.hosts[host], self.ssh))
         return await asyncio.shield(self.sessions[host])
@@ -658,7 +454,7 @@ class Executor:
             if not future.done():
                 future.cancel()
 
-    def _mask(self, text: str) -> str:
+    def mask(self, text: str) -> str:
         return self.secrets.text(text)
 
     def _render_text(self, text: str | None, host: str) -> str | None:
@@ -671,20 +467,10 @@ class Executor:
 
     def _restore_registered(self) -> None:
         for (section, index, host), result in self.state.finished.items():
-            steps = self.book.steps if section == "steps" else self.book.rollback
+            steps = self.book.steps if section == Section.STEPS else self.book.rollback
             name = steps[index].register_as if index < len(steps) else None
-            if name and result.status != "skipped":
+            if name and result.status != StepStatus.SKIPPED:
                 self.registered[host][name] = _registered(result)
-
-
-def _collect(problems: list[str]) -> Callable[[tuple[str | int, ...], str], None]:
-    """A render_action problem callback that keeps the messages in `problems`."""
-    return lambda path, message: problems.append(message)
-
-
-def _ansible_fields(action: Mapping[str, Any]) -> dict[str, Any]:
-    """What goes to Ansible once for all hosts (the per-host guards do not)."""
-    return {k: v for k, v in action.items() if k not in ("creates", "unless")}
 
 
 def _with(base: HostStepResult, **changes: Any) -> HostStepResult:
@@ -699,7 +485,7 @@ def _registered(result: HostStepResult) -> dict[str, Any]:
         "stderr": result.stderr.rstrip("\r\n"),
         "rc": result.rc,
         "status": result.status,
-        "failed": result.status in FAILED,
-        "skipped": result.status == "skipped",
+        "failed": result.status in STEP_FAILED,
+        StepStatus.SKIPPED: result.status == StepStatus.SKIPPED,
         "stdout_lines": result.stdout.splitlines(),
     }

@@ -1,0 +1,218 @@
+"""The executor's Ansible path: a `playbook:` or `module:` step is one ansible-playbook run
+on the batch's hosts that have not finished it (not one per host), retried on the hosts that
+failed, and each host's outcome turned into an ordinary host-step result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HostKeyError
+from ..events import HostStepResult, StepStatus, TaskResult
+from ..model import StepBase
+from ..plan import render_action
+from ..steps import HostContext, ansible_call, guard_skips
+from ..templating import TemplateProblem, evaluate
+from ..transports.ansible import AnsibleSettings, PlaybookOutcome, run_playbook
+from ..transports.ssh import Unreachable
+
+if TYPE_CHECKING:
+    from . import Executor
+
+
+class AnsibleStep:
+    """Runs playbook and module steps for one executor, reporting through it."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.ex = executor
+
+    async def run(
+        self, section: str, index: int, step: StepBase, number: int, todo: Sequence[str]
+    ) -> None:
+        """A playbook or module step: one ansible-playbook run on the batch's hosts that have
+        not finished it, then each host's outcome as an ordinary host-step result."""
+        actions: dict[str, dict[str, Any]] = {}
+        for host in todo:
+            base = HostStepResult(host, section, index, step.title, StepStatus.FAILED)
+            names = self.ex.names[host].extended(self.ex.registered[host])
+            problems: list[str] = []
+            try:
+                if step.when is not None and not evaluate(step.when, names):
+                    skipped = f"when {step.when!r} is false"
+                    self.ex.finish(
+                        number, replace(base, status=StepStatus.SKIPPED, message=skipped)
+                    )
+                    continue
+                action = render_action(step, names, _collect(problems))
+            except TemplateProblem as exc:
+                action, problems = None, [str(exc)]
+            if action is None:
+                self.ex.finish(number, replace(base, message="; ".join(problems)))
+                continue
+            actions[host] = action
+        shared = {json.dumps(_ansible_fields(a), sort_keys=True) for a in actions.values()}
+        if len(shared) > 1:
+            why = (
+                "renders differently on different hosts, but Ansible takes one set of vars "
+                "and args per run: put host-specific values in the inventory or the playbook, "
+                "or wrap them in {% raw %}…{% endraw %} so that Ansible templates them per host"
+            )
+            for host in actions:
+                self.ex.finish(
+                    number,
+                    HostStepResult(
+                        host, section, index, step.title, StepStatus.FAILED, message=why
+                    ),
+                )
+            return
+        remaining = [
+            h
+            for h in actions
+            if not await self._guarded(number, section, index, step, h, actions[h])
+        ]
+        attempts = 0
+        started = time.monotonic()
+        while remaining:
+            attempts += 1
+            outcome = await self._playbook(
+                step, actions[remaining[0]], remaining, number, section, index
+            )
+            failed = [h for h in remaining if outcome.hosts[h] != StepStatus.OK]
+            retry = bool(failed) and attempts <= step.retries and not self.ex.stopping
+            for host in remaining:
+                if host in failed and retry:
+                    continue
+                self.ex.finish(
+                    number,
+                    self._result(
+                        host, section, index, step, outcome, attempts, time.monotonic() - started
+                    ),
+                )
+            if not retry:
+                break
+            remaining = failed
+            await asyncio.sleep(step.delay if step.delay is not None else 1.0)
+
+    async def _guarded(
+        self,
+        number: int,
+        section: str,
+        index: int,
+        step: StepBase,
+        host: str,
+        action: Mapping[str, Any],
+    ) -> bool:
+        """Finish the step as skipped on `host` when its creates/unless guard says so."""
+        if not (action.get("creates") or action.get("unless")):
+            return False
+        context = HostContext(
+            lambda: self.ex.session(host),
+            step.timeout or self.ex.options.timeout,
+            self.ex.options.output_limit,
+            self.ex.secrets,
+            self.ex.file.workspace,
+            self.ex.names[host],
+        )
+        try:
+            reason = await guard_skips(action, context)
+        except (Unreachable, HostKeyError) as exc:
+            self.ex.finish(
+                number,
+                HostStepResult(
+                    host, section, index, step.title, StepStatus.UNREACHABLE, message=str(exc)
+                ),
+            )
+            return True
+        if reason:
+            self.ex.finish(
+                number,
+                HostStepResult(
+                    host, section, index, step.title, StepStatus.SKIPPED, message=reason
+                ),
+            )
+        return reason is not None
+
+    async def _playbook(
+        self,
+        step: StepBase,
+        action: Mapping[str, Any],
+        hosts: Sequence[str],
+        number: int,
+        section: str,
+        index: int,
+    ) -> PlaybookOutcome:
+        settings = AnsibleSettings(
+            self.ex.options.known_hosts,
+            self.ex.options.accept_new_host_keys,
+            self.ex.options.forks,
+            step.timeout or self.ex.options.timeout,
+            self.ex.secrets,
+        )
+
+        def on_task(result: TaskResult) -> None:
+            masked = replace(
+                result, message=self.ex.mask(result.message), result=self.ex.mask(result.result)
+            )
+            self.ex.recorder.task_result(number, section, index, masked)
+
+        playbook, options = ansible_call(step.kind, step.title, action, self.ex.file.workspace)
+        return await run_playbook(
+            playbook,
+            self.ex.inventory,
+            hosts,
+            settings,
+            on_task=on_task,
+            should_cancel=lambda: self.ex.abandoning,
+            **options,
+        )
+
+    def _result(
+        self,
+        host: str,
+        section: str,
+        index: int,
+        step: StepBase,
+        outcome: PlaybookOutcome,
+        attempts: int,
+        duration: float,
+    ) -> HostStepResult:
+        status = StepStatus(outcome.hosts[host])
+        tasks = outcome.tasks.get(host, [])
+        summary = "\n".join(
+            f"{t.status}: {t.task}"
+            + (f" — {t.message}" if t.message and t.status in ("failed", "unreachable") else "")
+            for t in tasks
+        )
+        changed = sum(1 for t in tasks if t.status == "changed")
+        message = (
+            outcome.messages.get(host, "")
+            if status != StepStatus.OK
+            else (f"{len(tasks)} tasks, {changed} changed")
+        )
+        return HostStepResult(
+            host,
+            section,
+            index,
+            step.title,
+            status,
+            rc=0 if status == StepStatus.OK else (outcome.rc or 2),
+            stdout=self.ex.mask(summary),
+            message=self.ex.mask(message),
+            duration=duration,
+            attempts=attempts,
+            ignored=status != StepStatus.OK and step.ignore_errors,
+        )
+
+
+def _ansible_fields(action: Mapping[str, Any]) -> dict[str, Any]:
+    """What goes to Ansible once for all hosts (the per-host guards do not)."""
+    return {k: v for k, v in action.items() if k not in ("creates", "unless")}
+
+
+def _collect(problems: list[str]) -> Callable[[tuple[str | int, ...], str], None]:
+    """A render_action problem callback that keeps the messages in `problems`."""
+    return lambda path, message: problems.append(message)
