@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import query
 from runbook_exec.record.values import previous_of
 from runbook_exec.testing.lab import SshLab, sample_release
 
@@ -208,6 +209,31 @@ def test_rollback_restores_the_previous_release_everywhere(
     named = runbook_exec("run", "runbooks/rollback.yml", "-e", "version=1.1.0")
     assert named.returncode == 0
     assert all(serving(hosts, n) == "1.1.0" for n in HOSTS)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE releases SET from_version = '0.0.1-evil' WHERE host = 'host2'",
+        "UPDATE releases SET to_version = '0.0.1-evil' WHERE host = 'host3'",
+        "DELETE FROM releases WHERE host = 'host1' AND to_version = '1.1.0'",
+    ],
+    ids=["from_version", "to_version", "deleted row"],
+)
+def test_a_release_row_edited_by_hand_is_flagged_and_previous_refuses(
+    runbook_exec: Run, site: Path, hosts: SshLab, edit: str
+) -> None:
+    for version in ("1.0.0", "1.1.0"):
+        assert deploy(runbook_exec, site, version).returncode == 0
+    query(str(runbook_exec.db), edit)  # type: ignore[attr-defined]
+    shown = runbook_exec("releases")
+    assert shown.returncode == 0, shown.stderr
+    assert "record altered" in shown.stdout
+    assert "0.0.1-evil" not in shown.stdout.split("record altered")[0]  # the events' values
+    back = runbook_exec("run", "runbooks/rollback.yml", "--no-input")
+    assert back.returncode == 4, back.stdout + back.stderr
+    assert "activate: previous" in back.stderr and "nothing was done" in back.stderr
+    assert all(live(hosts, n) == "1.1.0" for n in HOSTS)  # no host touched
 
 
 def test_rolling_restart_never_has_two_batches_down_at_once(

@@ -418,7 +418,7 @@ def _execute(
 ) -> Outcome:
     record = Record(store)
     run = record.run(run_id, outputs=False).run
-    if _needs_release_history(prepared):
+    if _needs_release_history(prepared.plan):
         record.previous_release("-", "-")  # refuses now, before any host, if it cannot vouch
     audit = auditor(store, run, operator)
     with store.batch():
@@ -466,12 +466,22 @@ def _end(store: Store, audit: Auditor, run_id: str, status: str, lock: str) -> N
             store.release_lock(lock, run_id)
 
 
-def _needs_release_history(prepared: Prepared) -> bool:
-    book = prepared.runbook_file.runbook
-    return any(
-        step.kind == "release" and "previous" in str(step.action().get("release", {}))
-        for step in (*book.steps, *book.rollback)
-    )
+def _needs_release_history(plan: Plan) -> bool:
+    """Whether a release step may switch a host to `previous`, which the record must vouch
+    for before any host is touched. Read from the rendered plan (`activate: "{{ version }}"`
+    with version=previous counts); a value known only at run time counts too."""
+    for step in (*plan.steps, *plan.rollback):
+        if step.kind != "release":
+            continue
+        for planned in step.actions:
+            if planned.action is None:
+                if "run time" in planned.note:
+                    return True
+                continue
+            activate = str(planned.action["release"]["activate"])
+            if activate == "previous" or "at run time>" in activate:
+                return True
+    return False
 
 
 async def _with_signals(executor: Executor) -> str:

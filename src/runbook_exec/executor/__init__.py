@@ -29,6 +29,7 @@ from ..inventory import Host
 from ..model import StepBase
 from ..params import ResolvedParams
 from ..plan import render_action
+from ..record.values import RecordAltered
 from ..runbook import RunbookFile
 from ..steps import (
     HostContext,
@@ -366,6 +367,8 @@ class Executor:
                 )
             except (OSError, TemplateProblem, TimeoutError, ValueError) as exc:
                 outcome = CommandResult(1, "", str(exc) or type(exc).__name__, 0.0)
+            except RecordAltered:
+                raise  # the record cannot vouch for what the step needs: stop the run (exit 4)
             except Exception as exc:
                 outcome = CommandResult(1, "", f"internal error: {type(exc).__name__}: {exc}", 0.0)
             if outcome.ok or attempts > step.retries or self.stopping:
