@@ -187,9 +187,6 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"the state store could not be written: {first_line(exc)}") from None
 
-    def _read(self, statement: Any) -> list[dict[str, Any]]:
-        return self._rows(statement)
-
     # --- runs -------------------------------------------------------------------------------
 
     def create_run(self, record: Mapping[str, Any], hosts: Sequence[tuple[str, int]]) -> None:
@@ -389,9 +386,7 @@ class Store:
         if cached is not None and cached[0] == newest:
             return cached[1], cached[2]
         if newest is None:
-            first = tx.execute(
-                select(audit_events.c.body, audit_events.c.hash).where(audit_events.c.seq == 1)
-            ).first()
+            first = self._first_event(tx)
             key = self._new_chain_key() if first is None else self._old_chain_key(first)
         else:
             key = self._key_named(str(json.loads(newest[1])["key_id"]))
@@ -399,14 +394,24 @@ class Store:
         self._local.append_key = (newest, *found)
         return found
 
-    def _newest_key_event(self, tx: Connection) -> tuple[int, str] | None:
-        row = tx.execute(
-            select(audit_events.c.seq, audit_events.c.body)
-            .where(audit_events.c.type.in_([KEYED, ROTATED]))
-            .order_by(audit_events.c.seq.desc())
-            .limit(1)
-        ).first()
+    def _newest_key_event(
+        self, tx: Connection, before: int | None = None
+    ) -> tuple[int, str] | None:
+        """The newest event that names the key of the events after it (before seq
+        `before`, if given): its seq and body."""
+        statement = select(audit_events.c.seq, audit_events.c.body).where(
+            audit_events.c.type.in_([KEYED, ROTATED])
+        )
+        if before is not None:
+            statement = statement.where(audit_events.c.seq < before)
+        row = tx.execute(statement.order_by(audit_events.c.seq.desc()).limit(1)).first()
         return (int(row.seq), str(row.body)) if row else None
+
+    def _first_event(self, tx: Connection) -> Any:
+        """The chain's first event (its body and hash), or None for an empty chain."""
+        return tx.execute(
+            select(audit_events.c.body, audit_events.c.hash).where(audit_events.c.seq == 1)
+        ).first()
 
     def _key_named(self, wanted: str) -> bytes:
         key = self.keys.get(wanted)
@@ -459,16 +464,9 @@ class Store:
         the event before it, whose own hash the caller checks."""
         with self._tx() as tx:
             before = tx.execute(select(audit_events).where(audit_events.c.seq == seq - 1)).first()
-            keyed = tx.execute(
-                select(audit_events.c.seq, audit_events.c.body)
-                .where(audit_events.c.type.in_([KEYED, ROTATED]), audit_events.c.seq < seq)
-                .order_by(audit_events.c.seq.desc())
-                .limit(1)
-            ).first()
-            first = tx.execute(
-                select(audit_events.c.body, audit_events.c.hash).where(audit_events.c.seq == 1)
-            ).first()
-        wanted = str(json.loads(keyed.body).get("key_id")) if keyed else None
+            keyed = self._newest_key_event(tx, before=seq)
+            first = self._first_event(tx)
+        wanted = str(json.loads(keyed[1]).get("key_id")) if keyed else None
         if wanted:
             key = self.keys.get(wanted)
         elif first is not None and seq > 1:
@@ -491,7 +489,7 @@ class Store:
         statement = select(*columns).where(audit_events.c.seq >= first_seq)
         if until is not None:
             statement = statement.where(audit_events.c.seq <= until)
-        return self._rows(statement.order_by(audit_events.c.seq))
+        return self._read(statement.order_by(audit_events.c.seq))
 
     def payloads_of(self, run_id: str) -> dict[int, str | None]:
         """The payload column of a run's events, by seq (None: pruned, or removed)."""
@@ -516,9 +514,9 @@ class Store:
         row mappings would cost as much as verifying them), with the cyclic garbage
         collector paused: the rows hold only strings and numbers, so it could find nothing,
         yet its passes over 100,000 new dicts made the read 1.5 to 3 times slower."""
-        return self._rows(select(audit_events).order_by(audit_events.c.seq))
+        return self._read(select(audit_events).order_by(audit_events.c.seq))
 
-    def _rows(self, statement: Any) -> list[dict[str, Any]]:
+    def _read(self, statement: Any) -> list[dict[str, Any]]:
         """The rows of a SELECT as dicts; inside a batch, on the batch's own connection
         (which sees its writes)."""
         shared = getattr(self._local, "connection", None)
