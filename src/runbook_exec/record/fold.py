@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ..store.audit import sha256_hex
+from ..store.audit import pruned_by, sha256_hex
 from .values import (
     Flag,
     GateRecord,
@@ -288,7 +288,7 @@ def _payload(
     digest, at = digest_at
     text = payloads.get(seq)
     if text is None:
-        if any(p_seq > seq and at < before for p_seq, before in prunes):
+        if pruned_by(seq, at, prunes):
             return "pruned", None
         why = f"record altered: event {seq}'s output is missing, and no prune event covers it"
         return Flag(seq, "output", why), None

@@ -266,11 +266,17 @@ def _walk(
                 )
                 break
     for seq, at in missing:
-        if any(p_seq > seq and at < before for p_seq, before in prunes):
+        if pruned_by(seq, at, prunes):
             verified.pruned += 1
         elif finding is None or seq < (finding.seq or 0):
             return Finding(seq, "its output is missing, and no prune event covers it (removed)")
     return finding
+
+
+def pruned_by(seq: int, at: str, prunes: Iterable[tuple[int, str]]) -> bool:
+    """Whether the payload of event `seq` (made at `at`) was pruned, provably: a later prune
+    event (seq, cut-off) covers it. A payload missing otherwise was removed."""
+    return any(p_seq > seq and at < before for p_seq, before in prunes)
 
 
 def _first_key(
