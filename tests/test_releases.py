@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import query
-from runbook_exec.record.values import previous_of
+from runbook_exec.record.values import SwitchRecord, previous_of
 from runbook_exec.testing.lab import SshLab, sample_release
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,8 +81,8 @@ def deploy(
 HOSTS = ("host1", "host2", "host3", "host4")
 
 
-def switch(before: str | None, after: str, source: str = "activate") -> dict[str, object]:
-    return {"from_version": before, "to_version": after, "source": source}
+def switch(before: str | None, after: str, source: str = "activate") -> SwitchRecord:
+    return SwitchRecord("host1", "/srv/app", before, after, source, "run", 0.0, 0)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ def switch(before: str | None, after: str, source: str = "activate") -> dict[str
     ],
 )
 def test_previous_walks_back_through_deploys(
-    history: list[dict[str, object]], expected: str | None
+    history: list[SwitchRecord], expected: str | None
 ) -> None:
     assert previous_of(history) == expected
 

@@ -59,12 +59,7 @@ def recorded(
         if not history or (hosts is not None and host not in hosts):
             continue
         newest = history[-1]
-        previous = previous_of(
-            [
-                {"to_version": s.to_version, "from_version": s.from_version, "source": s.source}
-                for s in history
-            ]
-        )
+        previous = previous_of(history)
         live.append(LiveRelease(host, root, newest.to_version, previous, newest.at, newest.run_id))
     return live
 

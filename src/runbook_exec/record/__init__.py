@@ -205,12 +205,7 @@ class Record:
             raise RecordAltered(
                 f"activate: previous on {host} refused: {releases.flags[0]}; nothing was done"
             )
-        return previous_of(
-            [
-                {"to_version": s.to_version, "from_version": s.from_version, "source": s.source}
-                for s in releases.switches.get((host, root), [])
-            ]
-        )
+        return previous_of(releases.switches.get((host, root), []))
 
     def lock_holder(self, name: str) -> tuple[LockHolder | None, list[Flag]]:
         """Who holds lock `name`, as its holder's events say, and where the lock table

@@ -3,7 +3,7 @@ naming the event it came from (`event`, its seq)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,15 +214,15 @@ class RunDetails:
             )
 
 
-def previous_of(switches: Sequence[Mapping[str, Any]]) -> str | None:
+def previous_of(switches: Sequence[SwitchRecord]) -> str | None:
     """The release that was live before the current one was deployed, from one root's
     switches on one host (oldest first). Switching back (`activate: previous`) is not a
     deploy: after 1 -> 2 -> 3 and a rollback to 2, the previous release is 1, not 3, so a
     second rollback goes further back instead of returning to the release just left."""
     if not switches:
         return None
-    live = switches[-1]["to_version"]
+    live = switches[-1].to_version
     for switch in reversed(switches):
-        if switch["to_version"] == live and switch["source"] == "activate":
-            return str(switch["from_version"]) if switch["from_version"] else None
+        if switch.to_version == live and switch.source == "activate":
+            return str(switch.from_version) if switch.from_version else None
     return None  # the live release was never deployed on record: the disk must tell
