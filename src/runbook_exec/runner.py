@@ -204,7 +204,7 @@ def start(
     secrets = prepared.params.secrets
     change_id = secrets.text(change_id) if change_id else change_id
     reason = secrets.text(reason) if reason else reason
-    record = {
+    row = {
         "id": run_id,
         "runbook_name": prepared.runbook_file.runbook.name,
         "runbook_path": str(prepared.runbook_file.path.resolve()),
@@ -229,27 +229,29 @@ def start(
     }
     with store.batch():  # the run's row and its first event: both or neither
         store.create_run(
-            record,
+            row,
             [(host, number) for number, batch in enumerate(plan.batches, 1) for host in batch],
         )
-        Auditor(store, record).append(
+        Auditor(store, row).append(
             "run.requested",
             # Everything a resume needs, so that it is taken from the chain, not a table.
-            runbook_text=record["runbook_text"],
-            params=record["params"],
-            secret_names=record["secret_names"],
-            inventory=record["inventory"],
+            runbook_text=row["runbook_text"],
+            params=row["params"],
+            secret_names=row["secret_names"],
+            inventory=row["inventory"],
             targets=plan.targets,
             limit=prepared.limit,
             lock=plan.lock,
-            options=record["options"],
+            options=row["options"],
             plan_digest=plan.digest,
             batches=[list(b) for b in plan.batches],
-            plan=record["plan"],
+            plan=row["plan"],
         )
-    _take_lock(store, Record(store), run_id, plan.lock, operator, steal_stale_lock, on_note)
+    record = Record(store)
+    run = record.run(run_id, outputs=False).run
+    _take_lock(store, record, run, plan.lock, operator, steal_stale_lock, on_note)
     return _execute(
-        store, run_id, prepared, operator, options, view, approver, RunState(), resumed=False
+        store, record, run, prepared, operator, options, view, approver, RunState(), resumed=False
     )
 
 
@@ -273,13 +275,13 @@ def auditor(store: Store, run: RunRecord, operator: str | None = None) -> Audito
 def _take_lock(
     store: Store,
     record: Record,
-    run_id: str,
+    run: RunRecord,
     name: str,
     operator: str,
     steal: bool,
     on_note: Callable[[str], None],
 ) -> None:
-    run = record.run(run_id, outputs=False).run
+    run_id = run.id
     audit = auditor(store, run, operator)
 
     def holder_of(lock: str) -> LockHolder | None:
@@ -365,12 +367,13 @@ def resume(
                 f"({', '.join(h for b in planned for h in b)}); nothing was run"
             )
         )
-    _take_lock(store, record, run_id, lock, operator, steal_stale_lock, on_note)
+    _take_lock(store, record, run, lock, operator, steal_stale_lock, on_note)
     recorded = run.options if run.options is not None else table["options"]
     stored_options = RunOptions(**{**recorded, "known_hosts": Path(recorded["known_hosts"])})
     return _execute(
         store,
-        run_id,
+        record,
+        run,
         prepared,
         run.operator,
         options or stored_options,
@@ -406,7 +409,8 @@ def _state_of(details: RunDetails) -> RunState:
 
 def _execute(
     store: Store,
-    run_id: str,
+    record: Record,
+    run: RunRecord,
     prepared: Prepared,
     operator: str,
     options: RunOptions,
@@ -416,8 +420,7 @@ def _execute(
     *,
     resumed: bool,
 ) -> Outcome:
-    record = Record(store)
-    run = record.run(run_id, outputs=False).run
+    run_id = run.id
     if _needs_release_history(prepared.plan):
         record.previous_release("-", "-")  # refuses now, before any host, if it cannot vouch
     audit = auditor(store, run, operator)
