@@ -56,10 +56,7 @@ def write_cost(hosts: int, steps: int, repeat: int, work: Path, before: str) -> 
         args = [
             "run",
             str(runbook),
-            "-i",
-            str(lab.inventory),
-            "--known-hosts",
-            str(lab.known_hosts),
+            *lab.cli_args(),
             "--forks",
             str(hosts),
         ]

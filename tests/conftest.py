@@ -147,7 +147,7 @@ def runbook_exec(
     def argv(command: str, args: tuple[str | Path, ...]) -> list[str]:
         extra: list[str] = ["--db", db]
         if command == "run":
-            extra += ["-i", str(hosts.inventory), "--known-hosts", str(hosts.known_hosts)]
+            extra += hosts.cli_args()
         return [str(BIN / "runbook-exec"), command, *map(str, args), *extra]
 
     def _run(

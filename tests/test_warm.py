@@ -64,7 +64,7 @@ def warm(tmp_path: Path) -> Iterator[Callable[..., WarmController]]:
 
 
 def inventory_args(hosts: SshLab) -> list[str]:
-    return ["-i", str(hosts.inventory), "--known-hosts", str(hosts.known_hosts)]
+    return hosts.cli_args()
 
 
 def test_a_run_through_it_has_the_callers_directory_environment_umask_and_exit_code(

@@ -205,6 +205,11 @@ class SshLab:
     def host(self, name: str) -> LabHost:
         return next(h for h in self.hosts if h.name == name)
 
+    def cli_args(self) -> list[str]:
+        """The `runbook-exec run` options that point it at this lab: its inventory and its
+        known_hosts."""
+        return ["-i", str(self.inventory), "--known-hosts", str(self.known_hosts)]
+
     def ssh_command(self, host: LabHost, command: str) -> list[str]:
         """An OpenSSH client command line that runs `command` on `host` (for checks)."""
         return [
