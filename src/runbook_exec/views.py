@@ -190,7 +190,6 @@ def run_json(details: RunDetails) -> dict[str, Any]:
     run = details.run
     return {
         **run_summary(details),
-        "runbook": run.runbook_name,
         "runbook_path": run.runbook_path,
         "runbook_sha256": run.runbook_sha256,
         "os_user": run.os_user,
