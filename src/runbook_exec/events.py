@@ -183,14 +183,11 @@ class EventSink:
 
 
 class Fanout(EventSink):
-    """Hands every event to each registered sink in turn, in the order they were added (the
+    """Hands every event to each sink in turn, in the order given (the
     store first, so that nothing is shown that is not recorded)."""
 
     def __init__(self, *sinks: EventSink) -> None:
         self.sinks: list[EventSink] = list(sinks)
-
-    def add(self, sink: EventSink) -> None:
-        self.sinks.append(sink)
 
     def batch_started(self, batch: int, hosts: Sequence[str]) -> None:
         for sink in self.sinks:

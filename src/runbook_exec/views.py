@@ -178,7 +178,7 @@ def run_summary(details: RunDetails) -> dict[str, Any]:
         "reason": run.reason,
         "status": run.status,
         "started": _iso(run.requested_at),
-        "duration_s": round(run.finished_at - run.requested_at, 3) if run.finished_at else None,
+        "duration_s": round(run.duration, 3) if run.duration is not None else None,
         "verified": details.verified,
         "flags": [str(f) for f in details.flags],
         "event": run.event,
@@ -264,7 +264,7 @@ def print_runs(console: Console, records: Sequence[RunDetails]) -> None:
     flagged = []
     for details in records:
         run = details.run
-        took = run.finished_at - run.requested_at if run.finished_at else None
+        took = run.duration
         mark = "" if details.verified else " [bold red](record altered)[/bold red]"
         if not details.verified:
             flagged.append(details)

@@ -19,6 +19,7 @@ from .options import DEFAULT_DB, DbOpt, OperatorOpt, err, out
 if TYPE_CHECKING:
     from ..store import Store
     from ..store.audit import Verified
+    from ..store.keys import KeyRing
 
 audit_app = typer.Typer(
     help=(
@@ -83,7 +84,7 @@ def audit_verify(
         keys = KeyRing.load()
         rows = _export_rows(file)
     verified = verify(rows, keys)
-    key = keys.get(verified.key_ids[-1]) if verified.key_ids else None
+    key = _head_key(keys, verified)
     if verified.finding is None and point is not None:
         verified.finding = checkpoints.check(point, rows, key, trusted)
     if store is not None:
@@ -201,17 +202,13 @@ def audit_checkpoint(
     later that the chain still extends it, so cutting events off its end, or rewriting it,
     is caught."""
     from ..store import checkpoints
-    from ..store.audit import GENESIS, verify
+    from ..store.audit import GENESIS
 
     signing = checkpoints.load_signing_key(sign_key) if sign_key else None
-    store = _store(db)
-    store.require_key()
-    rows = store.audit_events()
-    verified = verify(rows, store.keys)
-    if verified.finding is not None:
-        out().print("checkpoint refused: it would vouch for a trail that does not verify.")
-        _not_intact(verified)
-    key = store.keys.get(verified.key_ids[-1]) if verified.key_ids else None
+    store, rows, verified = _intact_store(
+        db, "checkpoint refused: it would vouch for a trail that does not verify."
+    )
+    key = _head_key(store.keys, verified)
     head = rows[-1]["hash"] if rows else GENESIS
     typer.echo(json.dumps(checkpoints.make(len(rows), head, key, signing), indent=2))
     _record(store, operator, "audit.checkpoint", count=len(rows), head=head)
@@ -239,15 +236,8 @@ def audit_prune(
     Every event stays, with the SHA-256 of the output it had, so the chain still verifies
     and an output kept elsewhere can still be matched against it. Refuses a chain that does
     not verify, so tampering is never pruned away. The pruning is itself an audit event."""
-    from ..store.audit import verify
-
     cutoff = _utc(before, "--before")
-    store = _store(db)
-    store.require_key()
-    verified = verify(store.audit_events(), store.keys)
-    if verified.finding is not None:
-        out().print("prune refused: the output it would remove may be evidence.")
-        _not_intact(verified)
+    store, _, _ = _intact_store(db, "prune refused: the output it would remove may be evidence.")
     epoch = cutoff.replace(tzinfo=UTC).timestamp()
     if dry_run:
         counts = store.prune_output(cutoff.isoformat(), epoch, dry_run=True)
@@ -285,15 +275,11 @@ def audit_rotate_key(
     ~/.config/runbook-exec/audit-keys/ID.key (0600) unless --new-key-file gives one. Copy it
     to every machine that writes this store, and to its auditors. Refuses a trail that does
     not verify."""
-    from ..store.audit import verify
     from ..store.keys import key_id
 
-    store = _store(db)
-    store.require_key()
-    verified = verify(store.audit_events(), store.keys)
-    if verified.finding is not None:
-        out().print("rotation refused: the new key would vouch for a trail that does not verify.")
-        _not_intact(verified)
+    store, _, verified = _intact_store(
+        db, "rotation refused: the new key would vouch for a trail that does not verify."
+    )
     if new_key_file is not None:
         try:
             new = new_key_file.read_bytes().strip()
@@ -320,6 +306,26 @@ def audit_rotate_key(
         f"(before: {old or 'unkeyed'}); {where}. Keep the old key too: the events before "
         "still verify with it."
     )
+
+
+def _intact_store(db: str, refusal: str) -> tuple[Store, list[dict[str, Any]], Verified]:
+    """The store (with the key it needs at hand), its whole chain and what verifying it
+    found. A chain that does not hold is refused: `refusal` says why that matters here."""
+    from ..store.audit import verify
+
+    store = _store(db)
+    store.require_key()
+    rows = store.audit_events()
+    verified = verify(rows, store.keys)
+    if verified.finding is not None:
+        out().print(refusal)
+        _not_intact(verified)
+    return store, rows, verified
+
+
+def _head_key(keys: KeyRing, verified: Verified) -> bytes | None:
+    """The key in force at the chain's head (None for an unkeyed chain)."""
+    return keys.get(verified.key_ids[-1]) if verified.key_ids else None
 
 
 def _keyed(verified: Verified) -> str:

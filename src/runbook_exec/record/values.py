@@ -69,6 +69,11 @@ class RunRecord:
     def ended(self) -> bool:
         return self.finished_at is not None
 
+    @property
+    def duration(self) -> float | None:
+        """Seconds from its request to its end; None until it has ended."""
+        return self.finished_at - self.requested_at if self.finished_at else None
+
 
 @dataclass(frozen=True)
 class HostRecord:
