@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from runbook_exec.errors import RunbookError
-from runbook_exec.model import CommandStep, ShellStep
 from runbook_exec.runbook import load_runbook
+from runbook_exec.steps import CommandStep, ShellStep
 
 GOOD = """\
 name: deploy

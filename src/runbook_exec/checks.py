@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Problem
-from .model import PlaybookStep, ScriptStep, StepBase, TemplateStep, UploadStep
 from .plan import Plan
-from .runbook import RunbookFile, in_workspace
+from .runbook import RunbookFile
+from .steps import PlaybookStep, in_workspace
 from .templating import TemplateProblem, is_template, names_used
 from .transports.ansible import ansible_playbook_binary
 
@@ -30,9 +30,9 @@ def local_files(runbook_file: RunbookFile, plan: Plan | None) -> Iterator[tuple[
         ("rollback", runbook_file.runbook.rollback),
     ):
         for index, step in enumerate(steps):
-            for key, raw in _file_fields(step):
+            for key, raw in step.files():
                 loc = (section, index, *key)
-                field = runbook_file.step_field(section, index, ".".join(key))
+                field = runbook_file.step_field(section, index, ".".join(map(str, key)))
                 if not is_template(raw):
                     yield field, loc, raw
                     continue
@@ -43,19 +43,6 @@ def local_files(runbook_file: RunbookFile, plan: Plan | None) -> Iterator[tuple[
                         value = value.get(part) if isinstance(value, dict) else None
                     if isinstance(value, str) and "at run time>" not in value:
                         yield field, loc, value
-
-
-def _file_fields(step: StepBase) -> Iterator[tuple[tuple[str, ...], str]]:
-    if isinstance(step, UploadStep):
-        yield ("upload", "src"), step.upload.src
-    elif isinstance(step, TemplateStep):
-        yield ("template", "src"), step.template.src
-    elif isinstance(step, ScriptStep):
-        yield ("script", "src"), step.script.src
-    elif isinstance(step, PlaybookStep):
-        yield ("playbook",), step.playbook
-        if step.vault_password_file:
-            yield ("vault_password_file",), step.vault_password_file
 
 
 def missing_files(runbook_file: RunbookFile, plan: Plan | None) -> list[Problem]:
@@ -88,12 +75,33 @@ def template_syntax(runbook_file: RunbookFile) -> list[Problem]:
                     names_used(text)
                 except TemplateProblem as exc:
                     problems.append(_at(runbook_file, loc, str(exc)))
+            expressions = list(step.expressions())
             if step.when is not None:
+                expressions.append((("when",), step.when))
+            for key, text in expressions:
                 try:
-                    names_used(step.when, expression=True)
+                    names_used(text, expression=True)
                 except TemplateProblem as exc:
-                    problems.append(_at(runbook_file, (section, index, "when"), str(exc)))
+                    loc = (section, index, *key)
+                    problems.append(_at(runbook_file, loc, str(exc)))
     return problems
+
+
+def requirements(runbook_file: RunbookFile) -> list[Problem]:
+    """What the controller lacks to run the runbook's step kinds (once per kind)."""
+    problems: dict[str, Problem] = {}
+    for section, steps in (
+        ("steps", runbook_file.runbook.steps),
+        ("rollback", runbook_file.runbook.rollback),
+    ):
+        for index, step in enumerate(steps):
+            for message in step.requirements():
+                line = runbook_file.line_of((section, index))
+                field = runbook_file.step_field(section, index)
+                problems.setdefault(
+                    message, Problem(message, runbook_file.display_path, line, field)
+                )
+    return list(problems.values())
 
 
 def _strings(value: Any, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
@@ -109,7 +117,8 @@ def _strings(value: Any, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...]
 
 def _at(runbook_file: RunbookFile, loc: tuple[Any, ...], message: str) -> Problem:
     section, index, *rest = loc
-    field = runbook_file.step_field(section, index, ".".join(str(p) for p in rest) or None)
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest).lstrip(".")
+    field = runbook_file.step_field(section, index, path or None)
     return Problem(message, runbook_file.display_path, runbook_file.line_of(loc), field)
 
 
@@ -126,8 +135,8 @@ def playbook_syntax(runbook_file: RunbookFile) -> list[Problem]:
                 if path.exists() and path not in jobs:
                     field = runbook_file.step_field(section, index, "playbook")
                     jobs[path] = (field, runbook_file.line_of((section, index, "playbook")))
-    if not jobs:
-        return []
+    if not jobs or ansible_playbook_binary() is None:
+        return []  # a missing ansible-playbook is one of `requirements`
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(_syntax_check, jobs))
     return [

@@ -17,13 +17,13 @@ from pydantic import ValidationError
 from .durations import format_duration, parse_duration
 from .errors import Problem, RunbookError
 from .inventory import Host
-from .model import Gate, StepBase
+from .model import Gate
 from .params import ResolvedParams
 from .runbook import RunbookFile
+from .steps import Scope, StepBase
 from .templating import HostVars, TemplateProblem, evaluate, is_template, names_used, render
 
 T = TypeVar("T")
-PER_BATCH_KINDS = frozenset({"approve", "wait"})
 
 
 def resolve_batches(hosts: Sequence[T], sizes: Sequence[int | str]) -> list[list[T]]:
@@ -252,7 +252,13 @@ class _Renderer:
         loc = (section, index)
         field = self.file.step_field(section, index)
         late = {name: RunTimeValue(name) for name in registered}
-        per_batch = step.kind in PER_BATCH_KINDS
+        per_batch = step.scope is Scope.BATCH
+        for key, expression in step.expressions():
+            try:
+                names_used(expression, expression=True)
+            except TemplateProblem as exc:
+                where = field + _dotted(key)
+                self._problem((*loc, *key), where, str(exc), "(all)")
         targets = self.hosts[:1] if per_batch else self.hosts
         rows: list[tuple[str, Mapping[str, Any] | None, str]] = []
         for position, host in enumerate(targets):
@@ -314,7 +320,8 @@ class _Renderer:
         def problem(path: tuple[str | int, ...], message: str) -> None:
             self._problem((*loc, *path), field + _dotted(path), message, host)
 
-        return render_action(step, context, problem)
+        rendered = render_action(step, context, problem)
+        return rendered.action() if rendered is not None else None
 
     def _problem(self, loc: Any, where: str, message: str, host: str) -> None:
         line = self.file.line_of(tuple(loc))
@@ -334,10 +341,10 @@ def render_action(
     step: StepBase,
     context: Mapping[str, Any],
     problem: Callable[[tuple[str | int, ...], str], None],
-) -> dict[str, Any] | None:
-    """The step's kind-specific fields (and `creates`/`unless`) rendered for one host and
-    validated again; each problem goes to `problem(path, message)` and gives None. A step
-    with no template in them is the same on every host: its action, as validated at load."""
+) -> StepBase | None:
+    """The step with its kind-specific fields (and `creates`/`unless`) rendered for one host
+    and validated again; each problem goes to `problem(path, message)` and gives None. A
+    step with no template in them is the same on every host: the step itself."""
     failed = templated = False
 
     def walk(value: Any, path: tuple[str | int, ...]) -> Any:
@@ -366,9 +373,10 @@ def render_action(
     if failed:
         return None
     if not templated:
-        return step.action()
+        return step
     try:
-        validated = type(step).model_validate({**rendered, "name": step.name})
+        whole = step.model_dump(mode="python", exclude_unset=True, by_alias=True)
+        validated = type(step).model_validate({**whole, **rendered})
     except ValidationError as exc:
         reported: set[tuple[str | int, ...]] = set()
         for error in exc.errors(include_url=False):
@@ -379,7 +387,7 @@ def render_action(
             message = str(error["msg"]).removeprefix("Value error, ")
             problem(path, f"after rendering: {message}")
         return None
-    return validated.action()
+    return validated
 
 
 def _dotted(path: Sequence[str | int]) -> str:

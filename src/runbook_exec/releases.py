@@ -12,7 +12,8 @@ from typing import Any
 from .errors import HostKeyError
 from .inventory import Host
 from .record.values import SwitchRecord, previous_of
-from .transports.ssh import SshOptions, Unreachable, connect
+from .transports.base import Unreachable
+from .transports.ssh import SshOptions, connect
 
 CHECK_TIMEOUT = 30.0
 

@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .errors import Problem, RunbookError
-from .model import STEP_CLASSES, STEP_KINDS, TAG_PREFIX, Runbook, StepBase, step_kinds_in
+from .model import Runbook
+from .steps import STEP_CLASSES, STEP_KINDS, TAG_PREFIX, StepBase, step_kinds_in
 from .yamlsource import Loc, SourceMap, load_yaml, parse_yaml
 
 
@@ -44,12 +45,6 @@ class RunbookFile:
         name = steps[index].name
         label = f"{section}[{index}] ({name})" if name else f"{section}[{index}]"
         return f"{label}.{field}" if field else label
-
-
-def in_workspace(workspace: Path, raw: str) -> Path:
-    """A path from a runbook: `~` expanded; relative ones resolve against the workspace."""
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else workspace / path
 
 
 def load_runbook(path: Path, display_path: str | None = None) -> RunbookFile:

@@ -138,7 +138,7 @@ def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, Playb
     what they would change, changing nothing. Steps before them have not run, so what they
     would have changed is not seen here."""
     from .plan import render_action
-    from .steps import ansible_call
+    from .steps import Scope
     from .templating import HostVars
     from .transports.ansible import AnsibleSettings, run_playbook
 
@@ -159,15 +159,13 @@ def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, Playb
     async def all_steps() -> list[tuple[str, PlaybookOutcome]]:
         results = []
         for step in prepared.runbook_file.runbook.steps:
-            if step.kind not in ("playbook", "module"):
+            if step.scope is not Scope.HOSTS:
                 continue
             problems: list[str] = []
             action = render_action(step, names, partial(_keep_message, problems))
             if action is None:
                 raise InputError(Problem(f"{step.title}: {'; '.join(problems)}"))
-            playbook, options = ansible_call(
-                step.kind, step.title, action, prepared.runbook_file.workspace
-            )
+            playbook, options = action.ansible_call(prepared.runbook_file.workspace)
             options["check"] = True
             outcome = await run_playbook(playbook, prepared.inventory, hosts, settings, **options)
             results.append((step.title, outcome))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +15,7 @@ from .durations import format_duration
 from .errors import Problem
 from .plan import Plan, PlannedGate, PlannedStep
 from .record import Flag, HostStepRecord, RunDetails, TaskRecord
+from .steps import STEP_CLASSES
 
 MAX_HOSTS_SHOWN = 6
 MAX_ACTIONS_SHOWN = 3
@@ -36,37 +36,9 @@ def host_list(hosts: Sequence[str], total: int | None = None) -> str:
 
 
 def action_summary(kind: str, action: Mapping[str, Any]) -> str:
-    """One line that says what a rendered step does."""
-    if kind == "shell":
-        return f"$ {action['shell']}"
-    if kind == "command":
-        return f"$ {shlex.join(action['command'])}"
-    if kind == "local":
-        local = action["local"]
-        return f"(controller) $ {local if isinstance(local, str) else shlex.join(local)}"
-    if kind in ("upload", "template"):
-        spec = action[kind]
-        mode = f" (mode {spec['mode']})" if spec.get("mode") else ""
-        return f"{spec['src']} → {spec['dest']}{mode}"
-    if kind == "script":
-        spec = action["script"]
-        return shlex.join([spec["src"], *spec.get("args", [])])
-    if kind == "playbook":
-        extra = {k: action[k] for k in ("vars", "tags", "skip_tags", "check") if action.get(k)}
-        return f"{action['playbook']} {_compact(extra)}".rstrip()
-    if kind == "http":
-        spec = action["http"]
-        expect = f" expect {spec.get('status', 200)}"
-        contains = f" containing {spec['contains']!r}" if spec.get("contains") else ""
-        return f"{spec.get('method', 'GET')} {spec['url']}{expect}{contains}"
-    if kind == "release":
-        spec = action["release"]
-        return f"activate {spec['activate']} under {spec['root']} (keep {spec.get('keep', 5)})"
-    if kind == "wait":
-        return f"wait {format_duration(float(action['wait']))}"
-    if kind == "approve":
-        return f"ask for approval: {action['approve']}"
-    return _compact(dict(action))
+    """One line that says what a rendered step does (as the plan records it)."""
+    cls = STEP_CLASSES.get(kind)
+    return cls.describe(action) if cls is not None else _compact(dict(action))
 
 
 def _guards(action: Mapping[str, Any] | None) -> str:

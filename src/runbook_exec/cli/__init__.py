@@ -109,6 +109,7 @@ def check(
         except InputError as exc:
             problems.extend(exc.problems)
     problems.extend(checks.missing_files(runbook_file, plan))
+    problems.extend(checks.requirements(runbook_file))
     problems.extend(checks.playbook_syntax(runbook_file))
     if problems:
         raise InputError(problems)

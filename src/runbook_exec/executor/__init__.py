@@ -26,19 +26,14 @@ from ..events import (
     StepStatus,
 )
 from ..inventory import Host
-from ..model import StepBase
 from ..params import ResolvedParams
 from ..plan import render_action
 from ..record.values import RecordAltered
 from ..runbook import RunbookFile
-from ..steps import (
-    HostContext,
-    guard_skips,
-    perform,
-    release_switch,
-)
+from ..steps import HostContext, Scope, StepBase
 from ..templating import HostVars, TemplateProblem, evaluate, render
-from ..transports.ssh import CommandResult, SshOptions, SshSession, Unreachable, connect
+from ..transports.base import CommandResult, Session, Unreachable
+from ..transports.ssh import SshOptions, connect
 from .ansible import AnsibleStep
 
 Approver = Callable[[str], Awaitable[tuple[bool, str | None] | None]]
@@ -96,7 +91,7 @@ class Executor:
         self.inventory = list(inventory)  # the sources, for playbook and module steps
         self.abandoning = False  # a second Ctrl-C: cancel even what is running
         self.stopping = False
-        self.sessions: dict[str, asyncio.Future[SshSession]] = {}
+        self.sessions: dict[str, asyncio.Future[Session]] = {}
         self.failed: dict[str, str] = {
             h: s for h, s in self.state.host_status.items() if s in HOST_FAILED
         }
@@ -224,7 +219,7 @@ class Executor:
             live = [h for h in batch if h not in self.failed]
             if not live:
                 return None
-            if step.kind in ("approve", "wait"):
+            if step.scope is Scope.BATCH:
                 outcome = await self._gate(
                     f"{section}:{number}:{index}",
                     getattr(step, "wait", None),
@@ -248,7 +243,7 @@ class Executor:
             return
         if not todo:
             return
-        if step.kind in ("playbook", "module"):
+        if step.scope is Scope.HOSTS:
             self.recorder.steps_started(number, section, index, step.title, todo)
             await self.recorder.flush()
             await self.ansible.run(section, index, step, number, todo)
@@ -343,16 +338,17 @@ class Executor:
             workspace=self.file.workspace,
             template_names=names,
             previous_release=lambda root: self.release_history(host, root),
+            release_switched=lambda switch: self.recorder.release_switched(host, switch),
         )
         started = time.monotonic()
         attempts = 0
         while True:
             attempts += 1
             try:
-                skip = await guard_skips(action, context) if attempts == 1 else None
+                skip = await action.skip_reason(context) if attempts == 1 else None
                 if skip:
                     return _with(base, status=StepStatus.SKIPPED, message=skip, attempts=attempts)
-                outcome = await perform(step.kind, action, context)
+                outcome = await action.run(context)
             except Unreachable as exc:
                 return _with(
                     base,
@@ -374,10 +370,6 @@ class Executor:
             if outcome.ok or attempts > step.retries or self.stopping:
                 break
             await asyncio.sleep(step.delay if step.delay is not None else 1.0)
-        if step.kind == "release" and outcome.ok:
-            switch = release_switch(action["release"], outcome.stdout)
-            if switch is not None:
-                self.recorder.release_switched(host, switch)
         return self._result(base, outcome, attempts, time.monotonic() - started, step)
 
     def _result(
@@ -445,7 +437,7 @@ class Executor:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    async def session(self, host: str) -> SshSession:
+    async def session(self, host: str) -> Session:
         if host not in self.sessions:
             self.sessions[host] = asyncio.ensure_future(connect(self.hosts[host], self.ssh))
         return await asyncio.shield(self.sessions[host])

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import HostKeyError
 from ..events import HostStepResult, StepStatus, TaskResult
-from ..model import StepBase
 from ..plan import render_action
-from ..steps import HostContext, ansible_call, guard_skips
+from ..steps import HostContext, StepBase
 from ..templating import TemplateProblem, evaluate
 from ..transports.ansible import AnsibleSettings, PlaybookOutcome, run_playbook
-from ..transports.ssh import Unreachable
+from ..transports.base import Unreachable
 
 if TYPE_CHECKING:
     from . import Executor
@@ -35,7 +34,7 @@ class AnsibleStep:
     ) -> None:
         """A playbook or module step: one ansible-playbook run on the batch's hosts that have
         not finished it, then each host's outcome as an ordinary host-step result."""
-        actions: dict[str, dict[str, Any]] = {}
+        actions: dict[str, StepBase] = {}
         for host in todo:
             base = HostStepResult(host, section, index, step.title, StepStatus.FAILED)
             names = self.ex.names[host].extended(self.ex.registered[host])
@@ -54,7 +53,7 @@ class AnsibleStep:
                 self.ex.finish(number, replace(base, message="; ".join(problems)))
                 continue
             actions[host] = action
-        shared = {json.dumps(_ansible_fields(a), sort_keys=True) for a in actions.values()}
+        shared = {json.dumps(_ansible_fields(a.action()), sort_keys=True) for a in actions.values()}
         if len(shared) > 1:
             why = (
                 "renders differently on different hosts, but Ansible takes one set of vars "
@@ -104,10 +103,10 @@ class AnsibleStep:
         index: int,
         step: StepBase,
         host: str,
-        action: Mapping[str, Any],
+        action: StepBase,
     ) -> bool:
         """Finish the step as skipped on `host` when its creates/unless guard says so."""
-        if not (action.get("creates") or action.get("unless")):
+        if not (action.creates or action.unless):
             return False
         context = HostContext(
             lambda: self.ex.session(host),
@@ -118,7 +117,7 @@ class AnsibleStep:
             self.ex.names[host],
         )
         try:
-            reason = await guard_skips(action, context)
+            reason = await action.skip_reason(context)
         except (Unreachable, HostKeyError) as exc:
             self.ex.finish(
                 number,
@@ -139,7 +138,7 @@ class AnsibleStep:
     async def _playbook(
         self,
         step: StepBase,
-        action: Mapping[str, Any],
+        action: StepBase,
         hosts: Sequence[str],
         number: int,
         section: str,
@@ -159,7 +158,7 @@ class AnsibleStep:
             )
             self.ex.recorder.task_result(number, section, index, masked)
 
-        playbook, options = ansible_call(step.kind, step.title, action, self.ex.file.workspace)
+        playbook, options = action.ansible_call(self.ex.file.workspace)
         return await run_playbook(
             playbook,
             self.ex.inventory,

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from .ssh import CommandResult
+from .base import CommandResult
 
 BODY_LIMIT = 64 * 1024
 

@@ -9,7 +9,8 @@ import signal
 import time
 
 from ..masking import Secrets
-from .ssh import KILL_GRACE, CommandResult, OutputCapture, captured
+from .base import CommandResult
+from .ssh import KILL_GRACE, OutputCapture, captured
 
 
 async def run_local(

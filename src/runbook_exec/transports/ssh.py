@@ -24,6 +24,7 @@ import asyncssh
 from ..errors import HostKeyError
 from ..inventory import Host
 from ..masking import Secrets
+from .base import CommandResult, Unreachable
 
 # AES-GCM first: asyncssh hands it to OpenSSL whole, where chacha20-poly1305 costs a Python
 # call per packet (measured: about 30% less client CPU on the 50-host benchmark). Every
@@ -39,27 +40,6 @@ ENCRYPTION_ALGS = [
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT_MAX = 3
 KILL_GRACE = 2.0
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """What a remote (or local) command did: exit code, captured output, time taken."""
-
-    rc: int | None
-    stdout: str
-    stderr: str
-    duration: float
-    timed_out: bool = False
-    output_bytes: int = 0
-    output_sha256: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0 and not self.timed_out
-
-
-class Unreachable(Exception):
-    """The host could not be connected to, or the connection dropped."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,36 @@
+"""Field types shared by the runbook model and the step kinds: strict models, values that
+may be a `{{ template }}`, durations, identifiers and file modes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from .durations import parse_duration
+
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _templated(value: str) -> str:
+    if "{{" not in value:
+        raise ValueError("expected a number or a {{ template }}")
+    return value
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str) and "{{" not in value:
+        return parse_duration(value)
+    return value
+
+
+Templated = Annotated[str, AfterValidator(_templated)]
+Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+Identifier = Annotated[str, Field(pattern=IDENTIFIER)]
+FileMode = Annotated[str, Field(pattern=r"^0?[0-7]{3,4}$")]
+
+
+class Strict(BaseModel):
+    """A runbook mapping: unknown keys are errors, values do not change once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True)

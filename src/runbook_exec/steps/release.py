@@ -1,0 +1,108 @@
+"""`release:` switches a host's `current` link to a release directory, atomically, and
+prunes old releases; `activate: previous` goes back to the one the record says was live."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from pydantic import Field
+
+from ..events import ReleaseSwitch
+from ..fields import Strict, Templated
+from ..transports.base import CommandResult
+from .base import HostContext, StepBase
+
+# The release switch, in POSIX sh: the new `current` is made beside the old one and renamed
+# over it (rename(2) via mv -T), so there is never a moment without `current`. Releases are
+# pruned oldest first (by mtime) beyond `keep`, never the new live one nor the one it
+# replaced. With target "previous" and no record, the release before the live one on disk
+# is chosen, and the output says so.
+RELEASE_SCRIPT = """\
+set -eu
+cd "$root" 2>/dev/null || { echo "$root does not exist" >&2; exit 3; }
+old=$(readlink current 2>/dev/null || true); old=${old#releases/}
+if [ "$target" = "{previous-on-disk}" ]; then
+    target=""; seen=""
+    for r in $(ls -1t releases 2>/dev/null); do
+        [ -d "releases/$r" ] || continue
+        if [ -n "$seen" ]; then target=$r; break; fi
+        [ "$r" = "$old" ] && seen=1
+    done
+    [ -n "$target" ] || { echo "no release before ${old:-none} in $root/releases" >&2; exit 3; }
+    echo "source=disk"
+fi
+[ -d "releases/$target" ] || { echo "release $target not found in $root/releases" >&2; exit 3; }
+ln -sfn "releases/$target" ".current.$$"
+mv -T ".current.$$" current
+echo "from=$old"
+echo "to=$target"
+n=0
+for r in $(ls -1t releases); do
+    [ -d "releases/$r" ] || continue
+    n=$((n + 1))
+    if [ "$n" -gt "$keep" ] && [ "$r" != "$target" ] && [ "$r" != "$old" ]; then
+        rm -rf "releases/$r" && echo "pruned=$r"
+    fi
+done
+"""
+PREVIOUS_ON_DISK = "{previous-on-disk}"
+
+
+class ReleaseSpec(Strict):
+    root: str
+    activate: str
+    keep: int | Templated = Field(default=5)
+
+
+class ReleaseStep(StepBase):
+    kind = "release"
+    release: ReleaseSpec
+
+    @classmethod
+    def describe(cls, action: Mapping[str, Any]) -> str:
+        spec = action["release"]
+        return f"activate {spec['activate']} under {spec['root']} (keep {spec.get('keep', 5)})"
+
+    async def run(self, host: HostContext) -> CommandResult:
+        spec = self.release
+        target = spec.activate
+        note = ""
+        if target == "previous":
+            recorded = host.previous_release(spec.root)
+            target = recorded or PREVIOUS_ON_DISK
+            if recorded is None:
+                note = "no record of an earlier release on this host; chose from what is on disk\n"
+        script = (
+            f"root={shlex.quote(spec.root)}; target={shlex.quote(target)}; "
+            f"keep={int(spec.keep)}\n{RELEASE_SCRIPT}"
+        )
+        done = await (await host.session()).run(script, host.timeout)
+        if done.ok:
+            switch = release_switch(spec, done.stdout)
+            if switch is not None:
+                host.release_switched(switch)
+        return replace(done, stdout=note + done.stdout) if note else done
+
+
+def release_switch(spec: ReleaseSpec, stdout: str) -> ReleaseSwitch | None:
+    """What the release script's output says it switched (None if it switched nothing)."""
+    fields: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        key, _, value = line.partition("=")
+        fields.setdefault(key, []).append(value)
+    if "to" not in fields:
+        return None
+    if spec.activate != "previous":
+        source = "activate"
+    else:
+        source = "disk" if fields.get("source") == ["disk"] else "previous"
+    return ReleaseSwitch(
+        root=spec.root,
+        from_version=fields.get("from", [""])[0] or None,
+        to_version=fields["to"][0],
+        pruned=tuple(fields.get("pruned", [])),
+        source=source,
+    )

@@ -1,0 +1,42 @@
+"""What every transport gives the executor: a command's result, the one error that means
+"the host is gone", and the session a step acts through. The SSH session is the real one;
+`runbook_exec.testing.fake` holds an in-memory one for tests of the executor's policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a remote (or local) command did: exit code, captured output, time taken."""
+
+    rc: int | None
+    stdout: str
+    stderr: str
+    duration: float
+    timed_out: bool = False
+    output_bytes: int = 0
+    output_sha256: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and not self.timed_out
+
+
+class Unreachable(Exception):
+    """The host could not be connected to, or the connection dropped."""
+
+
+class Session(Protocol):
+    """A live connection to one host."""
+
+    async def run(self, command: str, timeout: float) -> CommandResult:
+        """Run `command` with `sh -c` semantics, within `timeout` seconds."""
+        ...
+
+    async def upload(self, local: Path, remote: str, mode: str | None) -> None: ...
+
+    async def close(self) -> None: ...
