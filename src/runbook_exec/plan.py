@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -17,13 +17,17 @@ from pydantic import ValidationError
 from .durations import format_duration, parse_duration
 from .errors import Problem, RunbookError
 from .inventory import Host
+from .masking import MASK
 from .model import Gate
 from .params import ResolvedParams
 from .runbook import RunbookFile
 from .steps import Scope, StepBase
+from .steps.base import FieldPath
 from .templating import HostVars, TemplateProblem, evaluate, is_template, names_used, render
 
 T = TypeVar("T")
+PLAN_ONLY_RUN_ID = "(assigned when the run starts)"
+"""What `{{ run.id }}` renders to in a plan only shown (`plan`, `check`, `run --dry-run`)."""
 
 
 def resolve_batches(hosts: Sequence[T], sizes: Sequence[int | str]) -> list[list[T]]:
@@ -75,6 +79,19 @@ class HostAction:
 
 
 @dataclass(frozen=True)
+class Rendered:
+    """One step as one host gets it: the step with its fields rendered for the host (what
+    runs; None when nothing runs there) and the same with secrets masked (what is shown and
+    recorded). What needs a registered result waits for the run: `when_at_run_time`, and
+    `step` None with `render_at_run_time`."""
+
+    step: StepBase | None
+    shown: Mapping[str, Any] | None
+    when_at_run_time: bool = False
+    render_at_run_time: bool = False
+
+
+@dataclass(frozen=True)
 class PlannedStep:
     section: str
     index: int
@@ -82,6 +99,9 @@ class PlannedStep:
     kind: str
     options: Mapping[str, Any]
     actions: tuple[HostAction, ...]
+    hosts: Mapping[str, Rendered] = field(default_factory=dict, compare=False, repr=False)
+    """Every host's rendering ("*" for a step run once per batch); not part of the record,
+    whose `actions` are these, grouped and masked."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +186,7 @@ def build_plan(
     """The plan for these hosts and parameters; `RunbookError` lists every template problem."""
     runbook = runbook_file.runbook
     batches = resolve_batches([h.name for h in hosts], runbook.strategy.batches)
-    renderer = _Renderer(runbook_file, hosts, params.masked(), dict(run or {}))
+    renderer = _Renderer(runbook_file, hosts, params, dict(run or {}))
     between = renderer.gates(runbook.strategy.between_batches)
     gates = tuple(
         PlannedGate(after, wait, approve)
@@ -210,19 +230,23 @@ class _Renderer:
         self,
         runbook_file: RunbookFile,
         hosts: Sequence[Host],
-        params: Mapping[str, Any],
+        params: ResolvedParams,
         run: Mapping[str, Any],
     ) -> None:
         self.file = runbook_file
         self.hosts = hosts
-        self.base = {**params, "run": run}
+        self.base = {**params.values, "run": run}
+        self.masked_base = {**params.masked(), "run": run}
+        self.hidden = frozenset(params.secret_names)  # the secret parameters' names
+        self.secrets = params.secrets
         self.contexts = {h.name: HostVars(h.template_vars(), self.base) for h in hosts}
+        self.masked: dict[str, HostVars] = {}  # made when a step's template uses a secret
         self.registered: set[str] = set()
         self.problems: dict[tuple[int | None, str, str], list[str]] = {}
 
     def gates(self, gates: Sequence[Gate]) -> list[tuple[float | None, str | None]]:
         """Gate fields rendered once, with the parameters (they are the same for every host)."""
-        names = HostVars({}, self.base)
+        names = HostVars({}, self.masked_base)  # gates are messages: shown, never secret
         rendered: list[tuple[float | None, str | None]] = []
         for index, gate in enumerate(gates):
             loc = ("strategy", "between_batches", index)
@@ -251,7 +275,6 @@ class _Renderer:
     def _step(self, section: str, index: int, step: StepBase, registered: set[str]) -> PlannedStep:
         loc = (section, index)
         field = self.file.step_field(section, index)
-        late = {name: RunTimeValue(name) for name in registered}
         per_batch = step.scope is Scope.BATCH
         for key, expression in step.expressions():
             try:
@@ -259,39 +282,74 @@ class _Renderer:
             except TemplateProblem as exc:
                 where = field + _dotted(key)
                 self._problem((*loc, *key), where, str(exc), "(all)")
+        templates = list(_templates(step))
+        late = {name: RunTimeValue(name) for name in registered if _uses(templates, {name})}
+        secret = [(path, text) for path, text in templates if _uses([(path, text)], self.hidden)]
         targets = self.hosts[:1] if per_batch else self.hosts
         rows: list[tuple[str, Mapping[str, Any] | None, str]] = []
+        hosts: dict[str, Rendered] = {}
         for position, host in enumerate(targets):
+            name = "*" if per_batch else host.name
             context = self.contexts[host.name].extended(late) if late else self.contexts[host.name]
             note = "once per batch" if per_batch else ""
-            if step.run_once and position > 0:
-                rows.append((host.name, None, f"run_once: runs on {targets[0].name} only"))
-                continue
             if step.run_once:
                 note = "run_once: this host only"
+            when_later = False
             if step.when is not None:
                 decided = self._when(step.when, context, registered, loc, field, host.name)
+                when_later = decided is None
                 if decided is False:
-                    rows.append((host.name, None, f"skipped: when {step.when!r} is false"))
-                    continue
-                if decided is None:
+                    note = f"skipped: when {step.when!r} is false"
+                elif when_later:
                     note = _join(note, f"when {step.when!r} is decided at run time")
-            action = self._payload(step, context, loc, field, host.name)
-            rows.append((host.name, action, note))
+            rendered = shown = None
+            if not note.startswith("skipped:"):
+                rendered = self._payload(step, context, loc, field, host.name)
+                shown = self._shown(host, rendered, secret) if rendered is not None else None
+            if note.startswith("skipped:"):
+                hosts[name] = Rendered(None, None)
+            else:
+                hosts[name] = Rendered(None if late else rendered, shown, when_later, bool(late))
+            if step.run_once and position > 0:
+                rows.append((name, None, f"run_once: runs on {targets[0].name} only"))
+            else:
+                rows.append((name, shown, note))
         return PlannedStep(
             section=section,
             index=index,
             name=self._name(step, targets, loc, field),
             kind=step.kind,
             options=_options(step),
-            actions=_group(rows) if not per_batch else _group([("*", rows[0][1], rows[0][2])]),
+            actions=_group(rows if not per_batch else rows[:1]),
+            hosts=hosts,
         )
+
+    def _shown(
+        self, host: Host, rendered: StepBase, secret: Sequence[tuple[FieldPath, str]]
+    ) -> dict[str, Any]:
+        """The rendered action as it may be shown and recorded: what runs, with every secret
+        value masked. A field whose template changed a secret past recognition (`{{ token |
+        upper }}`), so that there is nothing to mask, shows the template rendered with the
+        parameter masked instead."""
+        action = rendered.action()
+        for path, text in secret:
+            value = _get(action, path)
+            if isinstance(value, str) and self.secrets.text(value) != value:
+                continue  # the secret is there as it is (or encoded): masking finds it
+            if host.name not in self.masked:
+                self.masked[host.name] = HostVars(host.template_vars(), self.masked_base)
+            try:
+                _set(action, path, render(text, self.masked[host.name]))
+            except TemplateProblem:
+                _set(action, path, MASK)
+        return self.secrets.data(action)  # type: ignore[no-any-return]
 
     def _name(self, step: StepBase, targets: Sequence[Host], loc: Any, field: str) -> str:
         if step.name is None or not targets:
             return step.title
         try:
-            return render(step.name, self.contexts[targets[0].name])
+            names = HostVars(targets[0].template_vars(), self.masked_base)  # shown only
+            return self.secrets.text(render(step.name, names))
         except TemplateProblem as exc:
             self._problem((*loc, "name"), f"{field}.name", str(exc), targets[0].name)
             return step.name
@@ -316,12 +374,11 @@ class _Renderer:
 
     def _payload(
         self, step: StepBase, context: Mapping[str, Any], loc: Any, field: str, host: str
-    ) -> dict[str, Any] | None:
+    ) -> StepBase | None:
         def problem(path: tuple[str | int, ...], message: str) -> None:
             self._problem((*loc, *path), field + _dotted(path), message, host)
 
-        rendered = render_action(step, context, problem)
-        return rendered.action() if rendered is not None else None
+        return render_action(step, context, problem)
 
     def _problem(self, loc: Any, where: str, message: str, host: str) -> None:
         line = self.file.line_of(tuple(loc))
@@ -388,6 +445,43 @@ def render_action(
             problem(path, f"after rendering: {message}")
         return None
     return validated
+
+
+def _templates(step: StepBase) -> Iterator[tuple[FieldPath, str]]:
+    """Every template in the step's kind-specific fields and guards, with where it lies."""
+
+    def walk(value: Any, path: FieldPath) -> Iterator[tuple[FieldPath, str]]:
+        if isinstance(value, str):
+            if is_template(value):
+                yield path, value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from walk(item, (*path, key))
+        elif isinstance(value, list):
+            for position, item in enumerate(value):
+                yield from walk(item, (*path, position))
+
+    yield from walk(step.payload(), ())
+    for key in ("creates", "unless"):
+        guard = getattr(step, key)
+        if guard is not None:
+            yield from walk(guard, (key,))
+
+
+def _uses(templates: Sequence[tuple[FieldPath, str]], names: frozenset[str] | set[str]) -> bool:
+    return bool(names) and any(names_used(text) & names for _, text in templates)
+
+
+def _get(data: Any, path: FieldPath) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _set(data: Any, path: FieldPath, value: Any) -> None:
+    for part in path[:-1]:
+        data = data[part]
+    data[path[-1]] = value
 
 
 def _dotted(path: Sequence[str | int]) -> str:

@@ -17,7 +17,6 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,10 @@ from .errors import (
     Refused,
 )
 from .events import RUN_ENDED, EventSink, Fanout, HostStepResult, RunStatus, StepStatus
-from .executor import Approver, Executor, RunOptions, RunState
+from .executor import Approver, Connect, Executor, RunOptions, RunState
 from .inventory import Host, select_hosts
 from .params import ResolvedParams, parse_extra_vars, resolve_params
-from .plan import Plan, build_plan
+from .plan import PLAN_ONLY_RUN_ID, Plan, build_plan
 from .record import Record, RecordAltered, RunDetails, RunRecord
 from .recorders import Auditor, StoreRecorder
 from .runbook import RunbookFile, load_runbook, runbook_from_text
@@ -67,6 +66,8 @@ class Prepared:
     params: ResolvedParams
     plan: Plan
     limit: str | None
+    run_id: str | None = None
+    """The id the plan was rendered with (`{{ run.id }}`); None for a plan only shown."""
 
 
 @dataclass
@@ -88,10 +89,14 @@ def prepare(
     limit: str | None,
     operator: str,
     environ: Mapping[str, str] | None = None,
+    *,
+    run_id: str | None = None,
 ) -> Prepared:
-    """Load and check everything a run needs; `InputError` lists every problem found."""
+    """Load and check everything a run needs; `InputError` lists every problem found. With
+    `run_id`, the plan is the one that run will carry out; without, one to show."""
     runbook_file = load_runbook(runbook, str(runbook))
-    return _prepare(runbook_file, [str(p) for p in inventory], extra_vars, limit, operator, environ)
+    sources = [str(p) for p in inventory]
+    return _prepare(runbook_file, sources, extra_vars, limit, operator, environ, run_id=run_id)
 
 
 def _prepare(
@@ -102,6 +107,8 @@ def _prepare(
     operator: str,
     environ: Mapping[str, str] | None,
     given_values: Mapping[str, Any] | None = None,
+    *,
+    run_id: str | None,
 ) -> Prepared:
     problems: list[Problem] = []
     params = hosts = None
@@ -128,25 +135,18 @@ def _prepare(
         hosts,
         params,
         limit=limit,
-        run={"id": "(assigned when the run starts)", "operator": operator},
+        run={"id": run_id or PLAN_ONLY_RUN_ID, "operator": operator},
     )
-    return Prepared(runbook_file, tuple(inventory), hosts, params, plan, limit)
+    return Prepared(runbook_file, tuple(inventory), hosts, params, plan, limit, run_id)
 
 
 def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, PlaybookOutcome]]:
-    """Run the playbook and module steps in Ansible's check mode on every planned host:
-    what they would change, changing nothing. Steps before them have not run, so what they
-    would have changed is not seen here."""
-    from .plan import render_action
+    """Run the plan's playbook and module steps in Ansible's check mode on every planned
+    host: what they would change, changing nothing. Steps before them have not run, so what
+    they would have changed is not seen here."""
     from .steps import Scope
-    from .templating import HostVars
     from .transports.ansible import AnsibleSettings, run_playbook
 
-    first = prepared.hosts[0]
-    names = HostVars(
-        first.template_vars(),
-        {**prepared.params.values, "run": {"id": "check-mode", "operator": "-"}},
-    )
     settings = AnsibleSettings(
         options.known_hosts,
         options.accept_new_host_keys,
@@ -158,24 +158,17 @@ def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, Playb
 
     async def all_steps() -> list[tuple[str, PlaybookOutcome]]:
         results = []
-        for step in prepared.runbook_file.runbook.steps:
-            if step.scope is not Scope.HOSTS:
+        for planned in prepared.plan.steps:
+            steps = [r.step for r in planned.hosts.values() if r.step is not None]
+            if not steps or steps[0].scope is not Scope.HOSTS:
                 continue
-            problems: list[str] = []
-            action = render_action(step, names, partial(_keep_message, problems))
-            if action is None:
-                raise InputError(Problem(f"{step.title}: {'; '.join(problems)}"))
-            playbook, options = action.ansible_call(prepared.runbook_file.workspace)
-            options["check"] = True
-            outcome = await run_playbook(playbook, prepared.inventory, hosts, settings, **options)
-            results.append((step.title, outcome))
+            playbook, call = steps[0].ansible_call(prepared.runbook_file.workspace)
+            call["check"] = True
+            outcome = await run_playbook(playbook, prepared.inventory, hosts, settings, **call)
+            results.append((planned.name, outcome))
         return results
 
     return asyncio.run(all_steps())
-
-
-def _keep_message(problems: list[str], path: object, message: str) -> None:
-    problems.append(message)
 
 
 def new_run_id() -> str:
@@ -194,10 +187,14 @@ def start(
     approver: Approver | None,
     steal_stale_lock: bool = False,
     on_note: Callable[[str], None] = lambda text: None,
+    connect: Connect | None = None,
 ) -> Outcome:
-    """Record a new run, take its lock, and carry it out."""
+    """Record a new run, take its lock, and carry it out (through `connect`'s sessions if
+    given, else SSH)."""
     store.require_key()
-    run_id = new_run_id()
+    if prepared.run_id is None:
+        raise ValueError("start() takes a plan prepared for a run: prepare(..., run_id=...)")
+    run_id = prepared.run_id
     plan = prepared.plan
     secrets = prepared.params.secrets
     change_id = secrets.text(change_id) if change_id else change_id
@@ -249,7 +246,17 @@ def start(
     run = record.run(run_id, outputs=False).run
     _take_lock(store, record, run, plan.lock, operator, steal_stale_lock, on_note)
     return _execute(
-        store, record, run, prepared, operator, options, view, approver, RunState(), resumed=False
+        store,
+        record,
+        run,
+        prepared,
+        operator,
+        options,
+        view,
+        approver,
+        RunState(),
+        resumed=False,
+        connect=connect,
     )
 
 
@@ -356,7 +363,9 @@ def resume(
     secret_names = run.secret_names if run.secret_names is not None else table["secret_names"]
     given = {k: v for k, v in run.params.items() if k not in secret_names and v is not None}
     inventory = run.inventory if run.inventory is not None else table["inventory"]
-    prepared = _prepare(runbook_file, inventory, [], run.limit, run.operator, environ, given)
+    prepared = _prepare(
+        runbook_file, inventory, [], run.limit, run.operator, environ, given, run_id=run_id
+    )
     planned = [list(b) for b in run.batches]
     if [list(b) for b in prepared.plan.batches] != planned:
         raise InputError(
@@ -417,6 +426,7 @@ def _execute(
     state: RunState,
     *,
     resumed: bool,
+    connect: Connect | None = None,
 ) -> Outcome:
     run_id = run.id
     if _needs_release_history(prepared.plan):
@@ -432,15 +442,15 @@ def _execute(
         operator,
         prepared.runbook_file,
         prepared.hosts,
-        prepared.plan.batches,
+        prepared.plan,
         prepared.params,
         Fanout(writer, view(run_id)),
         options,
         state,
         approver,
         record.previous_release,
-        [(g.wait, g.approve) for g in prepared.plan.gates if g.after_batch == 1],
         prepared.inventory,
+        **({"connect": connect} if connect is not None else {}),
     )
     try:
         status = asyncio.run(_with_signals(executor))

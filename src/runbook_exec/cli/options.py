@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -133,7 +132,8 @@ def plan_for(
     operator: str | None,
 ) -> Plan:
     """The plan a run would carry out (its id is assigned when it starts)."""
-    from ..plan import build_plan
+    from ..plan import PLAN_ONLY_RUN_ID, build_plan
+    from ..store.audit import operator_name
 
-    run = {"id": "(assigned when the run starts)", "operator": operator or getpass.getuser()}
+    run = {"id": PLAN_ONLY_RUN_ID, "operator": operator_name(operator)}
     return build_plan(runbook_file, hosts, params, limit=limit, run=run)

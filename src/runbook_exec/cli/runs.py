@@ -99,7 +99,14 @@ def run(
     from ..views import print_plan
 
     who = operator_name(operator)
-    prepared = runner.prepare(runbook, inventory or [], extra_vars or [], limit, who)
+    prepared = runner.prepare(
+        runbook,
+        inventory or [],
+        extra_vars or [],
+        limit,
+        who,
+        run_id=None if dry_run else runner.new_run_id(),
+    )
     if dry_run:
         print_plan(out(), prepared.plan)
         return

@@ -27,16 +27,18 @@ from ..events import (
 )
 from ..inventory import Host
 from ..params import ResolvedParams
-from ..plan import render_action
+from ..plan import Plan, render_action
 from ..record.values import RecordAltered
 from ..runbook import RunbookFile
 from ..steps import HostContext, Scope, StepBase
-from ..templating import HostVars, TemplateProblem, evaluate, render
+from ..templating import HostVars, TemplateProblem, evaluate
 from ..transports.base import CommandResult, Session, Unreachable
 from ..transports.ssh import SshOptions, connect
 from .ansible import AnsibleStep
 
 Approver = Callable[[str], Awaitable[tuple[bool, str | None] | None]]
+Connect = Callable[[Host, SshOptions], Awaitable[Session]]
+"""Opens a session to a host: SSH's `connect`, or another transport."""
 
 
 @dataclass
@@ -65,30 +67,33 @@ class Executor:
         operator: str,
         runbook_file: RunbookFile,
         hosts: Sequence[Host],
-        batches: Sequence[Sequence[str]],
+        plan: Plan,
         params: ResolvedParams,
         recorder: EventSink,
         options: RunOptions,
         state: RunState | None = None,
         approver: Approver | None = None,
         release_history: Callable[[str, str], str | None] = lambda host, root: None,
-        between: Sequence[tuple[float | None, str | None]] = (),
         inventory: Sequence[str] = (),
+        connect: Connect = connect,
     ) -> None:
         self.run_id = run_id
         self.operator = operator
         self.file = runbook_file
         self.book = runbook_file.runbook
         self.hosts = {h.name: h for h in hosts}
-        self.batches = [list(b) for b in batches]
+        self.batches = [list(b) for b in plan.batches]
+        self.planned = {(s.section, s.index): s for s in (*plan.steps, *plan.rollback)}
         self.params = params
         self.recorder = recorder
         self.options = options
         self.state = state or RunState()
         self.approver = approver
         self.release_history = release_history
-        self.between = list(between)  # the gates after each batch, rendered (from the plan)
+        # The gates after each batch (the same after every batch), as the plan rendered them.
+        self.between = [(g.wait, g.approve) for g in plan.gates if g.after_batch == 1]
         self.inventory = list(inventory)  # the sources, for playbook and module steps
+        self.connect = connect
         self.abandoning = False  # a second Ctrl-C: cancel even what is running
         self.stopping = False
         self.sessions: dict[str, asyncio.Future[Session]] = {}
@@ -220,10 +225,9 @@ class Executor:
             if not live:
                 return None
             if step.scope is Scope.BATCH:
+                shown = self.planned[(section, index)].hosts["*"].shown or {}
                 outcome = await self._gate(
-                    f"{section}:{number}:{index}",
-                    getattr(step, "wait", None),
-                    self._render_text(getattr(step, "approve", None), live[0]),
+                    f"{section}:{number}:{index}", shown.get("wait"), shown.get("approve")
                 )
                 if outcome:
                     return outcome
@@ -317,19 +321,11 @@ class Executor:
     async def _attempts(
         self, section: str, index: int, step: StepBase, host: str
     ) -> HostStepResult:
+        action = self.action_for(section, index, step, host)
+        if isinstance(action, HostStepResult):
+            return action
         names = self.names[host].extended(self.registered[host])
         base = HostStepResult(host, section, index, step.title, StepStatus.FAILED)
-        try:
-            if step.when is not None and not evaluate(step.when, names):
-                return _with(
-                    base, status=StepStatus.SKIPPED, message=f"when {step.when!r} is false"
-                )
-            problems: list[str] = []
-            action = render_action(step, names, lambda path, msg: problems.append(msg))
-            if action is None:
-                return _with(base, message="; ".join(problems))
-        except TemplateProblem as exc:
-            return _with(base, message=str(exc))
         context = HostContext(
             session=lambda: self.session(host),
             timeout=step.timeout or self.options.timeout,
@@ -403,6 +399,31 @@ class Executor:
             ignored=status != StepStatus.OK and step.ignore_errors,
         )
 
+    def action_for(
+        self, section: str, index: int, step: StepBase, host: str
+    ) -> StepBase | HostStepResult:
+        """The step as the plan rendered it for `host`, or the result that it does not run
+        there: skipped (its `when` is false) or failed (it cannot be rendered). Only what
+        needs a registered result is decided or rendered now."""
+        planned = self.planned[(section, index)].hosts[host]
+        base = HostStepResult(host, section, index, step.title, StepStatus.FAILED)
+        skipped = _with(base, status=StepStatus.SKIPPED, message=f"when {step.when!r} is false")
+        if planned.step is None and not planned.render_at_run_time:
+            return skipped
+        if not (planned.when_at_run_time or planned.render_at_run_time):
+            return planned.step or skipped
+        names = self.names[host].extended(self.registered[host])
+        try:
+            if planned.when_at_run_time and step.when and not evaluate(step.when, names):
+                return skipped
+            if planned.step is not None:
+                return planned.step
+            problems: list[str] = []
+            action = render_action(step, names, lambda path, msg: problems.append(msg))
+        except TemplateProblem as exc:
+            return _with(base, message=str(exc))
+        return action if action is not None else _with(base, message="; ".join(problems))
+
     # --- gates ------------------------------------------------------------------------------
 
     async def _gate(self, key: str, wait: float | None, approve: str | None) -> str | None:
@@ -439,7 +460,7 @@ class Executor:
 
     async def session(self, host: str) -> Session:
         if host not in self.sessions:
-            self.sessions[host] = asyncio.ensure_future(connect(self.hosts[host], self.ssh))
+            self.sessions[host] = asyncio.ensure_future(self.connect(self.hosts[host], self.ssh))
         return await asyncio.shield(self.sessions[host])
 
     async def _close(self) -> None:
@@ -451,14 +472,6 @@ class Executor:
 
     def mask(self, text: str) -> str:
         return self.secrets.text(text)
-
-    def _render_text(self, text: str | None, host: str) -> str | None:
-        if text is None:
-            return None
-        try:
-            return render(text, self.names[host])
-        except TemplateProblem:
-            return text
 
     def _restore_registered(self) -> None:
         for (section, index, host), result in self.state.finished.items():

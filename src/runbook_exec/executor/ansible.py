@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HostKeyError
 from ..events import HostStepResult, StepStatus, TaskResult
-from ..plan import render_action
 from ..steps import HostContext, StepBase
-from ..templating import TemplateProblem, evaluate
 from ..transports.ansible import AnsibleSettings, PlaybookOutcome, run_playbook
 from ..transports.base import Unreachable
 
@@ -36,23 +34,11 @@ class AnsibleStep:
         not finished it, then each host's outcome as an ordinary host-step result."""
         actions: dict[str, StepBase] = {}
         for host in todo:
-            base = HostStepResult(host, section, index, step.title, StepStatus.FAILED)
-            names = self.ex.names[host].extended(self.ex.registered[host])
-            problems: list[str] = []
-            try:
-                if step.when is not None and not evaluate(step.when, names):
-                    skipped = f"when {step.when!r} is false"
-                    self.ex.finish(
-                        number, replace(base, status=StepStatus.SKIPPED, message=skipped)
-                    )
-                    continue
-                action = render_action(step, names, _collect(problems))
-            except TemplateProblem as exc:
-                action, problems = None, [str(exc)]
-            if action is None:
-                self.ex.finish(number, replace(base, message="; ".join(problems)))
-                continue
-            actions[host] = action
+            action = self.ex.action_for(section, index, step, host)
+            if isinstance(action, HostStepResult):
+                self.ex.finish(number, action)
+            else:
+                actions[host] = action
         shared = {json.dumps(_ansible_fields(a.action()), sort_keys=True) for a in actions.values()}
         if len(shared) > 1:
             why = (
@@ -210,8 +196,3 @@ class AnsibleStep:
 def _ansible_fields(action: Mapping[str, Any]) -> dict[str, Any]:
     """What goes to Ansible once for all hosts (the per-host guards do not)."""
     return {k: v for k, v in action.items() if k not in ("creates", "unless")}
-
-
-def _collect(problems: list[str]) -> Callable[[tuple[str | int, ...], str], None]:
-    """A render_action problem callback that keeps the messages in `problems`."""
-    return lambda path, message: problems.append(message)

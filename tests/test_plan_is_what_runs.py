@@ -1,0 +1,149 @@
+"""The plan is what runs: every command a host receives is the recorded plan's action for
+that host, byte for byte once its secrets are masked (on real sshd hosts, with a transport
+that notes what each session is asked to run before it runs it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runbook_exec import runner
+from runbook_exec.events import EventSink
+from runbook_exec.executor import RunOptions
+from runbook_exec.inventory import Host
+from runbook_exec.masking import MASK
+from runbook_exec.store import Store
+from runbook_exec.testing.lab import SshLab
+from runbook_exec.transports.base import CommandResult, Session
+from runbook_exec.transports.ssh import SshOptions, connect
+
+SECRET = "s3cr3t-T0ken"
+
+RUNBOOK = """\
+name: recorded-is-executed
+targets: app
+params:
+  version: {required: true}
+  token: {secret: true, env: RBX_TEST_TOKEN}
+strategy: {batches: [2]}
+steps:
+  - name: Stamp
+    shell: >-
+      echo {{ inventory_hostname }} {{ version }} {{ run.id }} {{ run.operator }}
+      {{ ansible_port }} > {{ lab_root | quote }}/stamp
+  - name: With a secret
+    shell: "printf %s {{ token | quote }} | wc -c"
+    register: counted
+  - name: Only host2
+    command: [touch, "{{ lab_root }}/only"]
+    when: inventory_hostname == 'host2'
+  - name: From a registered result
+    shell: echo {{ counted.stdout | trim }} > {{ lab_root | quote }}/counted
+"""
+
+
+class Noting:
+    """A session that notes each command before the real one runs it."""
+
+    def __init__(self, host: str, real: Session, sent: list[tuple[str, str]]) -> None:
+        self.host, self.real, self.sent = host, real, sent
+
+    async def run(self, command: str, timeout: float) -> CommandResult:
+        self.sent.append((self.host, command))
+        return await self.real.run(command, timeout)
+
+    async def upload(self, local: Path, remote: str, mode: str | None) -> None:
+        await self.real.upload(local, remote, mode)
+
+    async def close(self) -> None:
+        await self.real.close()
+
+
+def recorded_plan(store: Store, run_id: str) -> dict[str, Any]:
+    for event in store.audit_events():
+        if event["run_id"] == run_id and event["type"] == "run.requested":
+            # The plan is the event's payload (its SHA-256 is in the body, which is hashed).
+            return json.loads(event["payload"])["plan"]  # type: ignore[no-any-return]
+    raise AssertionError("no run.requested event")
+
+
+def test_every_command_sent_is_the_recorded_plan_masked(
+    hosts: SshLab, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("RBX_TEST_TOKEN", SECRET)
+    monkeypatch.setenv("RUNBOOK_EXEC_OPERATOR", "ops-anna")
+    path = tmp_path / "rb.yml"
+    path.write_text(RUNBOOK)
+    sent: list[tuple[str, str]] = []
+
+    async def noting(host: Host, options: SshOptions) -> Session:
+        return Noting(host.name, await connect(host, options), sent)
+
+    from runbook_exec.store.audit import operator_name
+
+    prepared = runner.prepare(
+        path,
+        [hosts.inventory],
+        ["version=1.4.2"],
+        None,
+        operator_name(None),
+        run_id=runner.new_run_id(),
+    )
+    store = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    outcome = runner.start(
+        store,
+        prepared,
+        operator="ops-anna",
+        change_id=None,
+        reason=None,
+        options=RunOptions(known_hosts=hosts.known_hosts),
+        view=lambda run_id: EventSink(),
+        approver=None,
+        connect=noting,
+    )
+    assert outcome.status == "succeeded", outcome
+    plan = recorded_plan(store, outcome.run_id)
+    assert plan == json.loads(prepared.plan.to_json())
+
+    planned: dict[tuple[str, str], str] = {}  # (host, command as recorded) for what was planned
+    for step in plan["steps"]:
+        for action in step["actions"]:
+            if action["action"] is None:
+                continue
+            fields = action["action"]
+            command = fields.get("shell") or " ".join(fields.get("command", []))
+            for host in action["hosts"]:
+                planned[(host, step["name"])] = command
+
+    executed = [(host, command) for host, command in sent if not command.startswith("__")]
+    assert len(executed) == 4 + 4 + 1 + 4, executed
+    for host, command in executed:
+        masked = command.replace(SECRET, MASK)
+        matches = [name for (h, name), text in planned.items() if h == host and text == masked]
+        if "counted" in command:  # rendered at run time, from what the host registered
+            assert f"echo {len(SECRET)} > " in command
+            assert "at run time>" in planned[(host, "From a registered result")]
+            continue
+        assert len(matches) == 1, (host, masked, planned)
+    stamp = (hosts.host("host3").root / "stamp").read_text().split()
+    assert stamp == ["host3", "1.4.2", outcome.run_id, "ops-anna", str(hosts.host("host3").port)]
+    assert SECRET not in json.dumps(plan)
+    assert any(SECRET in command for _, command in sent)  # the real value ran, not the mask
+
+
+def test_a_secret_changed_past_recognition_shows_masked(
+    hosts: SshLab, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("RBX_TEST_TOKEN", SECRET)
+    path = tmp_path / "rb.yml"
+    path.write_text(
+        RUNBOOK.split("steps:")[0]
+        + "steps:\n  - shell: echo {{ token | upper }} {{ token | reverse | join }} {{ version }}\n"
+    )
+    prepared = runner.prepare(path, [hosts.inventory], ["version=2"], None, "anna")
+    shown = json.dumps(prepared.plan.to_dict())
+    assert SECRET.upper() not in shown and SECRET[::-1] not in shown
+    assert f"echo {MASK} {MASK[::-1]} 2" in shown
+    command = prepared.plan.steps[0].hosts["host1"].step
+    assert command is not None and SECRET.upper() in command.model_dump()["shell"]

@@ -1,0 +1,156 @@
+"""The executor's policy over in-memory hosts (`runbook_exec.testing.fake`): batches and
+max_fail_percentage, run_once, rollback order, unreachable hosts, and a resume that gives
+later steps the results registered before the stop. No sshd: each test takes milliseconds.
+The same behaviours are also tested end to end on real hosts (test_run, test_resume)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runbook_exec.events import EventSink, HostStatus, HostStepResult, StepStatus
+from runbook_exec.executor import Executor, RunOptions, RunState
+from runbook_exec.inventory import select_hosts
+from runbook_exec.params import resolve_params
+from runbook_exec.plan import build_plan
+from runbook_exec.runbook import runbook_from_text
+from runbook_exec.testing.fake import Answer, FakeHosts
+
+
+class Kept(EventSink):
+    """Every result and host status, in order."""
+
+    def __init__(self) -> None:
+        self.results: list[HostStepResult] = []
+        self.statuses: dict[str, str] = {}
+        self.notes: list[str] = []
+
+    def step_finished(self, batch: int, result: HostStepResult) -> None:
+        self.results.append(result)
+
+    def host_status(self, host: str, status: HostStatus, message: str | None = None) -> None:
+        self.statuses[host] = status
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def run(
+    tmp_path: Path,
+    body: str,
+    *,
+    hosts: int = 4,
+    answer: Answer | None = None,
+    down: Sequence[str] = (),
+    state: RunState | None = None,
+) -> tuple[str, FakeHosts, Kept]:
+    inventory = tmp_path / "hosts.ini"
+    names = [f"h{i}" for i in range(1, hosts + 1)]
+    inventory.write_text("[app]\n" + "\n".join(names) + "\n")
+    book = runbook_from_text("name: policy\ntargets: app\n" + body, str(tmp_path / "rb.yml"))
+    chosen = select_hosts([inventory], "app")
+    params = resolve_params(book, {}, {}, tmp_path)
+    plan = build_plan(book, chosen, params, run={"id": "r1", "operator": "anna"})
+    fake, kept = FakeHosts(answer, down), Kept()
+    executor = Executor(
+        "r1",
+        "anna",
+        book,
+        chosen,
+        plan,
+        params,
+        kept,
+        RunOptions(known_hosts=tmp_path / "known_hosts"),
+        state,
+        connect=fake.connect,
+    )
+    return asyncio.run(executor.execute()), fake, kept
+
+
+def fails_on(*hosts: str, command: str = "break") -> Answer:
+    return lambda host, sent: 1 if host in hosts and command in sent else 0
+
+
+STEPS = "steps:\n  - shell: mark\n  - shell: break\n  - shell: after\n"
+
+
+def test_a_batch_over_max_fail_percentage_stops_before_the_next_batch(tmp_path: Path) -> None:
+    status, fake, kept = run(tmp_path, "strategy: {batches: [2]}\n" + STEPS, answer=fails_on("h1"))
+    assert status == "failed"
+    assert fake.commands("h1") == ["mark", "break"]
+    assert fake.commands("h2") == ["mark", "break"]  # the batch stops after the breaking step
+    assert fake.commands("h3") == fake.commands("h4") == []
+    assert kept.statuses == {"h1": "failed", "h2": "stopped"}
+
+
+def test_failures_within_max_fail_percentage_go_on(tmp_path: Path) -> None:
+    strategy = "strategy: {batches: [2], max_fail_percentage: 50}\n"
+    status, fake, kept = run(tmp_path, strategy + STEPS, answer=fails_on("h1"))
+    assert status == "failed"  # a failed host still fails the run
+    assert fake.commands("h1") == ["mark", "break"]
+    assert all(fake.commands(h) == ["mark", "break", "after"] for h in ("h2", "h3", "h4"))
+    assert kept.statuses == {"h1": "failed", "h2": "ok", "h3": "ok", "h4": "ok"}
+
+
+def test_run_once_runs_on_one_host_and_shares_what_it_registered(tmp_path: Path) -> None:
+    body = """\
+strategy: {batches: [2]}
+steps:
+  - shell: make-token
+    run_once: true
+    register: token
+  - shell: "use {{ token.stdout }}"
+"""
+    answer: Answer = lambda host, sent: f"token-of-{host}" if sent == "make-token" else 0  # noqa: E731
+    status, fake, kept = run(tmp_path, body, answer=answer)
+    assert status == "succeeded"
+    assert [h for h, c in fake.sent if c == "make-token"] == ["h1"]
+    assert all(fake.commands(h)[-1] == "use token-of-h1" for h in ("h1", "h2", "h3", "h4"))
+    skipped = [r for r in kept.results if r.index == 0 and r.status == StepStatus.SKIPPED]
+    assert {r.host for r in skipped} == {"h2", "h3", "h4"}
+    assert {r.message for r in skipped} == {"run_once: ran on h1"}
+
+
+def test_rollback_runs_newest_batch_first_on_the_hosts_changed_only(tmp_path: Path) -> None:
+    body = """\
+strategy: {batches: [1]}
+on_failure: rollback
+steps:
+  - shell: "deploy {{ inventory_hostname }}"
+rollback:
+  - shell: "undo {{ inventory_hostname }}"
+"""
+    status, fake, kept = run(tmp_path, body, answer=fails_on("h3", command="deploy"))
+    assert status == "rolled_back"
+    undone = [c for _, c in fake.sent if c.startswith("undo")]
+    assert undone == ["undo h3", "undo h2", "undo h1"]
+    assert fake.commands("h4") == []
+    assert "h4" not in kept.statuses  # its batch never started
+    assert {kept.statuses[h] for h in ("h1", "h2", "h3")} == {"rolled_back"}
+
+
+def test_an_unreachable_host_fails_and_counts_against_the_batch(tmp_path: Path) -> None:
+    strategy = "strategy: {batches: [4], max_fail_percentage: 25}\n"
+    status, fake, kept = run(tmp_path, strategy + STEPS, down=["h2"])
+    assert status == "failed"
+    first = {r.host: r for r in kept.results if r.index == 0}
+    assert first["h2"].status == StepStatus.UNREACHABLE
+    assert "connection refused" in (first["h2"].message or "")
+    assert all(fake.commands(h) == ["mark", "break", "after"] for h in ("h1", "h3", "h4"))
+
+
+def test_a_resume_gives_later_steps_what_was_registered_before_the_stop(
+    tmp_path: Path,
+) -> None:
+    body = 'steps:\n  - shell: read\n    register: seen\n  - shell: "echo {{ seen.stdout }}"\n'
+    finished: dict[tuple[str, int, str], Any] = {
+        ("steps", 0, host): HostStepResult(
+            host, "steps", 0, "shell", StepStatus.OK, 0, f"before-{host}\n"
+        )
+        for host in ("h1", "h2")
+    }
+    status, fake, _ = run(tmp_path, body, hosts=2, state=RunState(finished=finished))
+    assert status == "succeeded"
+    assert sorted(fake.sent) == [("h1", "echo before-h1"), ("h2", "echo before-h2")]
