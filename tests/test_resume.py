@@ -321,3 +321,28 @@ def test_resume_reads_secrets_again_from_their_environment_variables(
     assert done.returncode == 0, done.stdout + done.stderr
     assert (hosts.host("host4").root / "done").read_text() == "s3cr3t-1"
     assert_nowhere_in_store(runbook_exec.db, b"s3cr3t-1")  # type: ignore[attr-defined]
+
+
+def test_resume_refuses_a_plan_that_no_longer_renders_as_recorded(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    text = GATED.replace(
+        "touch {{ lab_root | quote }}/done",
+        "echo {{ color | default('blue') }} > {{ lab_root | quote }}/done",
+    )
+    assert runbook_exec("run", write("rb.yml", text), "--no-input").returncode == 3
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    assert runbook_exec("approve", run_id).returncode == 0
+    inventory = hosts.inventory.read_text()
+    hosts.inventory.write_text(inventory + "\n[all:vars]\ncolor=green\n")
+
+    changed = runbook_exec("resume", run_id)
+    assert changed.returncode == 2, changed.stdout + changed.stderr
+    assert f"run {run_id}'s plan no longer renders as event" in changed.stderr
+    assert "nothing was run" in changed.stderr
+    assert not (hosts.host("host2").root / "done").exists()
+
+    hosts.inventory.write_text(inventory)
+    done = runbook_exec("resume", run_id)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (hosts.host("host4").root / "done").read_text() == "blue\n"

@@ -153,8 +153,21 @@ class Plan:
     @property
     def digest(self) -> str:
         """SHA-256 of the plan's canonical JSON: equal plans, equal digests."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return _sha256(self.to_dict())
+
+    @property
+    def work_digest(self) -> str:
+        """SHA-256 of what the plan does (batches, gates, failure policy, every host's
+        rendered steps), not of how it was asked for: a resume re-renders the plan from
+        the record and compares this, so that it carries out what was recorded or nothing."""
+        whole = self.to_dict()
+        work = ("batches", "gates", "max_fail_percentage", "on_failure", "steps", "rollback")
+        return _sha256({key: whole[key] for key in work})
+
+
+def _sha256(data: Any) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _gate_dict(gate: PlannedGate) -> dict[str, Any]:

@@ -239,6 +239,7 @@ def start(
             lock=plan.lock,
             options=row["options"],
             plan_digest=plan.digest,
+            work_digest=plan.work_digest,
             batches=[list(b) for b in plan.batches],
             plan=row["plan"],
         )
@@ -372,6 +373,14 @@ def resume(
             Problem(
                 f"the inventory no longer gives run {run_id} the hosts it planned "
                 f"({', '.join(h for b in planned for h in b)}); nothing was run"
+            )
+        )
+    if run.work_digest is not None and prepared.plan.work_digest != run.work_digest:
+        raise InputError(
+            Problem(
+                f"run {run_id}'s plan no longer renders as event {run.event} recorded it: an "
+                "inventory variable or a parameter read from the environment changed since "
+                "it started; put it back, or start a new run; nothing was run"
             )
         )
     _take_lock(store, record, run, lock, operator, steal_stale_lock, on_note)

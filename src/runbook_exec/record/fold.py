@@ -149,6 +149,7 @@ class RunFold:
             "targets": body.get("targets"),
             "batches": batches,
             "plan_digest": body.get("plan_digest"),
+            "work_digest": body.get("work_digest"),
             "options": body.get("options"),
             "lock": body.get("lock"),
             "operator": str(body.get("operator")),

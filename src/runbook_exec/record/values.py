@@ -51,6 +51,7 @@ class RunRecord:
     targets: str | None
     batches: tuple[tuple[str, ...], ...]
     plan_digest: str | None
+    work_digest: str | None  # what the plan does, rendered (runs recorded before: None)
     options: dict[str, Any] | None
     lock: str | None
     operator: str
