@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook_exec.events import EventSink, HostStatus, HostStepResult, StepStatus
-from runbook_exec.executor import Executor, RunOptions, RunState
+from runbook_exec.executor import Cancellation, Executor, RunContext, RunOptions, RunState
 from runbook_exec.inventory import select_hosts
 from runbook_exec.params import resolve_params
 from runbook_exec.plan import build_plan
@@ -45,6 +45,7 @@ def run(
     answer: Answer | None = None,
     down: Sequence[str] = (),
     state: RunState | None = None,
+    cancel: Cancellation | None = None,
 ) -> tuple[str, FakeHosts, Kept]:
     inventory = tmp_path / "hosts.ini"
     names = [f"h{i}" for i in range(1, hosts + 1)]
@@ -54,18 +55,17 @@ def run(
     params = resolve_params(book, {}, {}, tmp_path)
     plan = build_plan(book, chosen, params, run={"id": "r1", "operator": "anna"})
     fake, kept = FakeHosts(answer, down), Kept()
-    executor = Executor(
+    context = RunContext(
         "r1",
         "anna",
         book,
         chosen,
         plan,
         params,
-        kept,
         RunOptions(known_hosts=tmp_path / "known_hosts"),
-        state,
         connect=fake.connect,
     )
+    executor = Executor(context, kept, state, cancel=cancel)
     return asyncio.run(executor.execute()), fake, kept
 
 
@@ -154,3 +154,33 @@ def test_a_resume_gives_later_steps_what_was_registered_before_the_stop(
     status, fake, _ = run(tmp_path, body, hosts=2, state=RunState(finished=finished))
     assert status == "succeeded"
     assert sorted(fake.sent) == [("h1", "echo before-h1"), ("h2", "echo before-h2")]
+
+
+def test_a_failing_command_is_retried_until_it_succeeds(tmp_path: Path) -> None:
+    tries: dict[str, int] = {}
+
+    def flaky(host: str, sent: str) -> int:
+        tries[host] = tries.get(host, 0) + 1
+        return 0 if tries[host] >= 3 else 1
+
+    body = "steps:\n  - shell: flaky\n    retries: 2\n    delay: 0s\n"
+    status, _, kept = run(tmp_path, body, hosts=2, answer=flaky)
+    assert status == "succeeded"
+    assert {r.host: r.attempts for r in kept.results} == {"h1": 3, "h2": 3}
+    short = body.replace("retries: 2", "retries: 1")
+    tries.clear()
+    status, _, kept = run(tmp_path, short, hosts=1, answer=flaky)
+    assert status == "failed" and kept.results[0].attempts == 2
+
+
+def test_a_cancellation_starts_no_new_work_and_stops_retrying(tmp_path: Path) -> None:
+    cancel = Cancellation()
+
+    def stop_on_first(host: str, sent: str) -> int:
+        cancel.request()  # as Ctrl-C would, while the first command runs
+        return 1
+
+    body = "strategy: {batches: [1]}\nsteps:\n  - shell: one\n    retries: 5\n    delay: 0s\n"
+    status, fake, _ = run(tmp_path, body + "  - shell: two\n", answer=stop_on_first, cancel=cancel)
+    assert status == "interrupted"
+    assert fake.sent == [("h1", "one")]  # no retry, no second step, no second batch

@@ -31,7 +31,15 @@ from .errors import (
     Refused,
 )
 from .events import RUN_ENDED, EventSink, Fanout, HostStepResult, RunStatus, StepStatus
-from .executor import Approver, Connect, Executor, RunOptions, RunState
+from .executor import (
+    Approver,
+    Cancellation,
+    Connect,
+    Executor,
+    RunContext,
+    RunOptions,
+    RunState,
+)
 from .inventory import Host, select_hosts
 from .params import ResolvedParams, parse_extra_vars, resolve_params
 from .plan import PLAN_ONLY_RUN_ID, Plan, build_plan
@@ -446,23 +454,23 @@ def _execute(
         store.update_run(run_id, status="running", pid=os.getpid(), machine=socket.gethostname())
     writer = StoreRecorder(store, run_id, audit)
 
-    executor = Executor(
+    context = RunContext(
         run_id,
         operator,
         prepared.runbook_file,
         prepared.hosts,
         prepared.plan,
         prepared.params,
-        Fanout(writer, view(run_id)),
         options,
-        state,
-        approver,
-        record.previous_release,
         prepared.inventory,
+        record.previous_release,
         **({"connect": connect} if connect is not None else {}),
     )
+    sink = Fanout(writer, view(run_id))
+    cancel = Cancellation()
+    executor = Executor(context, sink, state, approver, cancel)
     try:
-        status = asyncio.run(_with_signals(executor))
+        status = asyncio.run(_with_signals(executor, cancel, sink))
     finally:
         writer.close()
     _end(store, audit, run_id, status, prepared.plan.lock)
@@ -504,24 +512,19 @@ def _needs_release_history(plan: Plan) -> bool:
     return False
 
 
-async def _with_signals(executor: Executor) -> str:
+async def _with_signals(executor: Executor, cancel: Cancellation, sink: EventSink) -> str:
     """Ctrl-C (or SIGTERM) once: start no new work, let running commands end or time out.
     Twice: abandon them."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    presses = 0
 
     def stop() -> None:
-        nonlocal presses
-        presses += 1
-        executor.stopping = True
-        if presses == 1:
-            executor.recorder.note(
+        if cancel.request() == 1:
+            sink.note(
                 "stopping: no new work starts; running commands may finish "
                 "(Ctrl-C again to abandon them)"
             )
         elif task is not None:
-            executor.abandoning = True
             task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,7 +4,6 @@ failed, and each host's outcome turned into an ordinary host-step result."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -13,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import HostKeyError
 from ..events import HostStepResult, StepStatus, TaskResult
-from ..steps import HostContext, StepBase
+from ..steps import StepBase
 from ..transports.ansible import AnsibleSettings, PlaybookOutcome, run_playbook
 from ..transports.base import Unreachable
+from .progress import retrying
 
 if TYPE_CHECKING:
     from . import Executor
@@ -59,28 +59,31 @@ class AnsibleStep:
             for h in actions
             if not await self._guarded(number, section, index, step, h, actions[h])
         ]
-        attempts = 0
+        if not remaining:
+            return
         started = time.monotonic()
-        while remaining:
-            attempts += 1
+
+        async def attempt(count: int) -> list[str]:
+            """One ansible-playbook run on the hosts still to do; the hosts it failed on."""
+            nonlocal remaining
             outcome = await self._playbook(
                 step, actions[remaining[0]], remaining, number, section, index
             )
             failed = [h for h in remaining if outcome.hosts[h] != StepStatus.OK]
-            retry = bool(failed) and attempts <= step.retries and not self.ex.stopping
+            retry = again(failed, count)
             for host in remaining:
                 if host in failed and retry:
                     continue
-                self.ex.finish(
-                    number,
-                    self._result(
-                        host, section, index, step, outcome, attempts, time.monotonic() - started
-                    ),
-                )
-            if not retry:
-                break
+                duration = time.monotonic() - started
+                result = self._result(host, section, index, step, outcome, count, duration)
+                self.ex.finish(number, result)
             remaining = failed
-            await asyncio.sleep(step.delay if step.delay is not None else 1.0)
+            return failed
+
+        def again(failed: list[str], count: int) -> bool:
+            return bool(failed) and count <= step.retries and not self.ex.stopping
+
+        await retrying(attempt, again, step.delay if step.delay is not None else 1.0)
 
     async def _guarded(
         self,
@@ -94,14 +97,7 @@ class AnsibleStep:
         """Finish the step as skipped on `host` when its creates/unless guard says so."""
         if not (action.creates or action.unless):
             return False
-        context = HostContext(
-            lambda: self.ex.session(host),
-            step.timeout or self.ex.options.timeout,
-            self.ex.options.output_limit,
-            self.ex.secrets,
-            self.ex.file.workspace,
-            self.ex.names[host],
-        )
+        context = self.ex.host_context(host, step)
         try:
             reason = await action.skip_reason(context)
         except (Unreachable, HostKeyError) as exc:
@@ -147,11 +143,11 @@ class AnsibleStep:
         playbook, options = action.ansible_call(self.ex.file.workspace)
         return await run_playbook(
             playbook,
-            self.ex.inventory,
+            self.ex.context.inventory,
             hosts,
             settings,
             on_task=on_task,
-            should_cancel=lambda: self.ex.abandoning,
+            should_cancel=lambda: self.ex.cancel.abandoning,
             **options,
         )
 
