@@ -1,54 +1,25 @@
-"""The plan: hosts split into batches, gates between them, every step rendered for every host.
-
-Pure: the same runbook, hosts and parameters always give the same plan, and nothing here
-touches the network. `plan` and `check` print it; the executor carries it out.
-"""
+"""Rendering the steps for every host: the real rendering (what runs) and the masked view
+(what is shown and recorded), collecting every problem instead of stopping at one."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import ValidationError
 
-from .durations import format_duration, parse_duration
-from .errors import Problem, RunbookError
-from .inventory import Host
-from .masking import MASK
-from .model import Gate
-from .params import ResolvedParams
-from .runbook import RunbookFile
-from .steps import Scope, StepBase
-from .steps.base import FieldPath
-from .templating import HostVars, TemplateProblem, evaluate, is_template, names_used, render
-
-T = TypeVar("T")
-PLAN_ONLY_RUN_ID = "(assigned when the run starts)"
-"""What `{{ run.id }}` renders to in a plan only shown (`plan`, `check`, `run --dry-run`)."""
-
-
-def resolve_batches(hosts: Sequence[T], sizes: Sequence[int | str]) -> list[list[T]]:
-    """Split `hosts` as Ansible's `serial` does: counts or percentages of all hosts, rounded
-    down but at least 1, the last size repeating until every host has a batch."""
-    remaining = list(hosts)
-    total = len(remaining)
-    batches: list[list[T]] = []
-    index = 0
-    while remaining:
-        size = _batch_count(sizes[index], total)
-        batches.append(remaining[:size])
-        del remaining[:size]
-        index = min(index + 1, len(sizes) - 1)
-    return batches
-
-
-def _batch_count(size: int | str, total: int) -> int:
-    if isinstance(size, str):
-        return max(int(int(size.rstrip("%")) / 100.0 * total), 1)
-    return size
+from ..durations import format_duration, parse_duration
+from ..errors import Problem
+from ..inventory import Host
+from ..masking import MASK
+from ..model import Gate
+from ..params import ResolvedParams
+from ..runbook import RunbookFile
+from ..steps import Scope, StepBase
+from ..steps.base import FieldPath
+from ..templating import HostVars, TemplateProblem, evaluate, is_template, names_used, render
+from .values import HostAction, PlannedStep, Rendered
 
 
 class RunTimeValue:
@@ -69,174 +40,7 @@ class RunTimeValue:
         return f"<{self._path} at run time>"
 
 
-@dataclass(frozen=True)
-class HostAction:
-    """What one step does on some hosts: the rendered action, or why it does nothing there."""
-
-    hosts: tuple[str, ...]
-    action: Mapping[str, Any] | None
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """One step as one host gets it: the step with its fields rendered for the host (what
-    runs; None when nothing runs there) and the same with secrets masked (what is shown and
-    recorded). What needs a registered result waits for the run: `when_at_run_time`, and
-    `step` None with `render_at_run_time`."""
-
-    step: StepBase | None
-    shown: Mapping[str, Any] | None
-    when_at_run_time: bool = False
-    render_at_run_time: bool = False
-
-
-@dataclass(frozen=True)
-class PlannedStep:
-    section: str
-    index: int
-    name: str
-    kind: str
-    options: Mapping[str, Any]
-    actions: tuple[HostAction, ...]
-    hosts: Mapping[str, Rendered] = field(default_factory=dict, compare=False, repr=False)
-    """Every host's rendering ("*" for a step run once per batch); not part of the record,
-    whose `actions` are these, grouped and masked."""
-
-
-@dataclass(frozen=True)
-class PlannedGate:
-    after_batch: int
-    wait: float | None = None
-    approve: str | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything a run will do, in order, before it does any of it."""
-
-    runbook: Mapping[str, str]
-    targets: str
-    limit: str | None
-    lock: str
-    params: Mapping[str, Any]
-    batches: tuple[tuple[str, ...], ...]
-    gates: tuple[PlannedGate, ...]
-    max_fail_percentage: float
-    on_failure: str
-    steps: tuple[PlannedStep, ...]
-    rollback: tuple[PlannedStep, ...]
-    host_count: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "host_count", sum(len(b) for b in self.batches))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "runbook": dict(self.runbook),
-            "targets": self.targets,
-            "limit": self.limit,
-            "lock": self.lock,
-            "params": dict(self.params),
-            "hosts": self.host_count,
-            "batches": [list(b) for b in self.batches],
-            "gates": [_gate_dict(g) for g in self.gates],
-            "max_fail_percentage": self.max_fail_percentage,
-            "on_failure": self.on_failure,
-            "steps": [_step_dict(s) for s in self.steps],
-            "rollback": [_step_dict(s) for s in self.rollback],
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str)
-
-    @property
-    def digest(self) -> str:
-        """SHA-256 of the plan's canonical JSON: equal plans, equal digests."""
-        return _sha256(self.to_dict())
-
-    @property
-    def work_digest(self) -> str:
-        """SHA-256 of what the plan does (batches, gates, failure policy, every host's
-        rendered steps), not of how it was asked for: a resume re-renders the plan from
-        the record and compares this, so that it carries out what was recorded or nothing."""
-        whole = self.to_dict()
-        work = ("batches", "gates", "max_fail_percentage", "on_failure", "steps", "rollback")
-        return _sha256({key: whole[key] for key in work})
-
-
-def _sha256(data: Any) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _gate_dict(gate: PlannedGate) -> dict[str, Any]:
-    if gate.wait is not None:
-        return {"after_batch": gate.after_batch, "wait": format_duration(gate.wait)}
-    return {"after_batch": gate.after_batch, "approve": gate.approve}
-
-
-def _step_dict(step: PlannedStep) -> dict[str, Any]:
-    return {
-        "index": step.index,
-        "name": step.name,
-        "kind": step.kind,
-        "options": dict(step.options),
-        "actions": [
-            {"hosts": list(a.hosts), "action": a.action, "note": a.note} for a in step.actions
-        ],
-    }
-
-
-def build_plan(
-    runbook_file: RunbookFile,
-    hosts: Sequence[Host],
-    params: ResolvedParams,
-    *,
-    limit: str | None = None,
-    run: Mapping[str, Any] | None = None,
-) -> Plan:
-    """The plan for these hosts and parameters; `RunbookError` lists every template problem."""
-    runbook = runbook_file.runbook
-    batches = resolve_batches([h.name for h in hosts], runbook.strategy.batches)
-    renderer = _Renderer(runbook_file, hosts, params, dict(run or {}))
-    between = renderer.gates(runbook.strategy.between_batches)
-    gates = tuple(
-        PlannedGate(after, wait, approve)
-        for after in range(1, len(batches))
-        for wait, approve in between
-    )
-    steps = renderer.section("steps", runbook.steps)
-    rollback = renderer.section("rollback", runbook.rollback)
-    if renderer.problems:
-        raise RunbookError(renderer.summarised_problems())
-    return Plan(
-        runbook={
-            "name": runbook.name,
-            "path": runbook_file.display_path,
-            "sha256": runbook_file.sha256,
-        },
-        targets=runbook.targets,
-        limit=limit,
-        lock=runbook.lock or lock_name_for(h.name for h in hosts),
-        params=params.masked(),
-        batches=tuple(tuple(b) for b in batches),
-        gates=gates,
-        max_fail_percentage=runbook.strategy.max_fail_percentage,
-        on_failure=runbook.on_failure,
-        steps=steps,
-        rollback=rollback,
-    )
-
-
-def lock_name_for(host_names: Any) -> str:
-    """The default lock: one name for exactly this set of hosts."""
-    names = sorted(host_names)
-    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
-    return f"hosts:{digest}"
-
-
-class _Renderer:
+class Renderer:
     """Renders every step for every host, collecting problems instead of stopping at one."""
 
     def __init__(
