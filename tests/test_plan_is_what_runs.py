@@ -5,14 +5,16 @@ that notes what each session is asked to run before it runs it)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from runbook_exec import runner
-from runbook_exec.events import EventSink
+from runbook_exec.events import EventSink, HostStepResult, register_sink
 from runbook_exec.executor import RunOptions
 from runbook_exec.inventory import Host
 from runbook_exec.masking import MASK
+from runbook_exec.prepare import prepare
 from runbook_exec.store import Store
 from runbook_exec.testing.lab import SshLab
 from runbook_exec.transports.base import CommandResult, Session
@@ -60,6 +62,25 @@ class Noting:
         await self.real.close()
 
 
+class Listener(EventSink):
+    """A sink registered for every run, as a notifier would be."""
+
+    def __init__(self, run_id: str, heard: list[tuple[str, str]]) -> None:
+        self.run_id, self.heard = run_id, heard
+
+    def step_finished(self, batch: int, result: HostStepResult) -> None:
+        self.heard.append((self.run_id, result.host))
+
+
+class Broken(EventSink):
+    def batch_started(self, batch: int, hosts: Sequence[str]) -> None:
+        raise RuntimeError("a listener's bug")
+
+
+def cannot_start(run_id: str) -> EventSink:
+    raise RuntimeError("a listener that cannot start")
+
+
 def recorded_plan(store: Store, run_id: str) -> dict[str, Any]:
     for event in store.audit_events():
         if event["run_id"] == run_id and event["type"] == "run.requested":
@@ -82,7 +103,7 @@ def test_every_command_sent_is_the_recorded_plan_masked(
 
     from runbook_exec.store.audit import operator_name
 
-    prepared = runner.prepare(
+    prepared = prepare(
         path,
         [hosts.inventory],
         ["version=1.4.2"],
@@ -91,18 +112,30 @@ def test_every_command_sent_is_the_recorded_plan_masked(
         run_id=runner.new_run_id(),
     )
     store = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
-    outcome = runner.start(
-        store,
-        prepared,
-        operator="ops-anna",
-        change_id=None,
-        reason=None,
-        options=RunOptions(known_hosts=hosts.known_hosts),
-        view=lambda run_id: EventSink(),
-        approver=None,
-        connect=noting,
-    )
+    heard: list[tuple[str, str]] = []
+    unregister = [
+        register_sink(lambda run_id: Listener(run_id, heard)),
+        register_sink(lambda run_id: Broken()),
+        register_sink(cannot_start),
+    ]
+    try:
+        outcome = runner.start(
+            store,
+            prepared,
+            operator="ops-anna",
+            change_id=None,
+            reason=None,
+            options=RunOptions(known_hosts=hosts.known_hosts),
+            view=lambda run_id: EventSink(),
+            approver=None,
+            connect=noting,
+        )
+    finally:
+        for remove in unregister:
+            remove()
     assert outcome.status == "succeeded", outcome
+    # A registered listener heard every host-step; ones that raised broke nothing.
+    assert len(heard) == 4 * 4 and {run for run, _ in heard} == {outcome.run_id}
     plan = recorded_plan(store, outcome.run_id)
     assert plan == json.loads(prepared.plan.to_json())
 
@@ -141,7 +174,7 @@ def test_a_secret_changed_past_recognition_shows_masked(
         RUNBOOK.split("steps:")[0]
         + "steps:\n  - shell: echo {{ token | upper }} {{ token | reverse | join }} {{ version }}\n"
     )
-    prepared = runner.prepare(path, [hosts.inventory], ["version=2"], None, "anna")
+    prepared = prepare(path, [hosts.inventory], ["version=2"], None, "anna")
     shown = json.dumps(prepared.plan.to_dict())
     assert SECRET.upper() not in shown and SECRET[::-1] not in shown
     assert f"echo {MASK} {MASK[::-1]} 2" in shown

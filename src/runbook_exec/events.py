@@ -8,7 +8,8 @@ cares about: a new event breaks none of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -234,3 +235,98 @@ class Fanout(EventSink):
     async def flush(self) -> None:
         for sink in self.sinks:
             await sink.flush()
+
+
+SinkFactory = Callable[[str], "EventSink | None"]
+"""Given a run's id, the sink that listens to it (or None, to sit this run out)."""
+
+_REGISTERED: list[SinkFactory] = []
+
+
+def register_sink(factory: SinkFactory) -> Callable[[], None]:
+    """Have every run from now on tell `factory(run_id)`'s sink what happens: how a metrics
+    exporter or a notifier listens, without an edit to the runner. Returns the call that
+    takes it away again."""
+    _REGISTERED.append(factory)
+    return lambda: _REGISTERED.remove(factory)
+
+
+def sinks_for(run_id: str, *first: EventSink) -> Fanout:
+    """One fan-out for a run: the sinks given (the store's first), then every registered
+    one. A registered sink that raises is told nothing more of this run, and the run goes
+    on: a listener cannot break what it listens to."""
+    registered: list[EventSink] = []
+    for factory in _REGISTERED:
+        try:
+            sink = factory(run_id)
+        except Exception as exc:  # a listener that cannot start: the run goes on without it
+            _warn(f"listener {getattr(factory, '__name__', factory)!r} could not start ({exc!r})")
+            continue
+        if sink is not None:
+            registered.append(_Guarded(sink))
+    return Fanout(*first, *registered)
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}; the run goes on without it", file=sys.stderr)
+
+
+class _Guarded(EventSink):
+    """A registered sink whose first exception silences it (reported once on stderr)."""
+
+    def __init__(self, sink: EventSink) -> None:
+        self.sink: EventSink | None = sink
+
+    def _call(self, method: str, *args: object) -> None:
+        if self.sink is None:
+            return
+        try:
+            getattr(self.sink, method)(*args)
+        except Exception as exc:  # a listener's bug, not the run's
+            self._silence(method, exc)
+
+    def _silence(self, method: str, exc: Exception) -> None:
+        _warn(f"listener {type(self.sink).__name__} failed in {method} ({exc!r}) and hears no more")
+        self.sink = None
+
+    async def flush(self) -> None:
+        if self.sink is None:
+            return
+        try:
+            await self.sink.flush()
+        except Exception as exc:
+            self._silence("flush", exc)
+
+    def batch_started(self, batch: int, hosts: Sequence[str]) -> None:
+        self._call("batch_started", batch, hosts)
+
+    def steps_started(
+        self, batch: int, section: str, index: int, name: str, hosts: Sequence[str]
+    ) -> None:
+        self._call("steps_started", batch, section, index, name, hosts)
+
+    def step_finished(self, batch: int, result: HostStepResult) -> None:
+        self._call("step_finished", batch, result)
+
+    def host_status(self, host: str, status: HostStatus, message: str | None = None) -> None:
+        self._call("host_status", host, status, message)
+
+    def gate(
+        self,
+        key: str,
+        kind: str,
+        message: str,
+        status: str,
+        by: str | None = None,
+        comment: str | None = None,
+    ) -> None:
+        self._call("gate", key, kind, message, status, by, comment)
+
+    def note(self, text: str) -> None:
+        self._call("note", text)
+
+    def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
+        self._call("release_switched", host, switch)
+
+    def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None:
+        self._call("task_result", batch, section, index, result)

@@ -21,20 +21,36 @@ class Auditor:
     id, reason), what (runbook name, path and SHA-256), when (UTC, milliseconds), and the
     event's own fields (host, step, status, exit code, duration, output...)."""
 
-    def __init__(self, store: Store, run: Mapping[str, Any], operator: str | None = None) -> None:
+    def __init__(self, store: Store, context: Mapping[str, Any]) -> None:
         self.store = store
-        self.context = {
-            "run_id": run["id"],
-            "operator": operator or run["operator"],
-            "actor": actor(operator or run["operator"]),
-            "change_id": run.get("change_id"),
-            "reason": run.get("reason"),
-            "runbook": {
-                "name": run["runbook_name"],
-                "path": run["runbook_path"],
-                "sha256": run["runbook_sha256"],
+        self.context = dict(context)
+
+    @classmethod
+    def for_run(cls, store: Store, run: Mapping[str, Any], operator: str | None = None) -> Auditor:
+        """The event maker for a run (`operator`: who acts now, if not the run's own)."""
+        who = operator or run["operator"]
+        return cls(
+            store,
+            {
+                "run_id": run["id"],
+                "operator": who,
+                "actor": actor(who),
+                "change_id": run.get("change_id"),
+                "reason": run.get("reason"),
+                "runbook": {
+                    "name": run["runbook_name"],
+                    "path": run["runbook_path"],
+                    "sha256": run["runbook_sha256"],
+                },
             },
-        }
+        )
+
+    @classmethod
+    def outside_runs(cls, store: Store, operator: str) -> Auditor:
+        """The event maker for what is done to no run (or to one the trail does not
+        record): reading, exporting, checkpointing, pruning the trail; forcing a lock."""
+        context = {"run_id": None, "operator": operator, "actor": actor(operator)}
+        return cls(store, {**context, "change_id": None})
 
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
         return {"at": utc_now(), "type": kind, **self.context, "host": None, **fields}

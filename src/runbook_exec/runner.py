@@ -15,7 +15,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,11 @@ from .errors import (
     EXIT_REFUSED,
     InputError,
     LockHeld,
+    NotFound,
     Problem,
     Refused,
 )
-from .events import RUN_ENDED, EventSink, Fanout, HostStepResult, RunStatus, StepStatus
+from .events import RUN_ENDED, EventSink, HostStepResult, RunStatus, StepStatus, sinks_for
 from .executor import (
     Approver,
     Cancellation,
@@ -40,12 +41,11 @@ from .executor import (
     RunOptions,
     RunState,
 )
-from .inventory import Host, select_hosts
-from .params import ResolvedParams, parse_extra_vars, resolve_params
-from .plan import PLAN_ONLY_RUN_ID, Plan, build_plan
+from .plan import Plan
+from .prepare import Prepared, prepare_file
 from .record import Record, RecordAltered, RunDetails, RunRecord
 from .recorders import Auditor, StoreRecorder
-from .runbook import RunbookFile, load_runbook, runbook_from_text
+from .runbook import runbook_from_text
 from .store import LockHolder, Store
 from .transports.ansible import PlaybookOutcome
 
@@ -64,20 +64,6 @@ EXIT_FOR_STATUS: dict[str, int] = {
 }
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A validated request: everything needed to run, found without connecting anywhere."""
-
-    runbook_file: RunbookFile
-    inventory: tuple[str, ...]
-    hosts: list[Host]
-    params: ResolvedParams
-    plan: Plan
-    limit: str | None
-    run_id: str | None = None
-    """The id the plan was rendered with (`{{ run.id }}`); None for a plan only shown."""
-
-
 @dataclass
 class Outcome:
     run_id: str
@@ -88,64 +74,6 @@ class Outcome:
     @property
     def exit_code(self) -> int:
         return EXIT_FOR_STATUS.get(self.status, EXIT_FAILED)
-
-
-def prepare(
-    runbook: Path,
-    inventory: Sequence[Path],
-    extra_vars: Sequence[str],
-    limit: str | None,
-    operator: str,
-    environ: Mapping[str, str] | None = None,
-    *,
-    run_id: str | None = None,
-) -> Prepared:
-    """Load and check everything a run needs; `InputError` lists every problem found. With
-    `run_id`, the plan is the one that run will carry out; without, one to show."""
-    runbook_file = load_runbook(runbook, str(runbook))
-    sources = [str(p) for p in inventory]
-    return _prepare(runbook_file, sources, extra_vars, limit, operator, environ, run_id=run_id)
-
-
-def _prepare(
-    runbook_file: RunbookFile,
-    inventory: Sequence[str],
-    extra_vars: Sequence[str],
-    limit: str | None,
-    operator: str,
-    environ: Mapping[str, str] | None,
-    given_values: Mapping[str, Any] | None = None,
-    *,
-    run_id: str | None,
-) -> Prepared:
-    problems: list[Problem] = []
-    params = hosts = None
-    try:
-        from .params import GivenValue
-
-        given = parse_extra_vars(list(extra_vars))
-        for name, value in (given_values or {}).items():
-            given.setdefault(name, GivenValue(value, "the run's record"))
-        params = resolve_params(runbook_file, given, environ or os.environ, Path.cwd())
-    except InputError as exc:
-        problems.extend(exc.problems)
-    if not inventory:
-        problems.append(Problem("no inventory given; use -i INVENTORY (repeatable)"))
-    else:
-        try:
-            hosts = select_hosts(inventory, runbook_file.runbook.targets, limit)
-        except InputError as exc:
-            problems.extend(exc.problems)
-    if problems or params is None or hosts is None:
-        raise InputError(problems)
-    plan = build_plan(
-        runbook_file,
-        hosts,
-        params,
-        limit=limit,
-        run={"id": run_id or PLAN_ONLY_RUN_ID, "operator": operator},
-    )
-    return Prepared(runbook_file, tuple(inventory), hosts, params, plan, limit, run_id)
 
 
 def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, PlaybookOutcome]]:
@@ -235,7 +163,7 @@ def start(
             row,
             [(host, number) for number, batch in enumerate(plan.batches, 1) for host in batch],
         )
-        Auditor(store, row).append(
+        Auditor.for_run(store, row).append(
             "run.requested",
             # Everything a resume needs, so that it is taken from the chain, not a table.
             runbook_text=row["runbook_text"],
@@ -271,7 +199,7 @@ def start(
 
 def auditor(store: Store, run: RunRecord, operator: str | None = None) -> Auditor:
     """The audit event maker for a recorded run (operator: who acts now, if not its own)."""
-    return Auditor(
+    return Auditor.for_run(
         store,
         {
             "id": run.id,
@@ -372,7 +300,7 @@ def resume(
     secret_names = run.secret_names if run.secret_names is not None else table["secret_names"]
     given = {k: v for k, v in run.params.items() if k not in secret_names and v is not None}
     inventory = run.inventory if run.inventory is not None else table["inventory"]
-    prepared = _prepare(
+    prepared = prepare_file(
         runbook_file, inventory, [], run.limit, run.operator, environ, given, run_id=run_id
     )
     planned = [list(b) for b in run.batches]
@@ -466,7 +394,7 @@ def _execute(
         record.previous_release,
         **({"connect": connect} if connect is not None else {}),
     )
-    sink = Fanout(writer, view(run_id))
+    sink = sinks_for(run_id, writer, view(run_id))
     cancel = Cancellation()
     executor = Executor(context, sink, state, approver, cancel)
     try:
@@ -570,6 +498,8 @@ def decide(store: Store, run_id: str, approved: bool, operator: str, comment: st
         )
         if approved:
             store.update_run(run_id, status="running")
+    # Recorded: now the registered listeners (a notifier, metrics) hear of it too.
+    sinks_for(run_id).gate(gate.key, "approve", str(gate.message), decision, operator, comment)
     if not approved:
         store.update_run(
             run_id, message=f"rejected by {operator}" + (f": {comment}" if comment else "")
@@ -578,6 +508,28 @@ def decide(store: Store, run_id: str, approved: bool, operator: str, comment: st
             store, audit, run_id, "rejected", run.lock or (store.get_run(run_id) or {})["lock_name"]
         )
     return str(gate.message)
+
+
+def unlock(store: Store, name: str, operator: str) -> LockHolder:
+    """Force a lock open (for a holder known to be gone), with its event; returns who held
+    it. The run it belonged to can still be resumed, and takes the lock again."""
+    store.require_key()
+    with store.batch():  # the lock forced open and its event: both or neither
+        holder = store.force_unlock(name)
+        if holder is None:
+            raise InputError(Problem(f"no lock named {name!r}"))
+        try:
+            run = Record(store).run(holder.run_id, outputs=False).run
+            auditor(store, run, operator).append(
+                "lock.forced", lock=name, message=holder.describe()
+            )
+        except (RecordAltered, NotFound):  # a lock whose run is not on record: forced anyway
+            Auditor.outside_runs(store, operator).append(
+                "lock.forced",
+                lock=name,
+                message=f"{holder.describe()} (a run the audit trail does not record)",
+            )
+    return holder
 
 
 def _options_record(options: RunOptions) -> dict[str, Any]:

@@ -6,9 +6,7 @@ Heavy imports (Pydantic models, Ansible) happen inside the commands that need th
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,8 +26,6 @@ from .options import (
     RunbookArg,
     err,
     out,
-    plan_for,
-    select_target_hosts,
 )
 from .warm import warm_app
 
@@ -84,35 +80,13 @@ def check(
 
     Example: runbook-exec check runbooks/deploy.yml -i inventory/staging.ini -e version=1.4.2
     """
-    from .. import checks
-    from ..params import parse_extra_vars, resolve_params
-    from ..runbook import load_runbook
+    from ..prepare import check as check_runbook
+    from ..store.audit import operator_name
 
-    runbook_file = load_runbook(runbook, str(runbook))
-    problems: list[Problem] = []
-    params = hosts = plan = None
-    try:
-        params = resolve_params(
-            runbook_file, parse_extra_vars(extra_vars or []), os.environ, Path.cwd()
-        )
-    except InputError as exc:
-        problems.extend(exc.problems)
-    if inventory:
-        try:
-            hosts = select_target_hosts(runbook_file, inventory, limit)
-        except InputError as exc:
-            problems.extend(exc.problems)
-    problems.extend(checks.template_syntax(runbook_file))
-    if params is not None and hosts is not None and not problems:
-        try:
-            plan = plan_for(runbook_file, hosts, params, limit, operator)
-        except InputError as exc:
-            problems.extend(exc.problems)
-    problems.extend(checks.missing_files(runbook_file, plan))
-    problems.extend(checks.requirements(runbook_file))
-    problems.extend(checks.playbook_syntax(runbook_file))
-    if problems:
-        raise InputError(problems)
+    checked = check_runbook(
+        runbook, inventory or [], extra_vars or [], limit, operator_name(operator)
+    )
+    runbook_file, plan = checked.runbook_file, checked.plan
     book = runbook_file.runbook
     summary = f"OK {runbook_file.display_path}: runbook '{book.name}', {len(book.steps)} steps"
     if plan is not None:
@@ -153,43 +127,24 @@ def plan(
 
     Example: runbook-exec plan runbooks/deploy.yml -i inventory/staging.ini -e version=1.4.2
     """
-    from ..params import parse_extra_vars, resolve_params
-    from ..runbook import load_runbook
+    from ..prepare import prepare
+    from ..store.audit import operator_name
     from ..views import print_plan
 
     if not inventory:
         raise InputError(Problem("plan needs an inventory: give -i INVENTORY"))
-    runbook_file = load_runbook(runbook, str(runbook))
-    problems: list[Problem] = []
-    params = hosts = None
-    try:
-        params = resolve_params(
-            runbook_file, parse_extra_vars(extra_vars or []), os.environ, Path.cwd()
-        )
-    except InputError as exc:
-        problems.extend(exc.problems)
-    try:
-        hosts = select_target_hosts(runbook_file, inventory, limit)
-    except InputError as exc:
-        problems.extend(exc.problems)
-    if problems or params is None or hosts is None:
-        raise InputError(problems)
-    result = plan_for(runbook_file, hosts, params, limit, operator)
+    prepared = prepare(runbook, inventory, extra_vars or [], limit, operator_name(operator))
     if as_json:
-        typer.echo(result.to_json())
+        typer.echo(prepared.plan.to_json())
     else:
-        print_plan(out(), result)
+        print_plan(out(), prepared.plan)
     if check_mode:
         from .. import runner
         from ..executor import RunOptions
+        from ..transports.base import default_known_hosts
         from ..views import print_check_mode
 
-        prepared = runner.Prepared(
-            runbook_file, tuple(map(str, inventory)), hosts, params, result, limit
-        )
-        options = RunOptions(
-            known_hosts=(known_hosts or Path("~/.ssh/known_hosts").expanduser()).resolve()
-        )
+        options = RunOptions(known_hosts=(known_hosts or default_known_hosts()).resolve())
         print_check_mode(out(), runner.check_mode(prepared, options))
 
 

@@ -353,20 +353,10 @@ def _store(db: str) -> Store:
 
 def _record(store: Store, operator: str | None, kind: str, **fields: Any) -> None:
     """Reading, exporting, checkpointing and pruning the trail are audit events themselves."""
-    from ..store.audit import actor, operator_name, utc_now
+    from ..recorders import Auditor
+    from ..store.audit import operator_name
 
-    who = operator_name(operator)
-    event = {
-        "at": utc_now(),
-        "type": kind,
-        "run_id": None,
-        "host": None,
-        "operator": who,
-        "change_id": None,
-        "actor": actor(who),
-        **fields,
-    }
-    store.append_audit(event)
+    Auditor.outside_runs(store, operator_name(operator)).append(kind, **fields)
 
 
 def _utc(text: str, option: str) -> datetime:

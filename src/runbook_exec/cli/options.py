@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from ..errors import InputError, Problem
-
-if TYPE_CHECKING:
-    from ..inventory import Host
-    from ..params import ResolvedParams
-    from ..plan import Plan
-    from ..runbook import RunbookFile
 
 DEFAULT_DB = "sqlite:///.runbook-exec/state.db"
 
@@ -113,27 +107,3 @@ def duration_option(name: str, value: str, parse: Any) -> float:
         return float(parse(value))
     except ValueError as exc:
         raise InputError(Problem(str(exc), field=name)) from None
-
-
-def select_target_hosts(
-    runbook_file: RunbookFile, sources: list[Path], limit: str | None
-) -> list[Host]:
-    """The runbook's targets in the given inventories, narrowed by --limit."""
-    from ..inventory import select_hosts
-
-    return select_hosts(sources, runbook_file.runbook.targets, limit)
-
-
-def plan_for(
-    runbook_file: RunbookFile,
-    hosts: list[Host],
-    params: ResolvedParams,
-    limit: str | None,
-    operator: str | None,
-) -> Plan:
-    """The plan a run would carry out (its id is assigned when it starts)."""
-    from ..plan import PLAN_ONLY_RUN_ID, build_plan
-    from ..store.audit import operator_name
-
-    run = {"id": PLAN_ONLY_RUN_ID, "operator": operator_name(operator)}
-    return build_plan(runbook_file, hosts, params, limit=limit, run=run)

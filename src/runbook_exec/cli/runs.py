@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -94,12 +93,14 @@ def run(
     from .. import runner
     from ..durations import parse_duration
     from ..executor import RunOptions
+    from ..prepare import prepare
     from ..store import Store
     from ..store.audit import operator_name
+    from ..transports.base import default_known_hosts
     from ..views import print_plan
 
     who = operator_name(operator)
-    prepared = runner.prepare(
+    prepared = prepare(
         runbook,
         inventory or [],
         extra_vars or [],
@@ -115,7 +116,7 @@ def run(
         timeout=duration_option("--timeout", timeout, parse_duration),
         connect_timeout=duration_option("--connect-timeout", connect_timeout, parse_duration),
         output_limit=output_limit,
-        known_hosts=(known_hosts or Path("~/.ssh/known_hosts").expanduser()).resolve(),
+        known_hosts=(known_hosts or default_known_hosts()).resolve(),
         accept_new_host_keys=accept_new_host_keys,
     )
     store = Store.open(db)
@@ -324,6 +325,7 @@ def releases(
     from ..inventory import select_hosts
     from ..record import Record
     from ..store import Store
+    from ..transports.base import default_known_hosts
     from ..transports.ssh import SshOptions
 
     hosts = {h.name: h for h in select_hosts(inventory, "all", limit)} if inventory else None
@@ -332,7 +334,7 @@ def releases(
     recorded = Record(Store.open(db)).releases()
     rows = live.recorded(recorded.switches, set(hosts) if hosts else None)
     if check_hosts and hosts is not None:
-        options = SshOptions((known_hosts or Path("~/.ssh/known_hosts").expanduser()).resolve())
+        options = SshOptions((known_hosts or default_known_hosts()).resolve())
         rows = asyncio.run(live.check(rows, hosts, options))
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
@@ -356,34 +358,9 @@ def unlock(
 
     The run it belonged to can still be resumed, and takes the lock again."""
     from .. import runner
-    from ..record import Record, RecordAltered
     from ..store import Store
-    from ..store.audit import actor, operator_name, utc_now
+    from ..store.audit import operator_name
 
-    store = Store.open(db)
-    store.require_key()
     who = operator_name(operator)
-    with store.batch():  # the lock forced open and its event: both or neither
-        holder = store.force_unlock(name)
-        if holder is None:
-            raise InputError(Problem(f"no lock named {name!r}"))
-        try:
-            run = Record(store).run(holder.run_id, outputs=False).run
-            runner.auditor(store, run, who).append(
-                "lock.forced", lock=name, message=holder.describe()
-            )
-        except RecordAltered:  # a lock row with no run on record: forced all the same
-            store.append_audit(
-                {
-                    "at": utc_now(),
-                    "type": "lock.forced",
-                    "run_id": None,
-                    "host": None,
-                    "operator": who,
-                    "change_id": None,
-                    "actor": actor(who),
-                    "lock": name,
-                    "message": f"{holder.describe()} (a run the audit trail does not record)",
-                }
-            )
-    out().print(f"unlocked by {operator_name(operator)}: {holder.describe()}")
+    holder = runner.unlock(Store.open(db), name, who)
+    out().print(f"unlocked by {who}: {holder.describe()}")

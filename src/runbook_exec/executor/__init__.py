@@ -24,7 +24,7 @@ from ..record.values import RecordAltered
 from ..runbook import RunbookFile
 from ..steps import HostContext, Scope, StepBase
 from ..templating import HostVars, TemplateProblem, evaluate
-from ..transports.base import CommandResult, Session, Unreachable
+from ..transports.base import CommandResult, Session, Unreachable, default_known_hosts
 from ..transports.ssh import SshOptions, connect
 from .ansible import AnsibleStep
 from .progress import PASSED, Cancellation, Progress, RunState, retrying
@@ -43,7 +43,7 @@ class RunOptions:
     timeout: float = 600.0
     connect_timeout: float = 10.0
     output_limit: int = 64 * 1024
-    known_hosts: Path = field(default_factory=lambda: Path("~/.ssh/known_hosts").expanduser())
+    known_hosts: Path = field(default_factory=default_known_hosts)
     accept_new_host_keys: bool = False
 
 

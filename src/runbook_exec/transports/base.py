@@ -26,6 +26,11 @@ class CommandResult:
         return self.rc == 0 and not self.timed_out
 
 
+def default_known_hosts() -> Path:
+    """Where host keys are checked when no --known-hosts is given: OpenSSH's own file."""
+    return Path("~/.ssh/known_hosts").expanduser()
+
+
 class Unreachable(Exception):
     """The host could not be connected to, or the connection dropped."""
 

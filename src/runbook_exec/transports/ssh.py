@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import os
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -351,7 +350,3 @@ def _combined_digest(*captures: OutputCapture) -> str:
     for capture in captures:
         digest.update(capture.digest.digest())
     return digest.hexdigest()
-
-
-def default_known_hosts() -> Path:
-    return Path(os.path.expanduser("~/.ssh/known_hosts"))

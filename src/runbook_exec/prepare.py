@@ -1,0 +1,138 @@
+"""A request made ready to run, show or check: the runbook loaded, the parameters resolved,
+the hosts selected and the plan rendered — every problem found before anything connects.
+What `run`, `resume`, `plan` and `check` share; it imports nothing that talks to hosts or
+to the store, so that `plan` and `check` start fast."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import checks
+from .errors import InputError, Problem
+from .inventory import Host, select_hosts
+from .params import GivenValue, ResolvedParams, parse_extra_vars, resolve_params
+from .plan import PLAN_ONLY_RUN_ID, Plan, build_plan
+from .runbook import RunbookFile, load_runbook
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request: everything needed to run, found without connecting anywhere."""
+
+    runbook_file: RunbookFile
+    inventory: tuple[str, ...]
+    hosts: list[Host]
+    params: ResolvedParams
+    plan: Plan
+    limit: str | None
+    run_id: str | None = None
+    """The id the plan was rendered with (`{{ run.id }}`); None for a plan only shown."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A runbook that `check` found nothing wrong with; the plan when hosts were given."""
+
+    runbook_file: RunbookFile
+    plan: Plan | None
+
+
+def prepare(
+    runbook: Path,
+    inventory: Sequence[Path],
+    extra_vars: Sequence[str],
+    limit: str | None,
+    operator: str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    run_id: str | None = None,
+) -> Prepared:
+    """Load and check everything a run needs; `InputError` lists every problem found. With
+    `run_id`, the plan is the one that run will carry out; without, one to show."""
+    runbook_file = load_runbook(runbook, str(runbook))
+    sources = [str(p) for p in inventory]
+    return prepare_file(runbook_file, sources, extra_vars, limit, operator, environ, run_id=run_id)
+
+
+def prepare_file(
+    runbook_file: RunbookFile,
+    inventory: Sequence[str],
+    extra_vars: Sequence[str],
+    limit: str | None,
+    operator: str,
+    environ: Mapping[str, str] | None,
+    given_values: Mapping[str, Any] | None = None,
+    *,
+    run_id: str | None,
+) -> Prepared:
+    """`prepare` for a runbook already loaded (a resume loads it from the record, and
+    gives the recorded parameter values in `given_values`)."""
+    problems: list[Problem] = []
+    params = hosts = None
+    try:
+        given = parse_extra_vars(list(extra_vars))
+        for name, value in (given_values or {}).items():
+            given.setdefault(name, GivenValue(value, "the run's record"))
+        params = resolve_params(runbook_file, given, environ or os.environ, Path.cwd())
+    except InputError as exc:
+        problems.extend(exc.problems)
+    if not inventory:
+        problems.append(Problem("no inventory given; use -i INVENTORY (repeatable)"))
+    else:
+        try:
+            hosts = select_hosts(inventory, runbook_file.runbook.targets, limit)
+        except InputError as exc:
+            problems.extend(exc.problems)
+    if problems or params is None or hosts is None:
+        raise InputError(problems)
+    plan = build_plan(
+        runbook_file,
+        hosts,
+        params,
+        limit=limit,
+        run={"id": run_id or PLAN_ONLY_RUN_ID, "operator": operator},
+    )
+    return Prepared(runbook_file, tuple(inventory), hosts, params, plan, limit, run_id)
+
+
+def check(
+    runbook: Path,
+    inventory: Sequence[Path],
+    extra_vars: Sequence[str],
+    limit: str | None,
+    operator: str,
+    environ: Mapping[str, str] | None = None,
+) -> Checked:
+    """Everything `check` verifies, every problem collected (`InputError`): fields,
+    parameters, hosts (with an inventory), template and expression syntax, every template
+    for every host, local files, what the controller needs, playbook syntax."""
+    runbook_file = load_runbook(runbook, str(runbook))
+    problems: list[Problem] = []
+    params = hosts = plan = None
+    try:
+        given = parse_extra_vars(list(extra_vars))
+        params = resolve_params(runbook_file, given, environ or os.environ, Path.cwd())
+    except InputError as exc:
+        problems.extend(exc.problems)
+    if inventory:
+        try:
+            hosts = select_hosts([str(p) for p in inventory], runbook_file.runbook.targets, limit)
+        except InputError as exc:
+            problems.extend(exc.problems)
+    problems.extend(checks.template_syntax(runbook_file))
+    if params is not None and hosts is not None and not problems:
+        try:
+            run = {"id": PLAN_ONLY_RUN_ID, "operator": operator}
+            plan = build_plan(runbook_file, hosts, params, limit=limit, run=run)
+        except InputError as exc:
+            problems.extend(exc.problems)
+    problems.extend(checks.missing_files(runbook_file, plan))
+    problems.extend(checks.requirements(runbook_file))
+    problems.extend(checks.playbook_syntax(runbook_file))
+    if problems:
+        raise InputError(problems)
+    return Checked(runbook_file, plan)
