@@ -6,15 +6,25 @@ The same behaviours are also tested end to end on real hosts (test_run, test_res
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from runbook_exec.errors import RunbookError
 from runbook_exec.events import EventSink, HostStatus, HostStepResult, StepStatus
-from runbook_exec.executor import Cancellation, Executor, RunContext, RunOptions, RunState
+from runbook_exec.executor import (
+    Approver,
+    Cancellation,
+    Executor,
+    RunContext,
+    RunOptions,
+    RunState,
+)
 from runbook_exec.inventory import select_hosts
-from runbook_exec.params import resolve_params
-from runbook_exec.plan import build_plan
+from runbook_exec.params import parse_extra_vars, resolve_params
+from runbook_exec.plan import Plan, build_plan
 from runbook_exec.runbook import runbook_from_text
 from runbook_exec.testing.fake import Answer, FakeHosts
 
@@ -26,6 +36,7 @@ class Kept(EventSink):
         self.results: list[HostStepResult] = []
         self.statuses: dict[str, str] = {}
         self.notes: list[str] = []
+        self.plan: Plan | None = None  # the plan the run carried out
 
     def step_finished(self, batch: int, result: HostStepResult) -> None:
         self.results.append(result)
@@ -46,15 +57,22 @@ def run(
     down: Sequence[str] = (),
     state: RunState | None = None,
     cancel: Cancellation | None = None,
+    approver: Approver | None = None,
+    host_vars: str = "",
+    extra_vars: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[str, FakeHosts, Kept]:
+    """Plan `body` (a runbook after its name and targets) for hosts h1…hN and run it over
+    fake hosts. `host_vars` follows each host's name in the INI inventory."""
     inventory = tmp_path / "hosts.ini"
     names = [f"h{i}" for i in range(1, hosts + 1)]
-    inventory.write_text("[app]\n" + "\n".join(names) + "\n")
+    inventory.write_text("[app]\n" + "\n".join(f"{n} {host_vars}" for n in names) + "\n")
     book = runbook_from_text("name: policy\ntargets: app\n" + body, str(tmp_path / "rb.yml"))
     chosen = select_hosts([inventory], "app")
-    params = resolve_params(book, {}, {}, tmp_path)
+    params = resolve_params(book, parse_extra_vars(list(extra_vars)), environ or {}, tmp_path)
     plan = build_plan(book, chosen, params, run={"id": "r1", "operator": "anna"})
     fake, kept = FakeHosts(answer, down), Kept()
+    kept.plan = plan
     context = RunContext(
         "r1",
         "anna",
@@ -65,7 +83,7 @@ def run(
         RunOptions(known_hosts=tmp_path / "known_hosts"),
         connect=fake.connect,
     )
-    executor = Executor(context, kept, state, cancel=cancel)
+    executor = Executor(context, kept, state, approver, cancel)
     return asyncio.run(executor.execute()), fake, kept
 
 
@@ -184,3 +202,133 @@ def test_a_cancellation_starts_no_new_work_and_stops_retrying(tmp_path: Path) ->
     status, fake, _ = run(tmp_path, body + "  - shell: two\n", answer=stop_on_first, cancel=cancel)
     assert status == "interrupted"
     assert fake.sent == [("h1", "one")]  # no retry, no second step, no second batch
+
+
+def asks(answers: list[str]) -> Approver:
+    """An approver that notes each question and says yes."""
+
+    async def approve(message: str) -> tuple[bool, str | None]:
+        answers.append(message)
+        return True, None
+
+    return approve
+
+
+def test_a_gate_step_whose_when_is_false_is_skipped_not_asked(tmp_path: Path) -> None:
+    body = """\
+params:
+  careful: {type: bool, default: false}
+strategy: {batches: [2]}
+steps:
+  - shell: one
+  - approve: "Go on with {{ careful }}?"
+    when: careful
+  - shell: two
+"""
+    asked: list[str] = []
+    status, fake, kept = run(tmp_path, body, approver=asks(asked))
+    assert status == "succeeded" and asked == []
+    assert all(fake.commands(h) == ["one", "two"] for h in ("h1", "h2", "h3", "h4"))
+    assert any("skipped (when 'careful' is false)" in note for note in kept.notes)
+    status, _, _ = run(tmp_path, body, approver=asks(asked), extra_vars=["careful=true"])
+    assert status == "succeeded" and asked == ["Go on with True?"] * 2  # once per batch
+
+
+def test_a_gate_that_reads_a_registered_result_is_decided_by_the_batch_first_live_host(
+    tmp_path: Path,
+) -> None:
+    body = """\
+strategy: {batches: [2]}
+steps:
+  - shell: check
+    register: check
+  - approve: "{{ inventory_hostname }} says {{ check.stdout }}: go on?"
+    when: check.stdout != 'fine'
+  - shell: two
+"""
+
+    def answer(host: str, sent: str) -> str:
+        return "odd" if host in ("h1", "h4") and sent == "check" else "fine"
+
+    asked: list[str] = []
+    status, _, _ = run(tmp_path, body, approver=asks(asked), answer=answer)
+    assert status == "succeeded"
+    # Batch 1's first host registered "odd": asked; batch 2's (h3) "fine": not asked.
+    assert asked == ["h1 says odd: go on?"]
+    # With h1 down, h2 is batch 1's first live host: it said "fine", so nobody is asked.
+    asked.clear()
+    status, _, _ = run(tmp_path, body, approver=asks(asked), answer=answer, down=["h1"])
+    assert status == "failed" and asked == []
+
+
+def test_an_inventory_variable_that_uses_a_registered_result_is_rendered_at_run_time(
+    tmp_path: Path,
+) -> None:
+    body = """\
+steps:
+  - shell: port
+    register: port
+  - shell: "curl {{ url }}"
+  - shell: "again {{ url }}"
+"""
+    answer: Answer = lambda host, sent: f"80{host[1]}" if sent == "port" else 0  # noqa: E731
+    status, fake, kept = run(
+        tmp_path, body, hosts=2, answer=answer, host_vars="url=http://x:{{port.stdout}}/"
+    )
+    assert status == "succeeded", kept.results
+    assert fake.commands("h1") == ["port", "curl http://x:801/", "again http://x:801/"]
+    assert fake.commands("h2") == ["port", "curl http://x:802/", "again http://x:802/"]
+    assert kept.plan is not None
+    shown = kept.plan.steps[2].actions[0]
+    assert shown.action == {"shell": "again http://x:<port.stdout at run time>/"}
+
+
+def test_assert_conditions_are_evaluated_never_rendered(tmp_path: Path) -> None:
+    body = """\
+params:
+  version: {required: true}
+steps:
+  - assert: "version == '1.0'"
+  - assert: "'{{ version }}' == '1.0'"
+"""
+    status, _, kept = run(tmp_path, body, hosts=1, extra_vars=["version=1.0"])
+    assert [r.status for r in kept.results] == ["ok", "failed"]  # the second: a literal
+    # Rendered, the second would read "'x' or 'a' == '1.0'": true, whatever the version.
+    status, _, kept = run(tmp_path, body, hosts=1, extra_vars=["version=x' or 'a"])
+    assert status == "failed"
+    assert kept.results[0].stderr == "assertion failed: version == '1.0'"
+    body = body.replace("'{{ version }}' == '1.0'", "{{ version }} == '1.0'")
+    with pytest.raises(RunbookError) as refused:
+        run(tmp_path, body, hosts=1, extra_vars=["version=1.0"])
+    problem = refused.value.problems[0]
+    assert problem.field == "steps[1].assert.that[0]" and "expression syntax" in problem.message
+
+
+def test_an_undefined_name_in_when_is_a_plan_problem_or_a_failed_host(tmp_path: Path) -> None:
+    with pytest.raises(RunbookError) as refused:
+        run(tmp_path, "steps:\n  - shell: one\n    when: nosuchname\n", hosts=1)
+    problem = refused.value.problems[0]
+    assert problem.field == "steps[0].when" and "'nosuchname' is undefined" in problem.message
+    body = "steps:\n  - shell: one\n    register: r\n  - shell: two\n    when: r.nosuch\n"
+    status, fake, kept = run(tmp_path, body, hosts=1)
+    assert status == "failed" and fake.commands("h1") == ["one"]
+    assert "has no attribute 'nosuch'" in (kept.results[-1].message or "")
+    assert kept.statuses == {"h1": "failed"}
+
+
+def test_a_resume_shares_a_run_once_result_with_the_hosts_it_skipped(tmp_path: Path) -> None:
+    body = """\
+steps:
+  - shell: make-token
+    run_once: true
+    register: token
+  - shell: "use {{ token.stdout }}"
+"""
+    ran = HostStepResult("h1", "steps", 0, "shell", StepStatus.OK, 0, "token-of-h1\n")
+    skipped = HostStepResult(
+        "h2", "steps", 0, "shell", StepStatus.SKIPPED, message="run_once: ran on h1"
+    )
+    finished = {("steps", 0, "h1"): ran, ("steps", 0, "h2"): skipped}
+    status, fake, _ = run(tmp_path, body, hosts=2, state=RunState(finished=finished))
+    assert status == "succeeded"
+    assert sorted(fake.sent) == [("h1", "use token-of-h1"), ("h2", "use token-of-h1")]

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,6 +56,12 @@ def live(hosts: SshLab, name: str) -> str:
 def releases_of(hosts: SshLab, name: str) -> set[str]:
     folder = hosts.host(name).root / "app" / "releases"
     return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
+def deployed(runbook_exec: Run, site: Path, version: str, **kwargs: Any) -> None:
+    """A deploy that must succeed; when it does not, the assertion shows why."""
+    done = deploy(runbook_exec, site, version, **kwargs)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def deploy(
@@ -113,7 +120,7 @@ def test_previous_walks_back_through_deploys(
 def test_deploy_switches_every_host_and_the_app_answers_the_new_version(
     runbook_exec: Run, site: Path, hosts: SshLab
 ) -> None:
-    assert deploy(runbook_exec, site, "1.0.0").returncode == 0
+    deployed(runbook_exec, site, "1.0.0")
     done = deploy(runbook_exec, site, "1.1.0")
     assert done.returncode == 0, done.stdout + done.stderr
     for name in HOSTS:
@@ -132,7 +139,7 @@ def test_deploy_switches_every_host_and_the_app_answers_the_new_version(
 def test_a_bad_release_fails_its_canary_is_rolled_back_and_goes_nowhere_else(
     runbook_exec: Run, site: Path, hosts: SshLab
 ) -> None:
-    assert deploy(runbook_exec, site, "1.0.0").returncode == 0
+    deployed(runbook_exec, site, "1.0.0")
     done = deploy(
         runbook_exec,
         site,
@@ -160,7 +167,7 @@ def test_switching_back_is_not_a_deploy_so_previous_keeps_going_back(
     runbook_exec: Run, site: Path, hosts: SshLab
 ) -> None:
     for version in ("1.0.0", "1.1.0"):
-        assert deploy(runbook_exec, site, version).returncode == 0
+        deployed(runbook_exec, site, version)
     bad = deploy(
         runbook_exec,
         site,
@@ -180,7 +187,7 @@ def test_switching_back_is_not_a_deploy_so_previous_keeps_going_back(
 def test_gray_release_waits_for_approval_between_batches(
     runbook_exec: Run, site: Path, hosts: SshLab
 ) -> None:
-    assert deploy(runbook_exec, site, "1.0.0").returncode == 0
+    deployed(runbook_exec, site, "1.0.0")
     done = deploy(
         runbook_exec,
         site,
@@ -202,7 +209,7 @@ def test_rollback_restores_the_previous_release_everywhere(
     runbook_exec: Run, site: Path, hosts: SshLab
 ) -> None:
     for version in ("1.0.0", "1.1.0"):
-        assert deploy(runbook_exec, site, version).returncode == 0
+        deployed(runbook_exec, site, version)
     done = runbook_exec("run", "runbooks/rollback.yml")
     assert done.returncode == 0, done.stdout + done.stderr
     assert all(live(hosts, n) == "1.0.0" and serving(hosts, n) == "1.0.0" for n in HOSTS)
@@ -224,7 +231,7 @@ def test_a_release_row_edited_by_hand_is_flagged_and_previous_refuses(
     runbook_exec: Run, site: Path, hosts: SshLab, edit: str
 ) -> None:
     for version in ("1.0.0", "1.1.0"):
-        assert deploy(runbook_exec, site, version).returncode == 0
+        deployed(runbook_exec, site, version)
     query(str(runbook_exec.db), edit)  # type: ignore[attr-defined]
     shown = runbook_exec("releases")
     assert shown.returncode == 0, shown.stderr
@@ -239,7 +246,7 @@ def test_a_release_row_edited_by_hand_is_flagged_and_previous_refuses(
 def test_rolling_restart_never_has_two_batches_down_at_once(
     runbook_exec: Run, site: Path, hosts: SshLab
 ) -> None:
-    assert deploy(runbook_exec, site, "1.0.0").returncode == 0
+    deployed(runbook_exec, site, "1.0.0")
     done = runbook_exec("run", "runbooks/restart.yml", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     run_id = json.loads(done.stdout)["run_id"]
@@ -273,7 +280,7 @@ def test_releases_check_finds_a_link_changed_by_hand(
     runbook_exec: Run, site: Path, hosts: SshLab
 ) -> None:
     for version in ("1.0.0", "1.1.0"):
-        assert deploy(runbook_exec, site, version).returncode == 0
+        deployed(runbook_exec, site, version)
     clean = runbook_exec(
         "releases", "-i", hosts.inventory, "--check", "--known-hosts", hosts.known_hosts
     )
@@ -318,7 +325,7 @@ def test_previous_falls_back_to_the_disk_for_a_host_deployed_by_hand(
 def test_activating_a_release_that_is_not_there_fails_clearly(
     runbook_exec: Run, site: Path, hosts: SshLab
 ) -> None:
-    assert deploy(runbook_exec, site, "1.0.0").returncode == 0
+    deployed(runbook_exec, site, "1.0.0")
     done = runbook_exec("run", "runbooks/rollback.yml", "-e", "version=9.9.9")
     assert done.returncode == 1
     assert "release 9.9.9 not found in" in done.stdout

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, Undefined, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -83,12 +83,8 @@ def render(text: str, context: Mapping[str, Any]) -> str:
     template = _compile(text)
     try:
         return str(ENV.concat(template.root_render_func(_context(template, context))))
-    except TemplateProblem:
-        raise
-    except TemplateError as exc:
-        raise TemplateProblem(_explain(exc)) from None
-    except RecursionError:
-        raise TemplateProblem("variables refer to each other in a loop") from None
+    except Exception as exc:
+        raise _problem(exc) from None
 
 
 class HostVars(Mapping[str, Any]):
@@ -134,10 +130,9 @@ class HostVars(Mapping[str, Any]):
         return len({**self._inventory, **self._data})
 
     def extended(self, data: Mapping[str, Any]) -> HostVars:
-        """The same host with more data names (registered results); rendered values kept."""
-        more = HostVars(self._inventory, {**self._data, **data})
-        more._rendered = self._rendered
-        return more
+        """The same host with more data names (registered results). Inventory values are
+        rendered afresh: one may use a name the new data adds or changes."""
+        return HostVars(self._inventory, {**self._data, **data}) if data else self
 
 
 def render_data(value: Any, context: Mapping[str, Any]) -> Any:
@@ -158,11 +153,24 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
         context_ = _context(template, context)
         for _ in template.root_render_func(context_):
             pass
-        return context_.vars["result"]
-    except TemplateProblem:
-        raise
-    except TemplateError as exc:
-        raise TemplateProblem(_explain(exc)) from None
+        result = context_.vars["result"]
+        if isinstance(result, Undefined):  # `when: nosuchname`: an error now, not at bool()
+            result._fail_with_undefined_error()
+        return result
+    except Exception as exc:
+        raise _problem(exc) from None
+
+
+def _problem(exc: Exception) -> TemplateProblem:
+    """What went wrong in a template, as the one error type callers handle: Jinja2's own
+    errors, and what a filter or operator raised (`{{ 5 | length }}`, `{{ 1 / 0 }}`)."""
+    if isinstance(exc, TemplateProblem):
+        return exc
+    if isinstance(exc, TemplateError):
+        return TemplateProblem(_explain(exc))
+    if isinstance(exc, RecursionError):
+        return TemplateProblem("variables refer to each other in a loop")
+    return TemplateProblem(f"{type(exc).__name__}: {exc}")
 
 
 def names_used(text: str, *, expression: bool = False) -> set[str]:

@@ -200,10 +200,7 @@ class Executor:
             if not live:
                 return None
             if step.scope is Scope.BATCH:
-                shown = self.planned[(section, index)].hosts["*"].shown or {}
-                outcome = await self._gate(
-                    f"{section}:{number}:{index}", shown.get("wait"), shown.get("approve")
-                )
+                outcome = await self._gate_step(section, index, step, number, live)
                 if outcome:
                     return outcome
                 continue
@@ -265,12 +262,13 @@ class Executor:
             self.recorder.host_status(result.host, HostStatus.FAILED, why)
 
     def action_for(
-        self, section: str, index: int, step: StepBase, host: str
+        self, section: str, index: int, step: StepBase, host: str, planned_as: str | None = None
     ) -> StepBase | HostStepResult:
         """The step as the plan rendered it for `host`, or the result that it does not run
         there: skipped (its `when` is false) or failed (it cannot be rendered). Only what
-        needs a registered result is decided or rendered now."""
-        planned = self.planned[(section, index)].hosts[host]
+        needs a registered result is decided or rendered now, with `host`'s results.
+        (`planned_as`: the plan's key for the step when not the host's, "*" for a gate.)"""
+        planned = self.planned[(section, index)].hosts[planned_as or host]
         base = HostStepResult(host, section, index, step.title, StepStatus.FAILED)
         skipped = replace(base, status=StepStatus.SKIPPED, message=f"when {step.when!r} is false")
         if planned.step is None and not planned.render_at_run_time:
@@ -383,6 +381,29 @@ class Executor:
         )
 
     # --- gates ------------------------------------------------------------------------------
+
+    async def _gate_step(
+        self, section: str, index: int, step: StepBase, number: int, live: Sequence[str]
+    ) -> str | None:
+        """A `wait:` or `approve:` step: once for the batch, as planned; what it needs at run
+        time (a `when` or a field that reads a registered result) is decided with the
+        batch's first live host's results. Skipped when its `when` is false; a gate that
+        cannot be rendered fails the batch's hosts."""
+        action = self.action_for(section, index, step, live[0], planned_as="*")
+        if isinstance(action, HostStepResult):
+            if action.status == StepStatus.SKIPPED:
+                self.recorder.note(f"{step.title}: skipped ({action.message})")
+                return None
+            for host in live:
+                self.finish(number, replace(action, host=host))
+            return None
+        wait = getattr(action, "wait", None)
+        approve = getattr(action, "approve", None)
+        return await self._gate(
+            f"{section}:{number}:{index}",
+            float(wait) if wait is not None else None,
+            self.mask(approve) if approve is not None else None,
+        )
 
     async def _gate(self, key: str, wait: float | None, approve: str | None) -> str | None:
         await self.recorder.flush()

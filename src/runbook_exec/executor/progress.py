@@ -62,10 +62,14 @@ class Progress:
             h: s for h, s in state.host_status.items() if s in HOST_FAILED
         }
         self.registered: dict[str, dict[str, Any]] = {h: {} for h in hosts}
-        for (section, index, _), result in self.finished.items():
+        for (section, index, host), result in self.finished.items():
             steps_of = self.sections[Section(section)]
-            if index < len(steps_of):
-                self._register(steps_of[index], result)
+            if index >= len(steps_of):
+                continue
+            self._register(steps_of[index], result)
+            once = steps_of[index].run_once and result.status == StepStatus.SKIPPED
+            if once and (ran := self.ran_once(section, index)) is not None:
+                self.share((section, index), host, ran)  # as when the run went past it
 
     def finish(self, result: HostStepResult) -> str | None:
         """Take a host-step's result; returns why the host failed, if it fails with it."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,32 @@ class RunTimeValue:
         return f"<{self._path} at run time>"
 
 
+class _Registered(Mapping[str, Any]):
+    """The plan's names with each result registered by an earlier step standing in as a
+    `RunTimeValue`; notes which of those a rendering read, directly or through an
+    inventory variable (`url: "http://{{ health.stdout }}"`)."""
+
+    def __init__(self, data: Mapping[str, Any], registered: set[str]) -> None:
+        self.data = data
+        self.late = {name: RunTimeValue(name) for name in registered}
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.late:
+            self.read.add(name)
+            return self.late[name]
+        return self.data[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.late or name in self.data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self.data, **self.late})
+
+    def __len__(self) -> int:
+        return len({**self.data, **self.late})
+
+
 class Renderer:
     """Renders every step for every host, collecting problems instead of stopping at one."""
 
@@ -53,11 +80,19 @@ class Renderer:
         self.file = runbook_file
         self.hosts = hosts
         self.base = {**params.values, "run": run}
-        self.masked_base = {**params.masked(), "run": run}
-        self.hidden = frozenset(params.secret_names)  # the secret parameters' names
+        # What is shown is rendered with a stand-in for each secret value that filters
+        # leave recognisable (`quote` keeps it one word, `upper` is undone by matching
+        # case-insensitively), then each stand-in becomes the mask.
+        stand_ins = {
+            name: f"{_STAND_IN}{_letters(number)}"
+            for number, name in enumerate(sorted(params.secret_names))
+            if params.values.get(name) is not None
+        }
+        self.masked_base = {**params.values, **stand_ins, "run": run}
+        self.has_secrets = bool(params.secret_names)
         self.secrets = params.secrets
         self.contexts = {h.name: HostVars(h.template_vars(), self.base) for h in hosts}
-        self.masked: dict[str, HostVars] = {}  # made when a step's template uses a secret
+        self.masked: dict[str, HostVars] = {}  # the hosts' names with secrets masked
         self.registered: set[str] = set()
         self.problems: dict[tuple[int | None, str, str], list[str]] = {}
 
@@ -71,8 +106,8 @@ class Renderer:
             try:
                 wait = gate.wait
                 if isinstance(wait, str):
-                    wait = parse_duration(render(wait, names))
-                approve = render(gate.approve, names) if gate.approve else None
+                    wait = parse_duration(_hide(render(wait, names)))
+                approve = _hide(render(gate.approve, names)) if gate.approve else None
             except (TemplateProblem, ValueError) as exc:
                 self._problem(loc, field, str(exc), "(all)")
                 wait, approve = None, gate.approve
@@ -100,33 +135,34 @@ class Renderer:
                 where = field + _dotted(key)
                 self._problem((*loc, *key), where, str(exc), "(all)")
         templates = list(_templates(step))
-        late = {name: RunTimeValue(name) for name in registered if _uses(templates, {name})}
-        secret = [(path, text) for path, text in templates if _uses([(path, text)], self.hidden)]
         targets = self.hosts[:1] if per_batch else self.hosts
         rows: list[tuple[str, Mapping[str, Any] | None, str]] = []
         hosts: dict[str, Rendered] = {}
         for position, host in enumerate(targets):
             name = "*" if per_batch else host.name
-            context = self.contexts[host.name].extended(late) if late else self.contexts[host.name]
+            names: _Registered | None = None
+            context = self.contexts[host.name]
+            if registered:  # fresh names: what an inventory variable renders to may be late
+                names = _Registered(self.base, registered)
+                context = HostVars(host.template_vars(), names)
             note = "once per batch" if per_batch else ""
             if step.run_once:
                 note = "run_once: this host only"
             when_later = False
             if step.when is not None:
-                decided = self._when(step.when, context, registered, loc, field, host.name)
+                decided = self._when(step.when, context, names, loc, field, host.name)
                 when_later = decided is None
                 if decided is False:
                     note = f"skipped: when {step.when!r} is false"
                 elif when_later:
                     note = _join(note, f"when {step.when!r} is decided at run time")
-            rendered = shown = None
-            if not note.startswith("skipped:"):
-                rendered = self._payload(step, context, loc, field, host.name)
-                shown = self._shown(host, rendered, secret) if rendered is not None else None
             if note.startswith("skipped:"):
                 hosts[name] = Rendered(None, None)
+                rendered = shown = None
             else:
-                hosts[name] = Rendered(None if late else rendered, shown, when_later, bool(late))
+                rendered, late = self._payload(step, context, names, loc, field, host.name)
+                shown = self._shown(step, host, rendered, templates, late, registered)
+                hosts[name] = Rendered(None if late else rendered, shown, when_later, late)
             if step.run_once and position > 0:
                 rows.append((name, None, f"run_once: runs on {targets[0].name} only"))
             else:
@@ -142,23 +178,32 @@ class Renderer:
         )
 
     def _shown(
-        self, host: Host, rendered: StepBase, secret: Sequence[tuple[FieldPath, str]]
+        self,
+        step: StepBase,
+        host: Host,
+        rendered: StepBase | None,
+        templates: Sequence[tuple[FieldPath, str]],
+        late: bool,
+        registered: set[str],
     ) -> dict[str, Any]:
-        """The rendered action as it may be shown and recorded: what runs, with every secret
-        value masked. A field whose template changed a secret past recognition (`{{ token |
-        upper }}`), so that there is nothing to mask, shows the template rendered with the
-        parameter masked instead."""
-        action = rendered.action()
-        for path, text in secret:
-            value = _get(action, path)
-            if isinstance(value, str) and self.secrets.text(value) != value:
-                continue  # the secret is there as it is (or encoded): masking finds it
-            if host.name not in self.masked:
-                self.masked[host.name] = HostVars(host.template_vars(), self.masked_base)
-            try:
-                _set(action, path, render(text, self.masked[host.name]))
-            except TemplateProblem:
-                _set(action, path, MASK)
+        """The step as it may be shown and recorded for `host`: what runs, with secrets
+        masked. When the runbook has secrets, every templated field is rendered again with
+        the secrets masked in the parameters, so that what a template made of a secret
+        (`{{ token | upper }}`, directly or through an inventory variable) shows masked too;
+        the masking of what is left catches a secret that reached a field any other way."""
+        action = (rendered or step).action()
+        if self.has_secrets or rendered is None:
+            if late:
+                masked = HostVars(host.template_vars(), _Registered(self.masked_base, registered))
+            else:
+                if host.name not in self.masked:
+                    self.masked[host.name] = HostVars(host.template_vars(), self.masked_base)
+                masked = self.masked[host.name]
+            for path, text in templates:
+                try:
+                    _set(action, path, _hide(render(text, masked)))
+                except TemplateProblem:
+                    _set(action, path, text if rendered is None else MASK)
         return self.secrets.data(action)  # type: ignore[no-any-return]
 
     def _name(self, step: StepBase, targets: Sequence[Host], loc: Any, field: str) -> str:
@@ -166,7 +211,7 @@ class Renderer:
             return step.title
         try:
             names = HostVars(targets[0].template_vars(), self.masked_base)  # shown only
-            return self.secrets.text(render(step.name, names))
+            return self.secrets.text(_hide(render(step.name, names)))
         except TemplateProblem as exc:
             self._problem((*loc, "name"), f"{field}.name", str(exc), targets[0].name)
             return step.name
@@ -175,27 +220,42 @@ class Renderer:
         self,
         expression: str,
         context: Mapping[str, Any],
-        registered: set[str],
+        names: _Registered | None,
         loc: Any,
         field: str,
         host: str,
     ) -> bool | None:
+        """The host's `when`, or None when it is decided at run time (it reads a result
+        registered during the run)."""
         try:
-            used = names_used(expression, expression=True)
-            if used & registered:
-                return None
-            return bool(evaluate(expression, context))
+            value = evaluate(expression, context)
         except TemplateProblem as exc:
-            self._problem((*loc, "when"), f"{field}.when", str(exc), host)
+            if names is None or not names.read:
+                self._problem((*loc, "when"), f"{field}.when", str(exc), host)
             return None
+        return None if names is not None and names.read else bool(value)
 
     def _payload(
-        self, step: StepBase, context: Mapping[str, Any], loc: Any, field: str, host: str
-    ) -> StepBase | None:
-        def problem(path: tuple[str | int, ...], message: str) -> None:
+        self,
+        step: StepBase,
+        context: Mapping[str, Any],
+        names: _Registered | None,
+        loc: Any,
+        field: str,
+        host: str,
+    ) -> tuple[StepBase | None, bool]:
+        """The step rendered for the host, and whether it must be rendered again at run time
+        (it reads a registered result; what it reads is then not known, so its problems are
+        not either)."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if names is not None:
+            names.read.clear()
+        rendered = render_action(step, context, lambda path, text: problems.append((path, text)))
+        if names is not None and names.read:
+            return rendered, True
+        for path, message in problems:
             self._problem((*loc, *path), field + _dotted(path), message, host)
-
-        return render_action(step, context, problem)
+        return rendered, False
 
     def _problem(self, loc: Any, where: str, message: str, host: str) -> None:
         line = self.file.line_of(tuple(loc))
@@ -211,6 +271,25 @@ class Renderer:
         return problems
 
 
+_STAND_IN = "rbxsecret"
+_STAND_INS = re.compile(_STAND_IN + "[a-z]+", re.IGNORECASE)
+
+
+def _letters(number: int) -> str:
+    """0 -> "a", 25 -> "z", 26 -> "ba": a stand-in's suffix, letters only (a filter that
+    replaces digits leaves it as it is)."""
+    text = ""
+    while True:
+        number, digit = divmod(number, 26)
+        text = "abcdefghijklmnopqrstuvwxyz"[digit] + text
+        if number == 0:
+            return text
+
+
+def _hide(text: str) -> str:
+    return _STAND_INS.sub(MASK, text)
+
+
 def render_action(
     step: StepBase,
     context: Mapping[str, Any],
@@ -220,11 +299,12 @@ def render_action(
     and validated again; each problem goes to `problem(path, message)` and gives None. A
     step with no template in them is the same on every host: the step itself."""
     failed = templated = False
+    expressions = {path for path, _ in step.expressions()}  # evaluated, never rendered
 
     def walk(value: Any, path: tuple[str | int, ...]) -> Any:
         nonlocal failed, templated
         if isinstance(value, str):
-            if not is_template(value):
+            if not is_template(value) or path in expressions:
                 return value
             templated = True
             try:
@@ -265,11 +345,13 @@ def render_action(
 
 
 def _templates(step: StepBase) -> Iterator[tuple[FieldPath, str]]:
-    """Every template in the step's kind-specific fields and guards, with where it lies."""
+    """Every template in the step's kind-specific fields and guards, with where it lies
+    (not its expressions, which are evaluated as `when:` is, never rendered)."""
+    expressions = {path for path, _ in step.expressions()}
 
     def walk(value: Any, path: FieldPath) -> Iterator[tuple[FieldPath, str]]:
         if isinstance(value, str):
-            if is_template(value):
+            if is_template(value) and path not in expressions:
                 yield path, value
         elif isinstance(value, dict):
             for key, item in value.items():
@@ -283,10 +365,6 @@ def _templates(step: StepBase) -> Iterator[tuple[FieldPath, str]]:
         guard = getattr(step, key)
         if guard is not None:
             yield from walk(guard, (key,))
-
-
-def _uses(templates: Sequence[tuple[FieldPath, str]], names: frozenset[str] | set[str]) -> bool:
-    return bool(names) and any(names_used(text) & names for _, text in templates)
 
 
 def _get(data: Any, path: FieldPath) -> Any:
