@@ -145,7 +145,7 @@ def test_pruning_clears_old_output_and_keeps_its_digest(db_url: str) -> None:
 
 
 def test_a_lock_whose_run_is_not_on_record_can_still_be_forced(db_url: str) -> None:
-    from runbook_exec import runner
+    from runbook_exec.service import Service
 
     store = Store.open(db_url)
     a_run(store, "run-1", ["web1"])
@@ -153,7 +153,7 @@ def test_a_lock_whose_run_is_not_on_record_can_still_be_forced(db_url: str) -> N
     with store.engine.begin() as db:  # the run's rows go, as a hand edit would do
         db.exec_driver_sql("DELETE FROM run_hosts WHERE run_id = 'run-1'")
         db.exec_driver_sql("DELETE FROM runs WHERE id = 'run-1'")
-    holder = runner.unlock(store, "web", "bob")
+    holder = Service(store, "bob").unlock("web")
     assert holder.run_id == "run-1" and store.lock_holder("web") is None
     forced = [e for e in store.audit_events() if e["type"] == "lock.forced"]
     assert len(forced) == 1 and "does not record" in forced[0]["body"]

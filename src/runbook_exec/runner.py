@@ -27,7 +27,6 @@ from .errors import (
     EXIT_REFUSED,
     InputError,
     LockHeld,
-    NotFound,
     Problem,
     Refused,
 )
@@ -47,7 +46,6 @@ from .record import Record, RecordAltered, RunDetails, RunRecord
 from .recorders import Auditor, StoreRecorder
 from .runbook import runbook_from_text
 from .store import LockHolder, Store
-from .transports.ansible import PlaybookOutcome
 
 ViewFactory = Callable[[str], EventSink]
 """Given the run id, the recorder that shows the run to a person (or records nothing)."""
@@ -74,37 +72,6 @@ class Outcome:
     @property
     def exit_code(self) -> int:
         return EXIT_FOR_STATUS.get(self.status, EXIT_FAILED)
-
-
-def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, PlaybookOutcome]]:
-    """Run the plan's playbook and module steps in Ansible's check mode on every planned
-    host: what they would change, changing nothing. Steps before them have not run, so what
-    they would have changed is not seen here."""
-    from .steps import Scope
-    from .transports.ansible import AnsibleSettings, run_playbook
-
-    settings = AnsibleSettings(
-        options.known_hosts,
-        options.accept_new_host_keys,
-        options.forks,
-        options.timeout,
-        prepared.params.secrets,
-    )
-    hosts = [h.name for h in prepared.hosts]
-
-    async def all_steps() -> list[tuple[str, PlaybookOutcome]]:
-        results = []
-        for planned in prepared.plan.steps:
-            steps = [r.step for r in planned.hosts.values() if r.step is not None]
-            if not steps or steps[0].scope is not Scope.HOSTS:
-                continue
-            playbook, call = steps[0].ansible_call(prepared.runbook_file.workspace)
-            call["check"] = True
-            outcome = await run_playbook(playbook, prepared.inventory, hosts, settings, **call)
-            results.append((planned.name, outcome))
-        return results
-
-    return asyncio.run(all_steps())
 
 
 def new_run_id() -> str:
@@ -401,12 +368,12 @@ def _execute(
         status = asyncio.run(_with_signals(executor, cancel, sink))
     finally:
         writer.close()
-    _end(store, audit, run_id, status, prepared.plan.lock)
+    end_run(store, audit, run_id, status, prepared.plan.lock)
     hosts = {h.host: h.status for h in record.run(run_id, outputs=False).hosts}
     return Outcome(run_id, status, hosts)
 
 
-def _end(store: Store, audit: Auditor, run_id: str, status: str, lock: str) -> None:
+def end_run(store: Store, audit: Auditor, run_id: str, status: str, lock: str) -> None:
     """Record how a run stopped or ended, in one transaction: its status, its hosts never
     reached (which say so, not "pending"), and, if it ended, its lock released."""
     ended = status in RUN_ENDED
@@ -464,72 +431,6 @@ async def _with_signals(executor: Executor, cancel: Cancellation, sink: EventSin
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-
-
-def decide(store: Store, run_id: str, approved: bool, operator: str, comment: str | None) -> str:
-    """Record a decision on the gate a run waits at; returns the gate's message. Taken from
-    the run's verified events: a gate the table alone says is waiting (or decided) is not."""
-    store.require_key()
-    details = Record(store).run(run_id, outputs=False)
-    details.require_intact("approving or rejecting")
-    run = details.run
-    waiting = [g for g in details.gates if g.status == "waiting" and g.kind == "approve"]
-    if run.status != "awaiting_approval" or not waiting:
-        raise Refused(f"run {run_id} is not waiting for approval (it is {run.status})")
-    gate = waiting[0]
-    decision = "approved" if approved else "rejected"
-    audit = auditor(store, run, operator)
-    with store.batch():  # the decision and what it changes: both or neither
-        audit.append(
-            f"gate.{decision}",
-            gate={"key": gate.key, "kind": "approve", "message": gate.message},
-            decided_by=operator,
-            comment=comment,
-        )
-        store.set_gate(
-            run_id,
-            gate.key,
-            kind="approve",
-            message=gate.message,
-            status=decision,
-            decided_by=operator,
-            comment=comment,
-            decided_at=time.time(),
-        )
-        if approved:
-            store.update_run(run_id, status="running")
-    # Recorded: now the registered listeners (a notifier, metrics) hear of it too.
-    sinks_for(run_id).gate(gate.key, "approve", str(gate.message), decision, operator, comment)
-    if not approved:
-        store.update_run(
-            run_id, message=f"rejected by {operator}" + (f": {comment}" if comment else "")
-        )
-        _end(
-            store, audit, run_id, "rejected", run.lock or (store.get_run(run_id) or {})["lock_name"]
-        )
-    return str(gate.message)
-
-
-def unlock(store: Store, name: str, operator: str) -> LockHolder:
-    """Force a lock open (for a holder known to be gone), with its event; returns who held
-    it. The run it belonged to can still be resumed, and takes the lock again."""
-    store.require_key()
-    with store.batch():  # the lock forced open and its event: both or neither
-        holder = store.force_unlock(name)
-        if holder is None:
-            raise InputError(Problem(f"no lock named {name!r}"))
-        try:
-            run = Record(store).run(holder.run_id, outputs=False).run
-            auditor(store, run, operator).append(
-                "lock.forced", lock=name, message=holder.describe()
-            )
-        except (RecordAltered, NotFound):  # a lock whose run is not on record: forced anyway
-            Auditor.outside_runs(store, operator).append(
-                "lock.forced",
-                lock=name,
-                message=f"{holder.describe()} (a run the audit trail does not record)",
-            )
-    return holder
 
 
 def _options_record(options: RunOptions) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .options import (
     RunbookArg,
     err,
     out,
+    run_options,
 )
 from .warm import warm_app
 
@@ -139,13 +140,10 @@ def plan(
     else:
         print_plan(out(), prepared.plan)
     if check_mode:
-        from .. import runner
-        from ..executor import RunOptions
-        from ..transports.base import default_known_hosts
+        from ..service import check_mode as in_check_mode
         from ..views import print_check_mode
 
-        options = RunOptions(known_hosts=(known_hosts or default_known_hosts()).resolve())
-        print_check_mode(out(), runner.check_mode(prepared, options))
+        print_check_mode(out(), in_check_mode(prepared, run_options(known_hosts)))
 
 
 for command in (

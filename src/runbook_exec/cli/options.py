@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from ..errors import InputError, Problem
+
+if TYPE_CHECKING:
+    from ..executor import RunOptions
 
 DEFAULT_DB = "sqlite:///.runbook-exec/state.db"
 
@@ -107,3 +110,12 @@ def duration_option(name: str, value: str, parse: Any) -> float:
         return float(parse(value))
     except ValueError as exc:
         raise InputError(Problem(str(exc), field=name)) from None
+
+
+def run_options(known_hosts: Path | None, **options: Any) -> RunOptions:
+    """The executor's options from the command line's (`--known-hosts` by default
+    OpenSSH's own file)."""
+    from ..executor import RunOptions
+    from ..transports.base import default_known_hosts
+
+    return RunOptions(known_hosts=(known_hosts or default_known_hosts()).resolve(), **options)

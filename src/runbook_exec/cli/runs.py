@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,10 +28,8 @@ from .options import (
     TimeoutOpt,
     duration_option,
     out,
+    run_options,
 )
-
-if TYPE_CHECKING:
-    pass
 
 NoInputOpt = Annotated[
     bool,
@@ -90,13 +88,11 @@ def run(
     Example: runbook-exec run runbooks/deploy.yml -i inventory/ -e version=1.4.2
     --change-id CHG-1042 --reason "Q4 release"
     """
-    from .. import runner
     from ..durations import parse_duration
-    from ..executor import RunOptions
     from ..prepare import prepare
-    from ..store import Store
+    from ..runner import new_run_id
+    from ..service import Service
     from ..store.audit import operator_name
-    from ..transports.base import default_known_hosts
     from ..views import print_plan
 
     who = operator_name(operator)
@@ -106,28 +102,26 @@ def run(
         extra_vars or [],
         limit,
         who,
-        run_id=None if dry_run else runner.new_run_id(),
+        run_id=None if dry_run else new_run_id(),
     )
     if dry_run:
         print_plan(out(), prepared.plan)
         return
-    options = RunOptions(
+    options = run_options(
+        known_hosts,
         forks=forks,
         timeout=duration_option("--timeout", timeout, parse_duration),
         connect_timeout=duration_option("--connect-timeout", connect_timeout, parse_duration),
         output_limit=output_limit,
-        known_hosts=(known_hosts or default_known_hosts()).resolve(),
         accept_new_host_keys=accept_new_host_keys,
     )
-    store = Store.open(db)
+    service = Service.open(db, who)
     _carry_out(
         as_json,
         no_input,
         prepared.plan.batches,
-        lambda view, approver, note: runner.start(
-            store,
+        lambda view, approver, note: service.start(
             prepared,
-            operator=who,
             change_id=change_id,
             reason=reason,
             options=options,
@@ -153,23 +147,16 @@ def resume(
     (the controller died while it ran) runs again. Secret parameters are read again from
     their environment variables. The same run id, one continuous record.
     """
-    from .. import runner
-    from ..record import Record
-    from ..store import Store
-    from ..store.audit import operator_name
+    from ..service import Service
 
-    store = Store.open(db)
-    batches = Record(store).run(run_id, outputs=False).run.batches
-    who = operator_name(operator)
+    service = Service.open(db, operator)
+    batches = service.run(run_id, outputs=False).run.batches
     _carry_out(
         as_json,
         no_input,
         batches,
-        lambda view, approver, note: runner.resume(
-            store,
+        lambda view, approver, note: service.resume(
             run_id,
-            operator=who,
-            options=None,
             view=view,
             approver=approver,
             steal_stale_lock=steal_stale_lock,
@@ -248,12 +235,10 @@ def reject(
 def _decide(
     run_id: str, approved: bool, comment: str | None, operator: str | None, db: str
 ) -> None:
-    from .. import runner
-    from ..store import Store
-    from ..store.audit import operator_name
+    from ..service import Service
 
-    who = operator_name(operator)
-    message = runner.decide(Store.open(db), run_id, approved, who, comment)
+    service = Service.open(db, operator)
+    message, who = service.decide(run_id, approved, comment), service.operator
     if approved:
         out().print(f"approved by {who}: {message}\ncarry on with `runbook-exec resume {run_id}`")
     else:
@@ -268,11 +253,10 @@ def runs(
     """List runs, newest first: id, runbook, operator, change id, start, duration, status.
 
     Read from the verified audit trail; a run whose table row says otherwise is flagged."""
-    from ..record import Record
-    from ..store import Store
+    from ..service import Service
     from ..views import print_runs, run_summary
 
-    records = Record(Store.open(db)).runs(limit)
+    records = Service.open(db).runs(limit)
     if as_json:
         typer.echo(json.dumps([run_summary(r) for r in records], indent=2))
     else:
@@ -288,11 +272,10 @@ def show(
 
     Read from the verified audit trail: where the tables or the chain say otherwise, the
     difference is shown as "record altered", and what is shown is what the events say."""
-    from ..record import Record
-    from ..store import Store
+    from ..service import Service
     from ..views import print_run, run_json
 
-    details = Record(Store.open(db)).run(run_id)
+    details = Service.open(db).run(run_id)
     if as_json:
         typer.echo(json.dumps(run_json(details), indent=2, default=str))
     else:
@@ -319,31 +302,21 @@ def releases(
     From the record of every release switch. With -i (and --limit) only those hosts. With
     --check, each host's `current` link is read over SSH and compared with the record.
     """
-    import asyncio
-
-    from .. import releases as live
     from ..inventory import select_hosts
-    from ..record import Record
-    from ..store import Store
-    from ..transports.base import default_known_hosts
-    from ..transports.ssh import SshOptions
+    from ..service import Service
 
-    hosts = {h.name: h for h in select_hosts(inventory, "all", limit)} if inventory else None
-    if check_hosts and hosts is None:
+    if check_hosts and not inventory:
         raise InputError(Problem("--check needs -i INVENTORY to reach the hosts"))
-    recorded = Record(Store.open(db)).releases()
-    rows = live.recorded(recorded.switches, set(hosts) if hosts else None)
-    if check_hosts and hosts is not None:
-        options = SshOptions((known_hosts or default_known_hosts()).resolve())
-        rows = asyncio.run(live.check(rows, hosts, options))
+    hosts = {h.name: h for h in select_hosts(inventory, "all", limit)} if inventory else None
+    live = Service.open(db).releases(hosts, check=check_hosts, known_hosts=known_hosts)
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        typer.echo(json.dumps([r.to_dict() for r in live.rows], indent=2))
     else:
         from ..views import print_flags, print_releases
 
-        print_flags(out(), recorded.flags)
-        print_releases(out(), rows, checked=check_hosts)
-    if check_hosts and any(r.drift for r in rows):
+        print_flags(out(), live.flags)
+        print_releases(out(), live.rows, checked=check_hosts)
+    if check_hosts and live.drift:
         raise typer.Exit(1)
 
 
@@ -357,10 +330,8 @@ def unlock(
     """Force a lock open, for a holder you know is gone.
 
     The run it belonged to can still be resumed, and takes the lock again."""
-    from .. import runner
-    from ..store import Store
-    from ..store.audit import operator_name
+    from ..service import Service
 
-    who = operator_name(operator)
-    holder = runner.unlock(Store.open(db), name, who)
-    out().print(f"unlocked by {who}: {holder.describe()}")
+    service = Service.open(db, operator)
+    holder = service.unlock(name)
+    out().print(f"unlocked by {service.operator}: {holder.describe()}")
