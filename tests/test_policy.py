@@ -332,3 +332,33 @@ steps:
     status, fake, _ = run(tmp_path, body, hosts=2, state=RunState(finished=finished))
     assert status == "succeeded"
     assert sorted(fake.sent) == [("h1", "use token-of-h1"), ("h2", "use token-of-h1")]
+
+
+def test_a_rejected_gate_goes_through_on_failure(tmp_path: Path) -> None:
+    body = """\
+strategy:
+  batches: [1, 2, 1]
+  between_batches: [{approve: "Go on?"}]
+on_failure: {policy}
+steps:
+  - shell: change
+rollback:
+  - shell: undo
+"""
+
+    async def first_yes_then_no(message: str) -> tuple[bool, str | None]:
+        asked.append(message)
+        return len(asked) == 1, "errors up" if len(asked) > 1 else None
+
+    asked: list[str] = []
+    status, fake, kept = run(
+        tmp_path, body.replace("{policy}", "rollback"), approver=first_yes_then_no
+    )
+    assert status == "rolled_back" and asked == ["Go on?", "Go on?"]
+    undone = [h for h, c in fake.sent if c == "undo"]  # newest batch first
+    assert sorted(undone[:2]) == ["h2", "h3"] and undone[2:] == ["h1"]
+    assert fake.commands("h4") == []
+    assert {kept.statuses[h] for h in ("h1", "h2", "h3")} == {"rolled_back"}
+    asked.clear()
+    status, fake, _ = run(tmp_path, body.replace("{policy}", "stop"), approver=first_yes_then_no)
+    assert status == "rejected" and not [c for _, c in fake.sent if c == "undo"]

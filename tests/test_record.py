@@ -189,12 +189,12 @@ def test_an_edited_event_is_shown_as_a_break_in_the_chain(runbook_exec: Run, fin
     assert f"the audit chain does not hold at event {row['seq']}" in shown.stdout
 
 
-def test_a_lock_row_edited_by_hand_cannot_be_stolen(
+def test_a_lock_row_edited_by_hand_is_not_trusted(
     runbook_exec: Run, paused: str, write: Write, hosts: SshLab
 ) -> None:
     db = str(runbook_exec.db)  # type: ignore[attr-defined]
     query(db, "UPDATE locks SET operator = 'nobody', pid = 999999")
-    again = runbook_exec("run", write("rb2.yml", GATED), "--steal-stale-lock", "--no-input")
+    again = runbook_exec("run", write("rb2.yml", GATED), "--no-input")
     assert again.returncode == 4, again.stdout + again.stderr
-    assert "taking lock" in again.stderr and "record altered" in again.stderr
+    assert "taking the run's locks refused" in again.stderr and "record altered" in again.stderr
     assert marked(hosts) == ["host1"]

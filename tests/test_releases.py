@@ -330,3 +330,54 @@ def test_activating_a_release_that_is_not_there_fails_clearly(
     assert done.returncode == 1
     assert "release 9.9.9 not found in" in done.stdout
     assert live(hosts, "host1") == "1.0.0"
+
+
+def test_a_release_name_is_one_path_component(runbook_exec: Run, site: Path, hosts: SshLab) -> None:
+    deployed(runbook_exec, site, "1.0.0")
+    # Through the shipped runbook's parameter: its pattern refuses "..".
+    done = runbook_exec("run", "runbooks/rollback.yml", "-e", "version=..")
+    assert done.returncode == 2 and "version" in done.stderr
+    # Written in a runbook, or rendered into one: refused before anything connects.
+    for activate, shown in (("../../../../etc", "'../../../../etc'"), ("'{{ where }}'", "'..'")):
+        (site / "runbooks" / "escape.yml").write_text(
+            "name: escape\ntargets: web\nparams:\n  where: {default: '..'}\nsteps:\n"
+            f'  - release: {{root: "{{{{ app_root }}}}", activate: {activate}}}\n'
+        )
+        done = runbook_exec("run", "runbooks/escape.yml")
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"release name {shown} is not one path component" in done.stderr
+    assert all(live(hosts, n) == "1.0.0" for n in HOSTS)
+    assert json.loads(runbook_exec("runs", "--json").stdout)[0]["status"] == "succeeded"
+
+
+def test_activating_the_live_release_changes_nothing_and_keeps_previous(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    for version in ("1.0.0", "2.0.0"):
+        deployed(runbook_exec, site, version)
+    again = deploy(runbook_exec, site, "2.0.0")
+    assert again.returncode == 0, again.stdout + again.stderr
+    record = {r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)}
+    assert {(r["live"], r["previous"]) for r in record.values()} == {("2.0.0", "1.0.0")}
+    run_id = json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"]
+    shown = json.loads(runbook_exec("show", run_id, "--json").stdout)
+    activate = [s for s in shown["host_steps"] if s["step_name"] == "Activate"]
+    assert all("2.0.0 is already live" in s["stdout"] for s in activate)
+    assert runbook_exec("run", "runbooks/rollback.yml").returncode == 0
+    assert all(live(hosts, n) == "1.0.0" for n in HOSTS)
+
+
+def test_rollback_of_a_deploy_that_reached_one_host_changes_that_host_only(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    for version in ("1.0.0", "2.0.0"):
+        deployed(runbook_exec, site, version)
+    deployed(runbook_exec, site, "3.0.0", extra=("--limit", "host1"))
+    dry = runbook_exec("rollback", "--dry-run")
+    assert "3.0.0 → 2.0.0" in dry.stdout and "host2:" not in dry.stdout, dry.stdout
+    done = runbook_exec("rollback", "-m", "3.0.0 is slow")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [live(hosts, n) for n in HOSTS] == ["2.0.0"] * len(HOSTS)
+    assert [serving(hosts, n) for n in HOSTS] == ["2.0.0"] * len(HOSTS)  # restarted, healthy
+    record = {r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)}
+    assert {(r["live"], r["previous"]) for r in record.values()} == {("2.0.0", "1.0.0")}

@@ -99,52 +99,6 @@ def test_kill_9_in_batch_2_then_resume_runs_every_step_once_per_host(
     assert record["status"] == "succeeded"
 
 
-@pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
-def test_a_second_run_on_the_same_hosts_is_refused_with_who_holds_the_lock(
-    runbook_exec: Run, write: Write, hosts: SshLab
-) -> None:
-    path = write("rb.yml", COUNTED)
-    first = runbook_exec.spawn("run", path)  # type: ignore[attr-defined]
-    try:
-        wait_until(lambda: lines(hosts, "host1", "before") == 1)
-        second = runbook_exec("run", path)
-        holder = latest_run(runbook_exec)
-    finally:
-        first.wait(timeout=60)
-    assert second.returncode == 3
-    assert "is held by run" in second.stderr and f"pid {first.pid}" in second.stderr
-    assert first.returncode == 0
-    assert holder["status"] == "refused"  # the refused attempt is on record too
-    assert lines(hosts, "host1", "before") == 1
-
-
-@pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
-def test_a_lock_left_by_a_dead_run_is_stale_and_can_be_stolen_or_unlocked(
-    runbook_exec: Run, write: Write, hosts: SshLab
-) -> None:
-    path = write("rb.yml", COUNTED)
-    process = runbook_exec.spawn("run", path)  # type: ignore[attr-defined]
-    wait_until(lambda: lines(hosts, "host1", "before") == 1)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    refused = runbook_exec("run", path)
-    assert refused.returncode == 3
-    assert "(stale)" in refused.stderr and "--steal-stale-lock" in refused.stderr
-    stolen = runbook_exec("run", path, "--steal-stale-lock")
-    assert stolen.returncode == 0, stolen.stderr
-    assert "took over a stale lock" in stolen.stdout
-
-    lock = json.loads(runbook_exec("plan", path, "-i", hosts.inventory, "--json").stdout)["lock"]
-    assert runbook_exec("unlock", lock).returncode == 2  # nothing held now
-    process = runbook_exec.spawn("run", path)  # type: ignore[attr-defined]
-    wait_until(lambda: lines(hosts, "host1", "before") == 3)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    unlocked = runbook_exec("unlock", lock)
-    assert unlocked.returncode == 0 and "unlocked by" in unlocked.stdout
-    assert runbook_exec("run", path).returncode == 0
-
-
 def test_resume_refuses_a_run_that_is_still_running(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:
@@ -346,3 +300,55 @@ def test_resume_refuses_a_plan_that_no_longer_renders_as_recorded(
     done = runbook_exec("resume", run_id)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (hosts.host("host4").root / "done").read_text() == "blue\n"
+
+
+def test_a_secret_missing_on_resume_is_bad_input_never_none(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    book = (
+        GATED.replace(
+            "steps:",
+            "params:\n  token: {secret: true, env: RBX_OPTIONAL_TOKEN}\nsteps:",
+        )
+        + "  - name: Use\n    shell: echo {{ token | quote }} > {{ lab_root | quote }}/token\n"
+    )
+    path = write("rb.yml", book)
+    with_token = {"RBX_OPTIONAL_TOKEN": "t0ken-value"}
+    assert runbook_exec("run", path, "--no-input", env=with_token).returncode == 3
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    assert runbook_exec("approve", run_id).returncode == 0
+    missing = runbook_exec("resume", run_id)
+    assert missing.returncode == 2, missing.stdout + missing.stderr
+    assert "'token' had a value" in missing.stderr and "RBX_OPTIONAL_TOKEN" in missing.stderr
+    assert not (hosts.host("host2").root / "token").exists()
+    done = runbook_exec("resume", run_id, env=with_token)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (hosts.host("host4").root / "token").read_text() == "t0ken-value\n"
+
+
+def test_resume_reaches_the_hosts_as_planned_or_says_what_changed(
+    runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path
+) -> None:
+    assert runbook_exec("run", write("rb.yml", GATED), "--no-input").returncode == 3
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    assert runbook_exec("approve", run_id).returncode == 0
+    # The inventory now gives host3 another key file (the same key, copied elsewhere).
+    moved = tmp_path / "moved-key"
+    moved.write_bytes(Path(hosts.client_key).read_bytes())
+    moved.chmod(0o600)
+    text = hosts.inventory.read_text()
+    lines_ = [
+        line.replace(str(hosts.client_key), str(moved)) if line.startswith("host3 ") else line
+        for line in text.splitlines()
+    ]
+    hosts.inventory.write_text("\n".join(lines_) + "\n")
+    refused = runbook_exec("resume", run_id)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"host3: key_file {hosts.client_key} → {moved}" in refused.stderr
+    assert "--replan" in refused.stderr
+    assert not (hosts.host("host3").root / "done").exists()
+    done = runbook_exec("resume", run_id, "--replan")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (hosts.host("host3").root / "done").exists()
+    exported = runbook_exec("audit", "export").stdout
+    assert "run.replanned" in exported and "host3: key_file" in exported

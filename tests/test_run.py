@@ -316,6 +316,41 @@ def test_bad_input_is_refused_before_anything_runs(runbook_exec: Run, write: Wri
     assert json.loads(done.stdout) == []
 
 
+def test_run_makes_every_check_check_makes_before_any_step(
+    runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path
+) -> None:
+    """A missing upload source or a playbook with a syntax error in step 2: step 1 runs
+    nowhere, no run is recorded, and the problems are the ones `check` names."""
+    (tmp_path / "broken.yml").write_text("- hosts: all\n  tasks:\n    - debug: {msg: [\n")
+    body = (
+        "  - shell: touch {{ lab_root | quote }}/first\n"
+        "  - upload: {src: no-such-file.tar.gz, dest: /tmp/x}\n"
+        "  - playbook: broken.yml\n"
+    )
+    path = write("rb.yml", header(body))
+    done = runbook_exec("run", path)
+    checked = runbook_exec("check", path, *hosts.cli_args()[:2])
+    assert done.returncode == 2 == checked.returncode, done.stdout + done.stderr
+    for output in (done.stderr, checked.stderr):
+        assert "steps[1].upload.src" in output and "no-such-file.tar.gz" in output
+        assert "steps[2].playbook" in output
+    assert not any(marker(hosts, h, "first").exists() for h in ("host1", "host2"))
+    assert json.loads(runbook_exec("runs", "--json").stdout) == []
+
+
+def test_a_port_that_is_not_a_number_is_bad_input(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    port = hosts.host("host2").port
+    text = hosts.inventory.read_text()
+    hosts.inventory.write_text(text.replace(f"ansible_port={port} ", "ansible_port=notaport ", 1))
+    done = runbook_exec("run", write("rb.yml", header("  - shell: touch {{ lab_root }}/x\n")))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "host host2: ansible_port 'notaport' is not a port number" in done.stderr
+    assert json.loads(runbook_exec("runs", "--json").stdout) == []
+    assert not marker(hosts, "host1", "x").exists()
+
+
 def test_ansible_become_runs_steps_through_sudo(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from conftest import BACKENDS
-from runbook_exec.errors import LockHeld
 from runbook_exec.store import Store
 
 pytestmark = pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
@@ -88,18 +87,25 @@ def test_release_switches_know_what_is_live_and_what_was_before(db_url: str) -> 
     assert [r["host"] for r in store.live_releases(["web2"])] == ["web2"]
 
 
-def test_a_lock_is_held_until_released_and_can_be_forced(db_url: str) -> None:
+def test_locks_are_taken_all_or_none_and_held_until_released(db_url: str) -> None:
     store = Store.open(db_url)
-    a_run(store, "run-1", ["web1"])
-    a_run(store, "run-2", ["web1"])
-    assert store.acquire_lock("web", "run-1", "ann") is None
-    with pytest.raises(LockHeld) as held:
-        store.acquire_lock("web", "run-2", "bob")
-    assert "held by run run-1 (ann on" in str(held.value)
-    store.update_run("run-1", status="succeeded")  # its run ended: the lock is stale
-    assert store.acquire_lock("web", "run-2", "bob", steal_stale=True).run_id == "run-1"  # type: ignore[union-attr]
-    assert store.force_unlock("web").run_id == "run-2"  # type: ignore[union-attr]
-    assert store.lock_holder("web") is None
+    for run_id in ("run-1", "run-2", "run-3"):
+        a_run(store, run_id, ["web1"])
+    assert store.take_locks(["host:web1", "host:web2"], "run-1", "ann") == []
+    # run-2 needs web2 and web3: refused, naming run-1 and only what they share.
+    held = store.take_locks(["host:web2", "host:web3"], "run-2", "bob")
+    assert [(h.run_id, h.names, h.operator) for h in held] == [("run-1", ("host:web2",), "ann")]
+    assert "holds host web2" in held[0].describe() and "ann, running" in held[0].describe()
+    assert store.lock_holders(["host:web3"]) == []  # all or none: web3 was not taken
+    # run-1 taking its own locks again (a resume) re-points them to this process.
+    assert store.take_locks(["host:web1", "host:web2"], "run-1", "ann") == []
+    assert store.take_locks(["host:web3", "name:db"], "run-3", "cy") == []
+    store.release_locks("run-1")
+    assert store.take_locks(["host:web1", "host:web2"], "run-2", "bob") == []
+    assert [h.run_id for h in store.lock_holders(run_id="run-3")] == ["run-3"]
+    assert store.force_unlock("name:db").run_id == "run-3"  # type: ignore[union-attr]
+    assert store.lock_holders(["name:db"]) == []
+    assert {h.run_id for h in store.lock_holders()} == {"run-2", "run-3"}
 
 
 def test_pruning_clears_old_output_and_keeps_its_digest(db_url: str) -> None:
@@ -149,11 +155,11 @@ def test_a_lock_whose_run_is_not_on_record_can_still_be_forced(db_url: str) -> N
 
     store = Store.open(db_url)
     a_run(store, "run-1", ["web1"])
-    assert store.acquire_lock("web", "run-1", "ann") is None
+    assert store.take_locks(["name:web"], "run-1", "ann") == []
     with store.engine.begin() as db:  # the run's rows go, as a hand edit would do
         db.exec_driver_sql("DELETE FROM run_hosts WHERE run_id = 'run-1'")
         db.exec_driver_sql("DELETE FROM runs WHERE id = 'run-1'")
-    holder = Service(store, "bob").unlock("web")
-    assert holder.run_id == "run-1" and store.lock_holder("web") is None
+    holder = Service(store, "bob").unlock("name:web")
+    assert holder.run_id == "run-1" and store.lock_holders(["name:web"]) == []
     forced = [e for e in store.audit_events() if e["type"] == "lock.forced"]
     assert len(forced) == 1 and "does not record" in forced[0]["body"]

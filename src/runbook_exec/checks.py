@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .errors import Problem
+from .inventory import Host
 from .plan import Plan
 from .runbook import RunbookFile
 from .steps import PlaybookStep, in_workspace
@@ -124,29 +125,34 @@ def _at(runbook_file: RunbookFile, loc: tuple[Any, ...], message: str) -> Proble
 
 def playbook_syntax(runbook_file: RunbookFile) -> list[Problem]:
     """`ansible-playbook --syntax-check` on every playbook the runbook names (in parallel)."""
-    jobs: dict[Path, tuple[str, int | None]] = {}
+    jobs: dict[tuple[Path, Path | None], tuple[str, int | None]] = {}
     for section, steps in (
         ("steps", runbook_file.runbook.steps),
         ("rollback", runbook_file.runbook.rollback),
     ):
         for index, step in enumerate(steps):
-            if isinstance(step, PlaybookStep) and not is_template(step.playbook):
-                path = in_workspace(runbook_file.workspace, step.playbook)
-                if path.exists() and path not in jobs:
-                    field = runbook_file.step_field(section, index, "playbook")
-                    jobs[path] = (field, runbook_file.line_of((section, index, "playbook")))
+            if not isinstance(step, PlaybookStep) or is_template(step.playbook):
+                continue
+            vault = step.vault_password_file
+            if vault is not None and is_template(vault):
+                continue  # its password file is known per host only: checked when it runs
+            path = in_workspace(runbook_file.workspace, step.playbook)
+            key = (path, in_workspace(runbook_file.workspace, vault) if vault else None)
+            if path.exists() and key not in jobs:
+                field = runbook_file.step_field(section, index, "playbook")
+                jobs[key] = (field, runbook_file.line_of((section, index, "playbook")))
     if not jobs or ansible_playbook_binary() is None:
         return []  # a missing ansible-playbook is one of `requirements`
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(_syntax_check, jobs))
+        results = list(pool.map(lambda key: _syntax_check(*key), jobs))
     return [
-        Problem(message, runbook_file.display_path, jobs[path][1], jobs[path][0])
-        for path, message in zip(jobs, results, strict=True)
+        Problem(message, runbook_file.display_path, jobs[key][1], jobs[key][0])
+        for key, message in zip(jobs, results, strict=True)
         if message
     ]
 
 
-def _syntax_check(playbook: Path) -> str | None:
+def _syntax_check(playbook: Path, vault_password_file: Path | None = None) -> str | None:
     command = ansible_playbook_binary()
     if command is None:
         return "cannot check playbook syntax: ansible-playbook is not installed"
@@ -159,7 +165,18 @@ def _syntax_check(playbook: Path) -> str | None:
     }
     try:
         done = subprocess.run(
-            [command, "--syntax-check", "-i", "localhost,", str(playbook)],
+            [
+                command,
+                "--syntax-check",
+                "-i",
+                "localhost,",
+                *(
+                    ["--vault-password-file", str(vault_password_file)]
+                    if vault_password_file
+                    else []
+                ),
+                str(playbook),
+            ],
             capture_output=True,
             text=True,
             timeout=SYNTAX_CHECK_TIMEOUT,
@@ -176,3 +193,27 @@ def _syntax_check(playbook: Path) -> str | None:
     origin = next((ln for ln in lines if ln.startswith("Origin:")), "")
     detail = re.sub(r"^\[ERROR\]:\s*", "", first)
     return f"playbook syntax: {detail} {origin}".strip()
+
+
+def connections(hosts: Sequence[Host]) -> list[Problem]:
+    """Inventory variables a connection needs, that cannot work: a port that is not a
+    number from 1 to 65535."""
+    problems = []
+    for host in hosts:
+        for name in ("ansible_port", "ansible_ssh_port"):
+            raw = host.vars.get(name)
+            if raw in (None, ""):
+                continue
+            try:
+                port = int(raw)
+            except (TypeError, ValueError):
+                port = 0
+            if not 1 <= port <= 65535 or isinstance(raw, bool):
+                problems.append(
+                    Problem(
+                        f"host {host.name}: {name} {raw!r} is not a port number (1-65535)",
+                        field=f"inventory {host.name}.{name}",
+                    )
+                )
+            break
+    return problems

@@ -15,6 +15,7 @@ EXIT_BAD_INPUT = 2
 EXIT_REFUSED = 3
 EXIT_AUDIT = 4
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70  # a bug of ours (sysexits' EX_SOFTWARE): one line, and a debug log
 
 
 @dataclass(frozen=True)

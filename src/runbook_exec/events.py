@@ -75,6 +75,7 @@ class RunStatus(StrEnum):
     REJECTED = "rejected"
     REFUSED = "refused"
     INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
 
     @property
     def ended(self) -> bool:
@@ -89,6 +90,7 @@ RUN_ENDED = frozenset(
         RunStatus.ROLLED_BACK,
         RunStatus.ROLLBACK_FAILED,
         RunStatus.REJECTED,
+        RunStatus.CANCELLED,
     }
 )
 

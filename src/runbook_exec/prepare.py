@@ -1,12 +1,13 @@
 """A request made ready to run, show or check: the runbook loaded, the parameters resolved,
 the hosts selected and the plan rendered — every problem found before anything connects.
-What `run`, `resume`, `plan` and `check` share; it imports nothing that talks to hosts or
-to the store, so that `plan` and `check` start fast."""
+What `run`, `resume`, `plan` and `check` share, so that a run makes every check `check`
+makes, through the same code, before it connects anywhere; it imports nothing that talks
+to hosts or to the store, so that `plan` and `check` start fast."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,17 @@ def prepare(
     environ: Mapping[str, str] | None = None,
     *,
     run_id: str | None = None,
+    verify: bool = True,
 ) -> Prepared:
     """Load and check everything a run needs; `InputError` lists every problem found. With
-    `run_id`, the plan is the one that run will carry out; without, one to show."""
+    `run_id`, the plan is the one that run will carry out; without, one to show. With
+    `verify` (what a run does), also every other check `check` makes: local files, what the
+    controller needs, playbook syntax; without (`plan`), only what the plan itself needs."""
     runbook_file = load_runbook(runbook, str(runbook))
     sources = [str(p) for p in inventory]
-    return prepare_file(runbook_file, sources, extra_vars, limit, operator, environ, run_id=run_id)
+    return prepare_file(
+        runbook_file, sources, extra_vars, limit, operator, environ, run_id=run_id, verify=verify
+    )
 
 
 def prepare_file(
@@ -68,6 +74,8 @@ def prepare_file(
     given_values: Mapping[str, Any] | None = None,
     *,
     run_id: str | None,
+    verify: bool = True,
+    registered: Collection[str] = (),
 ) -> Prepared:
     """`prepare` for a runbook already loaded (a resume loads it from the record, and
     gives the recorded parameter values in `given_values`)."""
@@ -85,8 +93,10 @@ def prepare_file(
     else:
         try:
             hosts = select_hosts(inventory, runbook_file.runbook.targets, limit)
+            problems.extend(checks.connections(hosts))
         except InputError as exc:
             problems.extend(exc.problems)
+    problems.extend(checks.template_syntax(runbook_file))
     if problems or params is None or hosts is None:
         raise InputError(problems)
     plan = build_plan(
@@ -95,8 +105,23 @@ def prepare_file(
         params,
         limit=limit,
         run={"id": run_id or PLAN_ONLY_RUN_ID, "operator": operator},
+        registered=registered,
     )
+    problems = _beyond_the_plan(runbook_file, plan) if verify else []
+    if problems:
+        raise InputError(problems)
     return Prepared(runbook_file, tuple(inventory), hosts, params, plan, limit, run_id)
+
+
+def _beyond_the_plan(runbook_file: RunbookFile, plan: Plan | None) -> list[Problem]:
+    """What `check` verifies besides the plan, and `run`, `resume` and `plan` before
+    anything connects: the local files the steps need, what the controller needs to run
+    each kind, and every playbook's syntax."""
+    return [
+        *checks.missing_files(runbook_file, plan),
+        *checks.requirements(runbook_file),
+        *checks.playbook_syntax(runbook_file),
+    ]
 
 
 def check(
@@ -121,6 +146,7 @@ def check(
     if inventory:
         try:
             hosts = select_hosts([str(p) for p in inventory], runbook_file.runbook.targets, limit)
+            problems.extend(checks.connections(hosts))
         except InputError as exc:
             problems.extend(exc.problems)
     problems.extend(checks.template_syntax(runbook_file))
@@ -130,9 +156,7 @@ def check(
             plan = build_plan(runbook_file, hosts, params, limit=limit, run=run)
         except InputError as exc:
             problems.extend(exc.problems)
-    problems.extend(checks.missing_files(runbook_file, plan))
-    problems.extend(checks.requirements(runbook_file))
-    problems.extend(checks.playbook_syntax(runbook_file))
+    problems.extend(_beyond_the_plan(runbook_file, plan))
     if problems:
         raise InputError(problems)
     return Checked(runbook_file, plan)

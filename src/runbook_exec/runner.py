@@ -16,9 +16,9 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import (
     EXIT_FAILED,
@@ -30,7 +30,7 @@ from .errors import (
     Problem,
     Refused,
 )
-from .events import RUN_ENDED, EventSink, HostStepResult, RunStatus, StepStatus, sinks_for
+from .events import RUN_ENDED, EventSink, RunStatus, sinks_for
 from .executor import (
     Approver,
     Cancellation,
@@ -42,10 +42,13 @@ from .executor import (
 )
 from .plan import Plan
 from .prepare import Prepared, prepare_file
-from .record import Record, RecordAltered, RunDetails, RunRecord
+from .record import Record, RecordAltered, RunRecord
 from .recorders import Auditor, StoreRecorder
 from .runbook import runbook_from_text
 from .store import LockHolder, Store
+
+if TYPE_CHECKING:
+    from .rollback import UndoPlan
 
 ViewFactory = Callable[[str], EventSink]
 """Given the run id, the recorder that shows the run to a person (or records nothing)."""
@@ -57,6 +60,7 @@ EXIT_FOR_STATUS: dict[str, int] = {
     RunStatus.ROLLBACK_FAILED: EXIT_FAILED,
     RunStatus.AWAITING_APPROVAL: EXIT_REFUSED,
     RunStatus.REJECTED: EXIT_REFUSED,
+    RunStatus.CANCELLED: EXIT_REFUSED,
     RunStatus.REFUSED: EXIT_REFUSED,
     RunStatus.INTERRUPTED: EXIT_INTERRUPTED,
 }
@@ -88,12 +92,11 @@ def start(
     options: RunOptions,
     view: ViewFactory,
     approver: Approver | None,
-    steal_stale_lock: bool = False,
-    on_note: Callable[[str], None] = lambda text: None,
     connect: Connect | None = None,
+    undoing: UndoPlan | None = None,
 ) -> Outcome:
-    """Record a new run, take its lock, and carry it out (through `connect`'s sessions if
-    given, else SSH)."""
+    """Record a new run, take its locks, and carry it out (through `connect`'s sessions if
+    given, else SSH). `undoing`: this run puts back what was live before another."""
     store.require_key()
     if prepared.run_id is None:
         raise ValueError("start() takes a plan prepared for a run: prepare(..., run_id=...)")
@@ -115,7 +118,7 @@ def start(
         "plan": plan.to_dict(),
         "plan_digest": plan.digest,
         "options": _options_record(options),
-        "lock_name": plan.lock,
+        "lock_name": plan.lock or "",
         "operator": operator,
         "os_user": getpass.getuser(),
         "machine": socket.gethostname(),
@@ -140,15 +143,22 @@ def start(
             targets=plan.targets,
             limit=prepared.limit,
             lock=plan.lock,
+            locks=list(plan.locks),
+            connections={host: dict(c) for host, c in plan.connections.items()},
             options=row["options"],
             plan_digest=plan.digest,
             work_digest=plan.work_digest,
             batches=[list(b) for b in plan.batches],
             plan=row["plan"],
+            **(
+                {"rollback_of": undoing.run_id, "restore": undoing.restore}
+                if undoing is not None
+                else {}
+            ),
         )
     record = Record(store)
     run = record.run(run_id, outputs=False).run
-    _take_lock(store, record, run, plan.lock, operator, steal_stale_lock, on_note)
+    _take_locks(store, record, run, operator, resuming=False)
     return _execute(
         store,
         record,
@@ -181,51 +191,79 @@ def auditor(store: Store, run: RunRecord, operator: str | None = None) -> Audito
     )
 
 
-def _take_lock(
-    store: Store,
-    record: Record,
-    run: RunRecord,
-    name: str,
-    operator: str,
-    steal: bool,
-    on_note: Callable[[str], None],
+def _take_locks(
+    store: Store, record: Record, run: RunRecord, operator: str, *, resuming: bool
 ) -> None:
-    run_id = run.id
+    """Take every lock of the run (each host's, its `lock:` name's), all or none. Another
+    run in the way refuses this one (exit 3), naming it, its operator, its status and what
+    they share; it keeps its hosts until it ends, however long it waits. Only two holders
+    are dealt with here: one whose run has ended left its locks behind (they are cleared),
+    and one whose run says running while its process is provably gone, which becomes
+    interrupted (resumable) and keeps its hosts. Every holder is taken from the record: a
+    lock row its run's events do not vouch for refuses (exit 4). A refused resume leaves
+    its run as it was; a refused new run is recorded as refused."""
     audit = auditor(store, run, operator)
+    names = list(run.locks)
 
-    def holder_of(lock: str) -> LockHolder | None:
-        """The lock's holder as the record vouches for it; a lock row that disagrees with
-        its holder's events is not trusted to refuse, nor to be stolen."""
-        holder, flags = record.lock_holder(lock)
+    def refuse(error: Refused | RecordAltered) -> NoReturn:
+        if not resuming:
+            with store.batch():
+                audit.append("lock.refused", locks=names, message=str(error))
+                store.update_run(
+                    run.id, status="refused", message=str(error), finished_at=time.time()
+                )
+        raise error
+
+    for _ in range(5):
+        held = store.take_locks(names, run.id, operator)
+        if not held:
+            audit.append("lock.taken", lock=run.lock, locks=names)
+            return
+        holders, flags = record.lock_holders(held)
         if flags:
-            raise RecordAltered(f"taking lock {lock!r} refused: {flags[0]}; nothing was done")
-        return holder
+            refuse(RecordAltered(f"taking the run's locks refused: {flags[0]}; nothing was done"))
+        ended = [h for h in holders if h.run_status in RUN_ENDED or h.run_status == "refused"]
+        if not ended:
+            break
+        with store.batch():  # locks left by runs that have ended: cleared, on record
+            for holder in ended:
+                store.clear_locks(holder.run_id, holder.names)
+                audit.append(
+                    "lock.cleared",
+                    locks=list(holder.names),
+                    message=f"left by run {holder.run_id}, which has ended ({holder.run_status})",
+                )
+    waiting = []
+    for holder in holders:
+        if holder.run_status == RunStatus.RUNNING and holder.gone:
+            holder = _interrupt(store, record, holder, operator, run.id)
+        waiting.append(f"{holder.describe()}: {_what_to_do(holder)}")
+    refuse(LockHeld(f"another run holds what this run needs: {'; '.join(waiting)}", holders))
 
-    try:
-        stolen = store.acquire_lock(name, run_id, operator, steal_stale=steal, holder_of=holder_of)
-    except LockHeld as exc:
-        audit.append("lock.refused", lock=name, message=str(exc))
-        hint = (
-            " Pass --steal-stale-lock to take it over."
-            if exc.holder is not None and getattr(exc.holder, "stale", False)
-            else " Wait for it, or `runbook-exec unlock NAME` if you know it is abandoned."
-        )
-        if not run.started:
-            store.update_run(run_id, status="refused", message=str(exc), finished_at=time.time())
-        raise LockHeld(f"{exc}.{hint}", exc.holder) from None
-    except RecordAltered as exc:
-        audit.append("lock.refused", lock=name, message=str(exc))
-        if not run.started:
-            store.update_run(run_id, status="refused", message=str(exc), finished_at=time.time())
-        raise
-    if stolen is not None:
-        on_note(f"took over a stale lock: {stolen.describe()}")
-        message = f"took over stale lock from run {stolen.run_id}"
-        with store.batch():
-            store.update_run(run_id, message=message)
-            audit.append("lock.stolen", lock=name, message=message, holder=stolen.describe())
-    else:
-        audit.append("lock.taken", lock=name)
+
+def _interrupt(
+    store: Store, record: Record, holder: LockHolder, operator: str, found_by: str
+) -> LockHolder:
+    """The run of a holder whose process is gone, recorded as interrupted: resumable, and
+    still holding its hosts."""
+    why = f"its process (pid {holder.pid} on {holder.machine}) is gone; found by run {found_by}"
+    run = record.run(holder.run_id, outputs=False).run
+    with store.batch():
+        auditor(store, run, operator).append("run.stopped", status="interrupted", message=why)
+        store.update_run(run.id, status="interrupted", message=why)
+    return replace(holder, run_status=RunStatus.INTERRUPTED)
+
+
+def _what_to_do(holder: LockHolder) -> str:
+    run = holder.run_id
+    cancel = f"`runbook-exec cancel {run} -m WHY`"
+    if holder.run_status == RunStatus.AWAITING_APPROVAL:
+        return f"it waits for approval: `runbook-exec approve {run}` (or reject), or {cancel}"
+    if holder.run_status == RunStatus.INTERRUPTED:
+        return f"it was interrupted: `runbook-exec resume {run}`, or {cancel}"
+    if holder.gone is False and holder.machine != socket.gethostname():
+        return "it runs on another machine: wait for it to end"
+    return "wait for it to end"
 
 
 def resume(
@@ -236,12 +274,13 @@ def resume(
     options: RunOptions | None,
     view: ViewFactory,
     approver: Approver | None,
-    steal_stale_lock: bool = False,
     environ: Mapping[str, str] | None = None,
-    on_note: Callable[[str], None] = lambda text: None,
+    replan: bool = False,
 ) -> Outcome:
     """Carry on a run from its record: finished host-steps are not run again. Everything is
-    taken from the run's verified events; a table that disagrees refuses (exit 4)."""
+    taken from the run's verified events; a table that disagrees refuses (exit 4). Hosts
+    are reached as planned: where the inventory now says otherwise (an address, a port, a
+    user), the resume is refused, naming each change, unless `replan` (recorded)."""
     store.require_key()
     record = Record(store)
     details = record.run(run_id)
@@ -250,13 +289,7 @@ def resume(
     if run.status in RUN_ENDED or run.status == RunStatus.REFUSED:
         raise Refused(f"run {run_id} has ended ({run.status}); nothing to resume")
     table = store.get_run(run_id) or {}
-    lock = run.lock or table["lock_name"]
-    holder, _ = record.lock_holder(lock)
-    if holder is not None and holder.run_id == run_id and not holder.stale:
-        raise Refused(
-            f"run {run_id} is still running (pid {holder.pid} on {holder.machine}); "
-            "stop it first, or wait for it"
-        )
+    still_running(store, record, run)
     text = run.runbook_text if run.runbook_text is not None else table["runbook_text"]
     if hashlib.sha256(text.encode("utf-8")).hexdigest() != run.runbook_sha256:
         raise RecordAltered(
@@ -267,15 +300,53 @@ def resume(
     secret_names = run.secret_names if run.secret_names is not None else table["secret_names"]
     given = {k: v for k, v in run.params.items() if k not in secret_names and v is not None}
     inventory = run.inventory if run.inventory is not None else table["inventory"]
+    registered: list[str] = []
+    if run.rollback_of is not None:
+        from .rollback import registered_names
+
+        registered = registered_names(record.run(run.rollback_of, outputs=False).run)
     prepared = prepare_file(
-        runbook_file, inventory, [], run.limit, run.operator, environ, given, run_id=run_id
+        runbook_file,
+        inventory,
+        [],
+        run.limit,
+        run.operator,
+        environ,
+        given,
+        run_id=run_id,
+        registered=registered,
     )
+    missing = [
+        name
+        for name in secret_names
+        if run.params.get(name) is not None and prepared.params.values.get(name) is None
+    ]
+    if missing:
+        params = runbook_file.runbook.params
+        raise InputError(
+            Problem(
+                f"secret parameter {name!r} had a value when run {run_id} started and has "
+                f"none now: set {params[name].env or 'its environment variable'} again "
+                "(secrets are never recorded); nothing was run",
+                field=f"params.{name}",
+            )
+            for name in missing
+        )
     planned = [list(b) for b in run.batches]
     if [list(b) for b in prepared.plan.batches] != planned:
         raise InputError(
             Problem(
                 f"the inventory no longer gives run {run_id} the hosts it planned "
                 f"({', '.join(h for b in planned for h in b)}); nothing was run"
+            )
+        )
+    changed = _connections_changed(run.connections, prepared.plan.connections)
+    if changed and not replan:
+        raise InputError(
+            Problem(
+                f"the inventory no longer reaches run {run_id}'s hosts as planned: "
+                f"{'; '.join(changed)}. Put it back, or resume with --replan to use the "
+                "inventory as it is now (recorded); nothing was run"
             )
         )
     if run.work_digest is not None and prepared.plan.work_digest != run.work_digest:
@@ -286,9 +357,14 @@ def resume(
                 "it started; put it back, or start a new run; nothing was run"
             )
         )
-    _take_lock(store, record, run, lock, operator, steal_stale_lock, on_note)
-    recorded = run.options if run.options is not None else table["options"]
-    stored_options = RunOptions(**{**recorded, "known_hosts": Path(recorded["known_hosts"])})
+    _take_locks(store, record, run, operator, resuming=True)
+    if changed:
+        auditor(store, run, operator).append(
+            "run.replanned",
+            changes=changed,
+            connections={host: dict(c) for host, c in prepared.plan.connections.items()},
+        )
+    stored_options = recorded_options(run, store)
     return _execute(
         store,
         record,
@@ -298,32 +374,40 @@ def resume(
         options or stored_options,
         view,
         approver,
-        _state_of(details),
+        replace(RunState.of(details), roll_back=run.rolling_back),
         resumed=True,
     )
 
 
-def _state_of(details: RunDetails) -> RunState:
-    finished = {
-        step.key: HostStepResult(
-            step.host,
-            step.section,
-            step.index,
-            step.name,
-            StepStatus(step.status),
-            step.rc,
-            step.stdout or "",
-            step.stderr or "",
-            step.message,
-            attempts=step.attempts,
-            ignored=step.ignored,
-        )
-        for step in details.steps
-        if step.status != "running"  # started and never finished: runs again
-    }
-    hosts = {host.host: host.status for host in details.hosts}
-    gates = {gate.key: {"status": gate.status} for gate in details.gates}
-    return RunState(finished, hosts, gates)
+def still_running(store: Store, record: Record, run: RunRecord) -> None:
+    """Refuse (exit 3) to act on a run whose process may still be carrying it out: a
+    process holding its locks is alive on this machine (running, or asking a person at a
+    gate), or the run says running and that process is on another machine."""
+    active = run.status in (RunStatus.RUNNING, RunStatus.PENDING)
+    holders, _ = record.lock_holders(store.lock_holders(run_id=run.id))
+    for holder in holders:
+        here = holder.machine == socket.gethostname()
+        if (here and not holder.gone) or (active and not here):
+            raise Refused(
+                f"run {run.id} is still running (pid {holder.pid} on {holder.machine}); "
+                "stop it first (Ctrl-C, or kill that process), or wait for it"
+            )
+
+
+def _connections_changed(
+    planned: Mapping[str, Any] | None, now: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """`host2: port 2202 → 2203`, for each way the inventory now reaches a planned host
+    differently (a run recorded before connections were: nothing to compare)."""
+    if planned is None:
+        return []
+    changes = []
+    for host, was in planned.items():
+        is_now = now.get(host, {})
+        for key in sorted(set(was) | set(is_now)):
+            if was.get(key) != is_now.get(key):
+                changes.append(f"{host}: {key} {was.get(key)} → {is_now.get(key)}")
+    return changes
 
 
 def _execute(
@@ -341,7 +425,17 @@ def _execute(
     connect: Connect | None = None,
 ) -> Outcome:
     run_id = run.id
-    if _needs_release_history(prepared.plan):
+    history: Callable[[str, str], str | None] = record.previous_release
+    if run.restore is not None and run.rollback_of is not None:
+        # Undoing a run: "previous" is what was live before it, and its rollback steps see
+        # what it registered, as they would have in that run.
+        from .rollback import registered_values
+
+        restore = run.restore
+        history = lambda host, root: restore.get(host, {}).get(root)  # noqa: E731
+        undone = registered_values(record.run(run.rollback_of))
+        state = replace(state, registered={**undone, **state.registered})
+    elif _needs_release_history(prepared.plan):
         record.previous_release("-", "-")  # refuses now, before any host, if it cannot vouch
     audit = auditor(store, run, operator)
     with store.batch():
@@ -358,7 +452,7 @@ def _execute(
         prepared.params,
         options,
         prepared.inventory,
-        record.previous_release,
+        history,
         **({"connect": connect} if connect is not None else {}),
     )
     sink = sinks_for(run_id, writer, view(run_id))
@@ -368,12 +462,18 @@ def _execute(
         status = asyncio.run(_with_signals(executor, cancel, sink))
     finally:
         writer.close()
-    end_run(store, audit, run_id, status, prepared.plan.lock)
+    end_run(store, audit, run_id, status)
     hosts = {h.host: h.status for h in record.run(run_id, outputs=False).hosts}
     return Outcome(run_id, status, hosts)
 
 
-def end_run(store: Store, audit: Auditor, run_id: str, status: str, lock: str) -> None:
+def recorded_options(run: RunRecord, store: Store) -> RunOptions:
+    """The options a run was started with, from its record (older runs: their table row)."""
+    recorded = run.options if run.options is not None else (store.get_run(run.id) or {})["options"]
+    return RunOptions(**{**recorded, "known_hosts": Path(recorded["known_hosts"])})
+
+
+def end_run(store: Store, audit: Auditor, run_id: str, status: str) -> None:
     """Record how a run stopped or ended, in one transaction: its status, its hosts never
     reached (which say so, not "pending"), and, if it ended, its lock released."""
     ended = status in RUN_ENDED
@@ -386,7 +486,7 @@ def end_run(store: Store, audit: Auditor, run_id: str, status: str, lock: str) -
                     audit.append("host.status", host=row["host"], status="not_reached")
         audit.append("run.finished" if ended else "run.stopped", status=status)
         if ended:
-            store.release_lock(lock, run_id)
+            store.release_locks(run_id)
 
 
 def _needs_release_history(plan: Plan) -> bool:

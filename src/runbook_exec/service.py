@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import InputError, NotFound, Problem, Refused
-from .events import sinks_for
-from .record import Flag, Record, RecordAltered, RunDetails
+from .events import RUN_ENDED, RunStatus, sinks_for
+from .record import Flag, Record, RecordAltered, RunDetails, RunRecord
 from .recorders import Auditor
 from .store import LockHolder, Store
 from .store.audit import operator_name
@@ -32,8 +32,17 @@ if TYPE_CHECKING:
     from .inventory import Host
     from .prepare import Prepared
     from .releases import LiveRelease
+    from .rollback import UndoPlan
     from .runner import Outcome, ViewFactory
     from .transports.ansible import PlaybookOutcome
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a decision on a run said, and whether a rollback is left to do (by `resume`)."""
+
+    message: str
+    roll_back: bool
 
 
 @dataclass(frozen=True)
@@ -106,8 +115,6 @@ class Service:
         options: RunOptions,
         view: ViewFactory,
         approver: Approver | None,
-        steal_stale_lock: bool = False,
-        on_note: Callable[[str], None] = lambda text: None,
     ) -> Outcome:
         """Record a new run of `prepared`, take its lock and carry it out."""
         from . import runner
@@ -121,8 +128,6 @@ class Service:
             options=options,
             view=view,
             approver=approver,
-            steal_stale_lock=steal_stale_lock,
-            on_note=on_note,
         )
 
     def resume(
@@ -131,10 +136,10 @@ class Service:
         *,
         view: ViewFactory,
         approver: Approver | None,
-        steal_stale_lock: bool = False,
-        on_note: Callable[[str], None] = lambda text: None,
+        replan: bool = False,
     ) -> Outcome:
-        """Carry on a run from its verified record; what finished is not run again."""
+        """Carry on a run from its verified record; what finished is not run again. With
+        `replan`, hosts are reached as the inventory says now, not as planned."""
         from . import runner
 
         return runner.resume(
@@ -144,13 +149,14 @@ class Service:
             options=None,
             view=view,
             approver=approver,
-            steal_stale_lock=steal_stale_lock,
-            on_note=on_note,
+            replan=replan,
         )
 
-    def decide(self, run_id: str, approved: bool, comment: str | None) -> str:
-        """Record a decision on the gate a run waits at; returns the gate's message. Taken
-        from the run's verified events: a gate the table alone says is waiting is not."""
+    def decide(self, run_id: str, approved: bool, comment: str | None) -> Decision:
+        """Record a decision on the gate a run waits at. Taken from the run's verified
+        events: a gate the table alone says is waiting is not. A rejection ends the run
+        through its `on_failure`: with rollback, and hosts this run changed, the rollback
+        is what is left to do (`resume` carries it out); otherwise the run ends, rejected."""
         from .runner import auditor, end_run
 
         store = self.store
@@ -159,10 +165,12 @@ class Service:
         details.require_intact("approving or rejecting")
         run = details.run
         waiting = [g for g in details.gates if g.status == "waiting" and g.kind == "approve"]
-        if run.status != "awaiting_approval" or not waiting:
+        if run.status != RunStatus.AWAITING_APPROVAL or not waiting:
             raise Refused(f"run {run_id} is not waiting for approval (it is {run.status})")
         gate = waiting[0]
         decision = "approved" if approved else "rejected"
+        why = f"{decision} by {self.operator}" + (f": {comment}" if comment else "")
+        roll_back = not approved and bool(_changed(details)) and _on_failure(run) == "rollback"
         audit = auditor(store, run, self.operator)
         with store.batch():  # the decision and what it changes: both or neither
             audit.append(
@@ -182,17 +190,150 @@ class Service:
                 decided_at=time.time(),
             )
             if approved:
-                store.update_run(run_id, status="running")
+                store.update_run(run_id, status=RunStatus.RUNNING)
+            elif roll_back:
+                message = f"{why}; the rollback is left to do"
+                audit.append(
+                    "run.stopped", status=RunStatus.INTERRUPTED, message=message, decision=why
+                )
+                store.update_run(run_id, status=RunStatus.INTERRUPTED, message=message)
         # Recorded: now the registered listeners (a notifier, metrics) hear of it too.
         sinks_for(run_id).gate(
             gate.key, "approve", str(gate.message), decision, self.operator, comment
         )
-        if not approved:
-            why = f"rejected by {self.operator}" + (f": {comment}" if comment else "")
+        if not approved and not roll_back:
             store.update_run(run_id, message=why)
-            lock = run.lock or (store.get_run(run_id) or {})["lock_name"]
-            end_run(store, audit, run_id, "rejected", lock)
-        return str(gate.message)
+            end_run(store, audit, run_id, RunStatus.REJECTED)
+        return Decision(str(gate.message), roll_back)
+
+    def cancel(self, run_id: str, comment: str, *, rollback: bool = False) -> Decision:
+        """End a run that waits (for approval) or was interrupted, on record, and free its
+        hosts. With `rollback`, the runbook's rollback steps are left to do on the hosts it
+        changed (`resume` carries them out, and only them); with no host changed, it just
+        ends. A run still running is refused: stop it first."""
+        from .runbook import runbook_from_text
+        from .runner import auditor, end_run, still_running
+
+        store = self.store
+        store.require_key()
+        if not comment.strip():
+            raise InputError(Problem("say why: cancel RUN_ID -m REASON (it is recorded)"))
+        details = self.record.run(run_id, outputs=False)
+        details.require_intact("cancel")
+        run = details.run
+        if run.status in RUN_ENDED or run.status == RunStatus.REFUSED:
+            raise Refused(f"run {run_id} has ended ({run.status}); nothing to cancel")
+        still_running(store, self.record, run)
+        book = runbook_from_text(run.runbook_text, run.runbook_path) if run.runbook_text else None
+        if rollback and book is not None and not book.runbook.rollback:
+            raise InputError(
+                Problem(f"run {run_id}'s runbook has no rollback steps; cancel without it")
+            )
+        roll_back = rollback and bool(_changed(details))
+        why = f"cancelled by {self.operator}: {comment}"
+        audit = auditor(store, run, self.operator)
+        with store.batch():
+            audit.append("run.cancelled", message=why, comment=comment, rollback=roll_back)
+            store.update_run(run_id, message=why)
+        if not roll_back:
+            end_run(store, audit, run_id, RunStatus.CANCELLED)
+        return Decision(why, roll_back)
+
+    def undo_plan(self, run_id: str | None, *, force: bool = False) -> UndoPlan:
+        """What undoing a run (by default the newest that switched a release) would put
+        back where, from its verified record and the verified release history; refuses
+        (exit 4) where the record cannot vouch, and (exit 3) a run that has not ended."""
+        from .rollback import undo_plan
+
+        if run_id is None:
+            run_id = self._last_switching_run()
+        details = self.record.run(run_id, outputs=False)
+        details.require_intact("rollback")
+        run = details.run
+        if run.status not in RUN_ENDED:
+            raise Refused(
+                f"run {run_id} has not ended ({run.status}): `runbook-exec cancel {run_id} "
+                "--rollback -m WHY` undoes what it changed and ends it"
+            )
+        releases = self.record.releases()
+        if releases.flags:
+            raise RecordAltered(f"rollback of run {run_id} refused: {releases.flags[0]}")
+        return undo_plan(details, releases.switches, force=force)
+
+    def prepare_rollback(self, undo: UndoPlan, *, for_run: bool = True) -> Prepared:
+        """The run that puts back what `undo` says, on exactly its hosts, ready to start
+        (`for_run`) or to show: the undone run's rollback steps (or a release switch back
+        per root), in its batches, with the parameters it recorded (secrets read again
+        from their environment variables). Refused while any host is."""
+        from .prepare import prepare_file
+        from .rollback import registered_names, rollback_runbook
+        from .runner import new_run_id
+
+        if undo.refused:
+            raise Refused(
+                f"rollback of run {undo.run_id} refused, nothing was done: "
+                + "; ".join(undo.refused)
+            )
+        if not undo.restore:
+            raise Refused(f"run {undo.run_id} changed nothing that is not already back")
+        run = self.record.run(undo.run_id, outputs=False).run
+        secrets = set(run.secret_names or ())
+        given = {k: v for k, v in run.params.items() if k not in secrets and v is not None}
+        prepared = prepare_file(
+            rollback_runbook(run, undo),
+            list(run.inventory or ()),
+            [],
+            ",".join(undo.hosts),
+            self.operator,
+            None,
+            given,
+            run_id=new_run_id() if for_run else None,
+            registered=registered_names(run),
+        )
+        planned = sorted(h for batch in prepared.plan.batches for h in batch)
+        if planned != undo.hosts:
+            raise InputError(
+                Problem(
+                    f"the inventory run {undo.run_id} used no longer gives the hosts it "
+                    f"switched ({', '.join(undo.hosts)}); nothing was done"
+                )
+            )
+        return prepared
+
+    def rollback(
+        self,
+        undo: UndoPlan,
+        prepared: Prepared,
+        *,
+        reason: str | None,
+        options: RunOptions | None,
+        view: ViewFactory,
+        approver: Approver | None,
+    ) -> Outcome:
+        """Start the run `prepare_rollback` made: recorded as undoing `undo.run_id`, under
+        the same change id, and resumable as any run. Without `options`, those the undone
+        run recorded (its known_hosts, forks, timeouts)."""
+        from .runner import recorded_options, start
+
+        run = self.record.run(undo.run_id, outputs=False).run
+        options = options or recorded_options(run, self.store)
+        return start(
+            self.store,
+            prepared,
+            operator=self.operator,
+            change_id=run.change_id,
+            reason=reason or f"rollback of run {undo.run_id}",
+            options=options,
+            view=view,
+            approver=approver,
+            undoing=undo,
+        )
+
+    def _last_switching_run(self) -> str:
+        switches = [s for by_host in self.record.releases().switches.values() for s in by_host]
+        if not switches:
+            raise NotFound("no run on record has switched a release: nothing to roll back")
+        return max(switches, key=lambda s: s.event).run_id
 
     def unlock(self, name: str) -> LockHolder:
         """Force a lock open (for a holder known to be gone), with its event; returns who
@@ -217,6 +358,23 @@ class Service:
                     message=f"{holder.describe()} (a run the audit trail does not record)",
                 )
         return holder
+
+
+def _changed(details: RunDetails) -> set[str]:
+    """The hosts a step of this run ran on (not skipped): those a rollback undoes."""
+    return {
+        step.host
+        for step in details.steps
+        if step.section == "steps" and step.status not in ("skipped", "running")
+    }
+
+
+def _on_failure(run: RunRecord) -> str | None:
+    from .runbook import runbook_from_text
+
+    if run.runbook_text is None:
+        return None
+    return runbook_from_text(run.runbook_text, run.runbook_path).runbook.on_failure
 
 
 def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, PlaybookOutcome]]:

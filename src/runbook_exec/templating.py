@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import shlex
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
@@ -33,10 +34,65 @@ def _to_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+MAX_TEXT = 16 * 1024 * 1024
+"""The longest text a template may make (a rendered field, a repeated string or list)."""
+MAX_EXPONENT = 10_000
+
+
+class _Bounded(ImmutableSandboxedEnvironment):
+    """The sandbox, with `*` and `**` bounded: `{{ 'x' * 1000000000 }}` or `{{ 9 ** 10 **
+    9 }}` is refused before it takes gigabytes or minutes (`range` is bounded already)."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "%" and isinstance(left, str):
+            _bounded_format(left)
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                repeated = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if repeated and len(seq) * times > MAX_TEXT:
+                    raise TemplateProblem(f"a text or list over {MAX_TEXT} long; refused")
+        huge = isinstance(right, int) and abs(right) > MAX_EXPONENT
+        if operator == "**" and huge and isinstance(left, int) and abs(left) > 1:
+            raise TemplateProblem(f"an exponent over {MAX_EXPONENT}; refused")
+        return super().call_binop(context, operator, left, right)
+
+
+_WIDTH = re.compile(r"\d{8,}")  # a field width or precision of 10,000,000 or more
+
+
+def _bounded_format(text: str) -> None:
+    if _WIDTH.search(text):
+        raise TemplateProblem("a format width over 9,999,999; refused")
+
+
+def _bounded_width(name: str, original: Any, position: int) -> Any:
+    """Jinja2's filter `name`, refusing a width that would make a text over MAX_TEXT."""
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        width = args[position] if len(args) > position else kwargs.get("width")
+        if isinstance(width, int) and width > MAX_TEXT:
+            raise TemplateProblem(f"{name} width over {MAX_TEXT}; refused")
+        return original(*args, **kwargs)
+
+    return bounded
+
+
+def _bounded_format_filter(original: Any) -> Any:
+    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            _bounded_format(value)
+        return original(value, *args, **kwargs)
+
+    return bounded
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-    )
+    env = _Bounded(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env.filters["center"] = _bounded_width("center", env.filters["center"], 1)
+    env.filters["indent"] = _bounded_width("indent", env.filters["indent"], 1)
+    env.filters["format"] = _bounded_format_filter(env.filters["format"])
     env.filters.update(
         quote=quote, to_json=_to_json, basename=posixpath.basename, dirname=posixpath.dirname
     )
@@ -82,9 +138,12 @@ def render(text: str, context: Mapping[str, Any]) -> str:
         return text
     template = _compile(text)
     try:
-        return str(ENV.concat(template.root_render_func(_context(template, context))))
+        rendered = str(ENV.concat(template.root_render_func(_context(template, context))))
     except Exception as exc:
         raise _problem(exc) from None
+    if len(rendered) > MAX_TEXT:
+        raise TemplateProblem(f"renders to over {MAX_TEXT} characters; refused")
+    return rendered
 
 
 class HostVars(Mapping[str, Any]):

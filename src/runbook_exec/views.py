@@ -61,7 +61,8 @@ def print_plan(console: Console, plan: Plan) -> None:
     limit = f" --limit {plan.limit}" if plan.limit else ""
     console.print(
         f"targets {escape(plan.targets)}{escape(limit)}: {plan.host_count} hosts "
-        f"in {len(plan.batches)} batches; lock {escape(plan.lock)}"
+        f"in {len(plan.batches)} batches; each host locked"
+        + (f", and lock {escape(plan.lock)!r}" if plan.lock else "")
     )
     if plan.params:
         shown = ", ".join(f"{k}={v!r}" for k, v in plan.params.items() if v is not None)

@@ -7,6 +7,7 @@ walked, so memory and time stay bounded whatever the input.
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from .errors import Problem, RunbookError
 
 MAX_BYTES = 1024 * 1024
 MAX_NODES = 100_000
+MAX_DEPTH = 64  # a runbook is a few levels deep; thousands only come from an attack
 
 Loc = tuple[str | int, ...]
 
@@ -42,13 +44,16 @@ def load_yaml(path: Path, *, display_path: str | None = None) -> tuple[Any, Sour
     """Load one YAML document; return its data, where each part came from, and the text."""
     shown = display_path or str(path)
     try:
-        raw = path.read_bytes()
+        if not stat.S_ISREG(path.stat().st_mode):  # /dev/zero, a FIFO, a folder: never read
+            raise RunbookError(Problem("not a regular file", shown))
+        with path.open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)  # bounded even if it grows while being read
     except FileNotFoundError:
         raise RunbookError(Problem("file not found", shown)) from None
     except OSError as exc:
         raise RunbookError(Problem(f"cannot read: {exc.strerror}", shown)) from None
     if len(raw) > MAX_BYTES:
-        raise RunbookError(Problem(f"is {len(raw)} bytes; the limit is {MAX_BYTES} bytes", shown))
+        raise RunbookError(Problem(f"is too large: the limit is {MAX_BYTES} bytes", shown))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -58,7 +63,18 @@ def load_yaml(path: Path, *, display_path: str | None = None) -> tuple[Any, Sour
 
 
 def parse_yaml(text: str, shown: str) -> tuple[Any, SourceMap]:
-    loader = yaml.SafeLoader(text)
+    if "\0" in text:
+        at = text.count("\n", 0, text.index("\0")) + 1
+        raise RunbookError(Problem("holds a NUL byte; YAML text cannot", shown, at))
+    deep = _flow_too_deep(text)
+    if deep is not None:
+        raise RunbookError(
+            Problem(f"nested more than {MAX_DEPTH} levels deep; refused", shown, deep)
+        )
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise RunbookError(Problem(f"YAML: {exc}", shown)) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -73,9 +89,35 @@ def parse_yaml(text: str, shown: str) -> tuple[Any, SourceMap]:
         raise RunbookError(Problem(f"YAML syntax: {problem}", shown, line)) from None
     except yaml.YAMLError as exc:
         raise RunbookError(Problem(f"YAML: {exc}", shown)) from None
+    except RecursionError:
+        raise RunbookError(
+            Problem(f"nested more than {MAX_DEPTH} levels deep; refused", shown)
+        ) from None
     finally:
         loader.dispose()
     return data, source
+
+
+def _flow_too_deep(text: str) -> int | None:
+    """The line where `[`/`{` brackets (outside quotes) nest deeper than MAX_DEPTH, found in
+    one pass before the parser would spend seconds recursing into them; None if nowhere."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return None
+    depth, quote, line = 0, "", 1
+    for char in text:
+        if char == "\n":
+            line += 1
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return None
 
 
 def _walk(
@@ -88,6 +130,14 @@ def _walk(
 ) -> None:
     """Record lines under `node`, counting every node reached through aliases too."""
     budget[0] += 1
+    if len(loc) > MAX_DEPTH:
+        raise RunbookError(
+            Problem(
+                f"nested more than {MAX_DEPTH} levels deep; refused",
+                shown,
+                node.start_mark.line + 1,
+            )
+        )
     if budget[0] > MAX_NODES:
         raise RunbookError(
             Problem(

@@ -12,7 +12,14 @@ from typing import Annotated, Any
 import typer
 
 from .. import __version__
-from ..errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, Problem, RunbookExecError
+from ..errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    InputError,
+    Problem,
+    RunbookExecError,
+)
 from . import runs
 from .audit import audit_app
 from .options import (
@@ -37,7 +44,7 @@ app = typer.Typer(
         "over SSH and Ansible, with an audit trail that proves itself.\n\n"
         "Start with [bold]check[/bold] (is the runbook valid?) and [bold]plan[/bold] (what "
         "would a run do, host by host?). Exit codes: 0 ok, 1 run failed, 2 bad input, "
-        "3 refused, 4 audit trail not writable, 130 interrupted."
+        "3 refused, 4 audit trail refuses, 70 internal error, 130 interrupted."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -124,7 +131,8 @@ def plan(
 
     Prints the hosts of each batch in order, the gates between batches, every step rendered
     for each host (secrets masked; identical renderings grouped), and what happens on
-    failure. The same inputs always give the same plan.
+    failure. The same inputs always give the same plan. Local files and playbook syntax are
+    not looked at here: `check` does, and so does `run` before it connects anywhere.
 
     Example: runbook-exec plan runbooks/deploy.yml -i inventory/staging.ini -e version=1.4.2
     """
@@ -134,7 +142,9 @@ def plan(
 
     if not inventory:
         raise InputError(Problem("plan needs an inventory: give -i INVENTORY"))
-    prepared = prepare(runbook, inventory, extra_vars or [], limit, operator_name(operator))
+    prepared = prepare(
+        runbook, inventory, extra_vars or [], limit, operator_name(operator), verify=check_mode
+    )
     if as_json:
         typer.echo(prepared.plan.to_json())
     else:
@@ -151,6 +161,8 @@ for command in (
     runs.resume,
     runs.approve,
     runs.reject,
+    runs.cancel,
+    runs.rollback,
     runs.runs,
     runs.show,
     runs.releases,
@@ -183,6 +195,35 @@ def main(argv: list[str] | None = None) -> Any:
         if isinstance(exc, InputError) and len(problems) > 1:
             err().print(f"{len(problems)} problems; nothing was run.")
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug of ours: one line here, the traceback in a file
+        where = _debug_log(exc)
+        err().print(
+            f"error: internal error ({type(exc).__name__}: {exc}); the details are in "
+            f"{where}. Please report it.",
+            markup=False,
+        )
+        sys.exit(EXIT_INTERNAL)
+
+
+def _debug_log(exc: Exception) -> str:
+    """The traceback, written where only this user can read it; returns where."""
+    import os
+    import time
+    import traceback
+
+    from ..inventory import default_cache_dir
+
+    folder = default_cache_dir() / "errors"
+    text = "".join(traceback.format_exception(exc))
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(f"runbook-exec {' '.join(sys.argv[1:2])} …\n{text}")  # no values: secrets
+        return str(path)
+    except OSError:
+        return "(no log could be written: " + text.strip().splitlines()[-1] + ")"
 
 
 __all__ = ["EXIT_BAD_INPUT", "app", "main"]

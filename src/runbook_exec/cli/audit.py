@@ -394,11 +394,17 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 def _export_rows(file: Path) -> list[dict[str, Any]]:
     from ..store.audit import BadExportLine, read_export
 
+    if file.exists() and not file.is_file():
+        raise InputError(Problem("not a regular file", str(file)))
     try:
         with file.open(encoding="utf-8", newline="") as lines:
             return list(read_export(lines))
     except OSError as exc:
         raise InputError(Problem(f"cannot read it: {exc.strerror}", str(file))) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            Problem(f"not an audit export: not UTF-8 text (byte {exc.start})", str(file))
+        ) from None
     except BadExportLine as exc:
         raise InputError(
             Problem(

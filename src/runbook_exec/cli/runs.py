@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,17 +31,14 @@ from .options import (
     run_options,
 )
 
+if TYPE_CHECKING:
+    from ..service import Service
+
 NoInputOpt = Annotated[
     bool,
     typer.Option("--no-input", help="Never prompt: at an approval gate, save the run and exit 3."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary at the end.")]
-StealOpt = Annotated[
-    bool,
-    typer.Option(
-        "--steal-stale-lock", help="Take over a lock whose holder is known to be gone (recorded)."
-    ),
-]
 
 
 def run(
@@ -69,7 +66,6 @@ def run(
     ] = 65536,
     known_hosts: KnownHostsOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
-    steal_stale_lock: StealOpt = False,
     no_input: NoInputOpt = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan and stop; connects nowhere.")
@@ -120,15 +116,13 @@ def run(
         as_json,
         no_input,
         prepared.plan.batches,
-        lambda view, approver, note: service.start(
+        lambda view, approver: service.start(
             prepared,
             change_id=change_id,
             reason=reason,
             options=options,
             view=view,
             approver=approver,
-            steal_stale_lock=steal_stale_lock,
-            on_note=note,
         ),
     )
 
@@ -136,7 +130,14 @@ def run(
 def resume(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to carry on.")],
     operator: OperatorOpt = None,
-    steal_stale_lock: StealOpt = False,
+    replan: Annotated[
+        bool,
+        typer.Option(
+            "--replan",
+            help="Reach the hosts as the inventory says now (address, port, user), not as "
+            "planned; the change is recorded.",
+        ),
+    ] = False,
     no_input: NoInputOpt = False,
     as_json: JsonOpt = False,
     db: DbOpt = DEFAULT_DB,
@@ -145,23 +146,24 @@ def resume(
 
     Host-steps that finished are not run again; a host-step that started and never finished
     (the controller died while it ran) runs again. Secret parameters are read again from
-    their environment variables. The same run id, one continuous record.
+    their environment variables. Hosts are reached as planned: if the inventory now gives
+    one another address, port or user, the resume is refused, naming the change (--replan
+    accepts it). The same run id, one continuous record.
     """
     from ..service import Service
 
-    service = Service.open(db, operator)
+    _resume(Service.open(db, operator), run_id, as_json, no_input, replan)
+
+
+def _resume(
+    service: Service, run_id: str, as_json: bool, no_input: bool, replan: bool = False
+) -> None:
     batches = service.run(run_id, outputs=False).run.batches
     _carry_out(
         as_json,
         no_input,
         batches,
-        lambda view, approver, note: service.resume(
-            run_id,
-            view=view,
-            approver=approver,
-            steal_stale_lock=steal_stale_lock,
-            on_note=note,
-        ),
+        lambda view, approver: service.resume(run_id, view=view, approver=approver, replan=replan),
     )
 
 
@@ -192,11 +194,8 @@ def _carry_out(as_json: bool, no_input: bool, batches: Any, go: Any) -> None:
             shown.start()
         return answer.strip().lower() in ("y", "yes"), None
 
-    def note(text: str) -> None:
-        console.print(f"[yellow]{text}[/yellow]")
-
     try:
-        outcome = go(view, approver, note)
+        outcome = go(view, approver)
     finally:
         for shown in views:
             shown.stop()
@@ -226,23 +225,138 @@ def reject(
     run_id: RunIdArg,
     comment: CommentOpt = None,
     operator: OperatorOpt = None,
+    no_input: NoInputOpt = False,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
-    """Reject the gate a run is waiting at: the run ends there, as rejected."""
-    _decide(run_id, False, comment, operator, db)
+    """Reject the gate a run is waiting at: the run ends there, through its `on_failure`.
+
+    With `on_failure: rollback`, the rollback steps run now on the hosts the run changed
+    (newest batch first), as if a batch had failed; otherwise the run ends as rejected.
+    """
+    _decide(run_id, False, comment, operator, db, no_input)
 
 
 def _decide(
-    run_id: str, approved: bool, comment: str | None, operator: str | None, db: str
+    run_id: str,
+    approved: bool,
+    comment: str | None,
+    operator: str | None,
+    db: str,
+    no_input: bool = False,
 ) -> None:
     from ..service import Service
 
     service = Service.open(db, operator)
-    message, who = service.decide(run_id, approved, comment), service.operator
+    decision, who = service.decide(run_id, approved, comment), service.operator
     if approved:
-        out().print(f"approved by {who}: {message}\ncarry on with `runbook-exec resume {run_id}`")
+        out().print(
+            f"approved by {who}: {decision.message}\ncarry on with `runbook-exec resume {run_id}`"
+        )
+    elif decision.roll_back:
+        out().print(f"rejected by {who}: {decision.message}; rolling back the hosts it changed")
+        _resume(service, run_id, False, no_input)
     else:
-        out().print(f"rejected by {who}: {message}; run {run_id} ends here")
+        out().print(f"rejected by {who}: {decision.message}; run {run_id} ends here")
+
+
+def cancel(
+    run_id: RunIdArg,
+    comment: Annotated[
+        str,
+        typer.Option("--comment", "-m", metavar="TEXT", help="Why (required; recorded)."),
+    ],
+    rollback: Annotated[
+        bool,
+        typer.Option(
+            "--rollback",
+            help="Run the runbook's rollback steps on the hosts the run changed, then end.",
+        ),
+    ] = False,
+    operator: OperatorOpt = None,
+    no_input: NoInputOpt = False,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """End a run that waits for approval or was interrupted, and free its hosts.
+
+    Recorded with who and why. A run still running is refused (stop it first). With
+    --rollback, the rollback steps run now on the hosts the run changed; a rollback that
+    is interrupted is carried on by `resume RUN_ID`, and only the rollback.
+
+    Example: runbook-exec cancel 20261201-101500-a1b2c3 --rollback -m "wrong artifact"
+    """
+    from ..service import Service
+
+    service = Service.open(db, operator)
+    decision = service.cancel(run_id, comment, rollback=rollback)
+    if decision.roll_back:
+        out().print(f"{decision.message}; rolling back the hosts it changed")
+        _resume(service, run_id, False, no_input)
+    else:
+        nothing = " (it changed no host: nothing to roll back)" if rollback else ""
+        out().print(f"run {run_id} {decision.message}{nothing}; its hosts are free")
+
+
+def rollback(
+    run_id: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[RUN_ID]",
+            help="The run to undo (default: the newest run that switched a release).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Put hosts back even where another run has switched them since."
+        ),
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", "-m", metavar="TEXT", help="Why, recorded.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would go back where, and the plan.")
+    ] = False,
+    operator: OperatorOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    no_input: NoInputOpt = False,
+    as_json: JsonOpt = False,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Undo a run: put back what was live before it, on exactly the hosts it switched.
+
+    A new run (recorded, locked, resumable) of the undone run's rollback steps, with their
+    health checks, in its batches, where `activate: previous` means what was live before
+    that run; a runbook without rollback steps gets one release switch back per root.
+    Hosts another run has switched since are refused by name (nothing is done) unless
+    --force; hosts already back are left alone. A run that has not ended is refused:
+    `cancel RUN_ID --rollback` is the way for those.
+
+    Example: runbook-exec rollback 20261201-101500-a1b2c3 -m "error rate up"
+    """
+    from ..service import Service
+    from ..views import print_plan
+
+    service = Service.open(db, operator)
+    undo = service.undo_plan(run_id, force=force)
+    console = Console(highlight=False, soft_wrap=True, stderr=as_json)
+    console.print(f"[bold]rollback of run {undo.run_id}[/bold]")
+    for line in undo.changes:
+        console.print(f"  {escape(line)}")
+    for line in undo.settled:
+        console.print(f"  [dim]{escape(line)}[/dim]")
+    prepared = service.prepare_rollback(undo, for_run=not dry_run)
+    if dry_run:
+        print_plan(console, prepared.plan)
+        return
+    options = run_options(known_hosts) if known_hosts else None  # else the undone run's
+    _carry_out(
+        as_json,
+        no_input,
+        prepared.plan.batches,
+        lambda view, approver: service.rollback(
+            undo, prepared, reason=reason, options=options, view=view, approver=approver
+        ),
+    )
 
 
 def runs(

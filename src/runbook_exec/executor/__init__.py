@@ -87,9 +87,9 @@ class Executor:
         self.recorder = recorder
         self.approver = approver
         self.cancel = cancel or Cancellation()
-        self.progress = Progress(
-            list(self.hosts), self.book.steps, self.book.rollback, state or RunState()
-        )
+        state = state or RunState()
+        self.progress = Progress(list(self.hosts), self.book.steps, self.book.rollback, state)
+        self.roll_back = state.roll_back
         self.sessions: dict[str, asyncio.Future[Session]] = {}
         self.forks = asyncio.Semaphore(max(1, context.options.forks))
         self.secrets = context.params.secrets
@@ -113,7 +113,10 @@ class Executor:
     async def execute(self) -> str:
         """Run to the end, or to a stop; returns the run's status."""
         try:
-            status = await self._batches()
+            if self.roll_back:
+                status = await self._rollback(len(self.batches))
+            else:
+                status = await self._batches()
             await self.recorder.flush()
             return status
         finally:
@@ -133,7 +136,7 @@ class Executor:
                     self.recorder.host_status(host, HostStatus.ACTIVE)
             outcome = await self._section(Section.STEPS, self.book.steps, number, batch)
             if outcome:
-                return outcome
+                return await self._ended(outcome, number)
             if self.stopping:
                 return RunStatus.INTERRUPTED
             breached = progress.failed_share(batch) > policy.max_fail_percentage
@@ -151,12 +154,21 @@ class Executor:
                 for index, (wait, approve) in enumerate(self.between):
                     outcome = await self._gate(f"after:{number}:{index}", wait, approve)
                     if outcome:
-                        return outcome
+                        return await self._ended(outcome, number)
         return RunStatus.FAILED if progress.failed else RunStatus.SUCCEEDED
 
     def _gate_keys(self, number: int) -> list[str]:
         last = number == len(self.batches)
         return [] if last else [f"after:{number}:{i}" for i in range(len(self.between))]
+
+    async def _ended(self, outcome: str, number: int) -> str:
+        """A gate's rejection goes through `on_failure` as a failed batch does: with
+        rollback, the rollback steps run on every host this run changed."""
+        rollback = self.book.on_failure == "rollback" and self.progress.touched()
+        if outcome == RunStatus.REJECTED and rollback:
+            self.recorder.note("rejected: rolling back the hosts this run changed")
+            return await self._rollback(number)
+        return outcome
 
     async def _stop(self, number: int) -> str:
         names = ", ".join(h for h in self.batches[number - 1] if h in self.progress.failed)

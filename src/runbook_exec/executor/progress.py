@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..events import HOST_FAILED, STEP_FAILED, HostStepResult, Section, StepStatus
 from ..steps import StepBase
+
+if TYPE_CHECKING:
+    from ..record.values import RunDetails
 
 T = TypeVar("T")
 PASSED = frozenset({"approved", "done"})  # a gate that no longer holds the run
@@ -23,6 +26,37 @@ class RunState:
     finished: dict[tuple[str, int, str], HostStepResult] = field(default_factory=dict)
     host_status: dict[str, str] = field(default_factory=dict)
     gates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    roll_back: bool = False
+    """Carry out only the rollback, on the hosts the run changed (a run cancelled with
+    `--rollback`)."""
+    registered: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Results registered before this run, by host: a run that undoes another starts with
+    what that one registered, as its own rollback would have."""
+
+    @classmethod
+    def of(cls, details: RunDetails) -> RunState:
+        """Where a recorded run stands, from its verified record: a host-step that started
+        and never finished is not finished (it runs again)."""
+        finished = {
+            step.key: HostStepResult(
+                step.host,
+                step.section,
+                step.index,
+                step.name,
+                StepStatus(step.status),
+                step.rc,
+                step.stdout or "",
+                step.stderr or "",
+                step.message,
+                attempts=step.attempts,
+                ignored=step.ignored,
+            )
+            for step in details.steps
+            if step.status != "running"
+        }
+        hosts = {host.host: host.status for host in details.hosts}
+        gates = {gate.key: {"status": gate.status} for gate in details.gates}
+        return cls(finished, hosts, gates)
 
 
 class Cancellation:
@@ -61,7 +95,9 @@ class Progress:
         self.failed: dict[str, str] = {
             h: s for h, s in state.host_status.items() if s in HOST_FAILED
         }
-        self.registered: dict[str, dict[str, Any]] = {h: {} for h in hosts}
+        self.registered: dict[str, dict[str, Any]] = {
+            h: dict(state.registered.get(h, {})) for h in hosts
+        }
         for (section, index, host), result in self.finished.items():
             steps_of = self.sections[Section(section)]
             if index >= len(steps_of):

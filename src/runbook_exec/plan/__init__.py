@@ -6,8 +6,7 @@ touches the network. `plan` and `check` print it; the executor carries it out.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..errors import RunbookError
@@ -15,7 +14,7 @@ from ..inventory import Host
 from ..params import ResolvedParams
 from ..runbook import RunbookFile
 from .render import Renderer, RunTimeValue, render_action
-from .values import HostAction, Plan, PlannedGate, PlannedStep, Rendered
+from .values import HostAction, Plan, PlannedGate, PlannedStep, Rendered, lock_names
 
 __all__ = [
     "PLAN_ONLY_RUN_ID",
@@ -26,7 +25,8 @@ __all__ = [
     "Rendered",
     "RunTimeValue",
     "build_plan",
-    "lock_name_for",
+    "connection_of",
+    "lock_names",
     "render_action",
     "resolve_batches",
 ]
@@ -64,11 +64,13 @@ def build_plan(
     *,
     limit: str | None = None,
     run: Mapping[str, Any] | None = None,
+    registered: Collection[str] = (),
 ) -> Plan:
     """The plan for these hosts and parameters; `RunbookError` lists every template problem."""
     runbook = runbook_file.runbook
     batches = resolve_batches([h.name for h in hosts], runbook.strategy.batches)
     renderer = Renderer(runbook_file, hosts, params, dict(run or {}))
+    renderer.registered.update(registered)  # known before the run (one that undoes another)
     between = renderer.gates(runbook.strategy.between_batches)
     gates = tuple(
         PlannedGate(after, wait, approve)
@@ -87,7 +89,7 @@ def build_plan(
         },
         targets=runbook.targets,
         limit=limit,
-        lock=runbook.lock or lock_name_for(h.name for h in hosts),
+        lock=runbook.lock,
         params=params.masked(),
         batches=tuple(tuple(b) for b in batches),
         gates=gates,
@@ -95,11 +97,16 @@ def build_plan(
         on_failure=runbook.on_failure,
         steps=steps,
         rollback=rollback,
+        connections={h.name: connection_of(h) for h in hosts},
     )
 
 
-def lock_name_for(host_names: Any) -> str:
-    """The default lock: one name for exactly this set of hosts."""
-    names = sorted(host_names)
-    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
-    return f"hosts:{digest}"
+def connection_of(host: Host) -> dict[str, Any]:
+    """What reaching `host` depends on, from its inventory variables."""
+    return {
+        "address": host.address,
+        "port": host.port,
+        "user": host.user,
+        "key_file": host.key_file,
+        "become": host.become,
+    }

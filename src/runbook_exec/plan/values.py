@@ -62,7 +62,8 @@ class Plan:
     runbook: Mapping[str, str]
     targets: str
     limit: str | None
-    lock: str
+    lock: str | None
+    """The runbook's `lock:` name, taken besides each host's lock (see `locks`)."""
     params: Mapping[str, Any]
     batches: tuple[tuple[str, ...], ...]
     gates: tuple[PlannedGate, ...]
@@ -70,10 +71,18 @@ class Plan:
     on_failure: str
     steps: tuple[PlannedStep, ...]
     rollback: tuple[PlannedStep, ...]
+    connections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """How each host is reached (address, port, user, key, become), as the inventory said
+    when planned: what a resume connects to, and compares with the inventory now."""
     host_count: int = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "host_count", sum(len(b) for b in self.batches))
+
+    @property
+    def locks(self) -> tuple[str, ...]:
+        """Every lock a run of this plan takes, all or none."""
+        return lock_names((h for batch in self.batches for h in batch), self.lock)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +98,7 @@ class Plan:
             "on_failure": self.on_failure,
             "steps": [_step_dict(s) for s in self.steps],
             "rollback": [_step_dict(s) for s in self.rollback],
+            "connections": {host: dict(c) for host, c in self.connections.items()},
         }
 
     def to_json(self) -> str:
@@ -107,6 +117,13 @@ class Plan:
         whole = self.to_dict()
         work = ("batches", "gates", "max_fail_percentage", "on_failure", "steps", "rollback")
         return _sha256({key: whole[key] for key in work})
+
+
+def lock_names(hosts: Any, lock: str | None) -> tuple[str, ...]:
+    """The locks a run takes, all or none: one per host it may touch, and its runbook's
+    `lock:` name if it has one (which runs on other hosts may share)."""
+    names = [f"host:{name}" for name in sorted(set(hosts))]
+    return (*names, f"name:{lock}") if lock else tuple(names)
 
 
 def _sha256(data: Any) -> str:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar
 
 from ..errors import NotFound
 from ..store import LockHolder, Store, gc_paused
 from ..store.audit import PRUNED, Start, Verified, verify
+from ..store.locks import describe_locks
 from . import compare
 from .fold import RunFold
 from .values import (
@@ -207,50 +208,51 @@ class Record:
             )
         return previous_of(releases.switches.get((host, root), []))
 
-    def lock_holder(self, name: str) -> tuple[LockHolder | None, list[Flag]]:
-        """Who holds lock `name`, as its holder's events say, and where the lock table
-        disagrees with them."""
-        row = self.store.lock_holder(name)
-        if row is None:
-            return None, []
-        try:
-            details = self.run(row.run_id, outputs=False)
-        except (NotFound, RecordAltered) as exc:
-            return row, [Flag(None, "locks", f"record altered: lock {name!r}: {exc}")]
-        held = [lock for lock in details.locks if lock.name == name]
-        flags = list(details.flags)
-        if not held:
-            flags.append(
-                Flag(
-                    None,
-                    "locks",
-                    f"record altered: no event of run {row.run_id} takes lock "
-                    f"{name!r}, which the table says it holds",
-                )
+    def lock_holders(self, held: Sequence[LockHolder]) -> tuple[list[LockHolder], list[Flag]]:
+        """The lock table's holders as their runs' events tell them (the run's status and
+        process from the record), and where the table disagrees with those events: a lock
+        no event of its run takes, or a process the last taking does not name."""
+        holders: list[LockHolder] = []
+        flags: list[Flag] = []
+        for row in held:
+            try:
+                details = self.run(row.run_id, outputs=False)
+            except (NotFound, RecordAltered) as exc:
+                flags.append(Flag(None, "locks", f"record altered: {row.describe()}: {exc}"))
+                continue
+            # What the decision reads comes from the events: only a chain that does not
+            # hold refuses here. (A running holder's tables may lag a moment behind the
+            # events read just before them; that is no reason to refuse.)
+            flags += [f for f in details.flags if f.field in ("chain", "run.requested")]
+            taken = details.locks[-1] if details.locks else None
+            claimed = (
+                set(row.names) - set(details.run.locks) - (set(taken.names) if taken else set())
             )
-            return row, flags
-        lock = held[-1]
-        holder = LockHolder(
-            name,
-            row.run_id,
-            lock.operator,
-            lock.machine,
-            lock.pid if lock.pid is not None else row.pid,
-            lock.since,
-            details.run.status,
-        )
-        said = (lock.operator, lock.machine, lock.pid)
-        table = (row.operator, row.machine, row.pid)
-        if lock.pid is not None and said != table:
-            flags.append(
-                Flag(
-                    lock.event,
-                    "locks",
-                    f"record altered: event {lock.event} says lock "
-                    f"{name!r} is held by {said}; the table says {table}",
+            if taken is None or claimed:
+                flags.append(
+                    Flag(
+                        None,
+                        "locks",
+                        f"record altered: no event of run {row.run_id} takes "
+                        f"{describe_locks(sorted(claimed or row.names))}, which the table "
+                        "says it holds",
+                    )
                 )
-            )
-        return holder, flags
+                continue
+            said = (taken.operator, taken.machine, taken.pid)
+            if taken.pid is not None and said != (row.operator, row.machine, row.pid):
+                flags.append(
+                    Flag(
+                        taken.event,
+                        "locks",
+                        f"record altered: event {taken.event} says run {row.run_id}'s locks "
+                        f"are held by {said}; the table says "
+                        f"{(row.operator, row.machine, row.pid)}",
+                    )
+                )
+                continue
+            holders.append(replace(row, run_status=details.run.status))
+        return holders, flags
 
     # --- the walk ---------------------------------------------------------------------------
 

@@ -25,6 +25,15 @@ ENDING = ("run.finished", "run.stopped")
 LOCK_HELD = ("lock.taken", "lock.stolen")
 
 
+def _lock_names(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The locks an event names: `locks` (every host's and the `lock:` name), or the one
+    `lock` of a run recorded before hosts were locked one by one."""
+    names = body.get("locks")
+    if names is None:
+        return (str(body["lock"]),) if body.get("lock") else ()
+    return tuple(str(name) for name in names)
+
+
 def epoch(at: Any) -> float:
     """An event's `at` (2026-11-23T08:40:03.123Z) as seconds since the epoch."""
     try:
@@ -50,6 +59,7 @@ class RunFold:
         self.locks: list[LockRecord] = []
         self.outputs: dict[tuple[str, int, str], tuple[str, str]] = {}  # digest, at
         self.flags: list[Flag] = []
+        self.decided: str | None = None  # a person's cancel or reject, kept in the message
 
     def add(self, seq: int, body: Mapping[str, Any]) -> None:
         kind = body.get("type")
@@ -70,15 +80,26 @@ class RunFold:
         elif kind in ENDING:
             self.fields["status"] = str(body.get("status"))
             self.fields["finished_at"] = at if kind == "run.finished" else None
-        elif kind == "run.note":
-            self.fields["message"] = body.get("message")
+            if body.get("message"):
+                self.fields["message"] = body.get("message")
+            if body.get("decision"):
+                self.decided = body.get("decision")
+        elif kind == "run.replanned":
+            self.fields["connections"] = body.get("connections")
+        elif kind == "run.cancelled":
+            self.fields["message"] = self.decided = body.get("message")
+            self.fields["rolling_back"] = bool(body.get("rollback"))
+        elif kind == "run.note":  # after a person's decision, the decision stays first
+            decided = self.decided
+            note = body.get("message")
+            self.fields["message"] = f"{decided}; {note}" if decided and note else note
         elif kind == "lock.refused" and not self.fields.get("started"):
             self.fields.update(status="refused", message=body.get("message"), finished_at=at)
         elif kind in LOCK_HELD:
             actor = body.get("actor") or {}
             self.locks.append(
                 LockRecord(
-                    str(body.get("lock")),
+                    _lock_names(body),
                     self.run_id,
                     str(body.get("operator")),
                     str(actor.get("machine")),
@@ -152,6 +173,10 @@ class RunFold:
             "work_digest": body.get("work_digest"),
             "options": body.get("options"),
             "lock": body.get("lock"),
+            "locks": _lock_names(body),
+            "connections": body.get("connections"),
+            "rollback_of": body.get("rollback_of"),
+            "restore": body.get("restore"),
             "operator": str(body.get("operator")),
             "os_user": actor.get("os_user"),
             "machine": actor.get("machine"),

@@ -65,6 +65,11 @@ class RunRecord:
     finished_at: float | None
     event: int
     started: bool = False  # it ran (or began to), as opposed to being refused at once
+    locks: tuple[str, ...] = ()  # every lock it takes (a host's, a `lock:` name's)
+    rolling_back: bool = False  # cancelled with --rollback: what is left is the rollback
+    connections: dict[str, Any] | None = None  # how each host was reached, as planned
+    rollback_of: str | None = None  # the run this one undoes
+    restore: dict[str, dict[str, str]] | None = None  # host -> root -> what it puts back
 
     @property
     def ended(self) -> bool:
@@ -181,9 +186,9 @@ class TaskRecord:
 
 @dataclass(frozen=True)
 class LockRecord:
-    """Who holds a lock, as the lock's event says."""
+    """Locks a run took, and the process that held them then, as the event says."""
 
-    name: str
+    names: tuple[str, ...]
     run_id: str
     operator: str
     machine: str

@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..events import ReleaseSwitch
 from ..fields import Strict, Templated
+from ..templating import is_template
 from ..transports.base import CommandResult
 from .base import HostContext, StepBase
 
@@ -34,7 +35,11 @@ if [ "$target" = "{previous-on-disk}" ]; then
     [ -n "$target" ] || { echo "no release before ${old:-none} in $root/releases" >&2; exit 3; }
     echo "source=disk"
 fi
+case "$target" in
+    ""|.|..|*/*) echo "unsafe release name '$target': one path component, not . or .." >&2; exit 3;;
+esac
 [ -d "releases/$target" ] || { echo "release $target not found in $root/releases" >&2; exit 3; }
+if [ "$target" = "$old" ]; then echo "unchanged=$target"; exit 0; fi
 ln -sfn "releases/$target" ".current.$$"
 mv -T ".current.$$" current
 echo "from=$old"
@@ -55,6 +60,19 @@ class ReleaseSpec(Strict):
     root: str
     activate: str
     keep: int | Templated = Field(default=5)
+
+    @field_validator("activate")
+    @classmethod
+    def _one_component(cls, value: str) -> str:
+        """A release is a folder of `root/releases`: its name is one path component, so
+        that no value can point `current` anywhere else (`../../etc`)."""
+        if is_template(value) or value == "previous":
+            return value
+        if value in ("", ".", "..") or "/" in value or "\0" in value or "\n" in value:
+            raise ValueError(
+                f"release name {value!r} is not one path component (no '/', not '.' or '..')"
+            )
+        return value
 
 
 class ReleaseStep(StepBase):
@@ -80,6 +98,10 @@ class ReleaseStep(StepBase):
             f"keep={int(spec.keep)}\n{RELEASE_SCRIPT}"
         )
         done = await (await host.session()).run(script, host.timeout)
+        if done.ok and done.stdout.startswith("unchanged="):
+            live = done.stdout.strip().removeprefix("unchanged=")
+            message = f"{live} is already live under {spec.root}: nothing changed\n"
+            return replace(done, stdout=note + message)
         if done.ok:
             switch = release_switch(spec, done.stdout)
             if switch is not None:

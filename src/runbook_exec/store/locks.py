@@ -1,34 +1,33 @@
-"""Locks in the store: who holds one, taking it (or a stale one over), releasing and
-forcing it open."""
+"""Locks in the store: one per host a run may touch (`host:NAME`) and one per runbook
+`lock:` name (`name:NAME`), taken all or none in one transaction, held until the run ends.
+Who holds what, as the table says; the record vouches for a holder before any decision."""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import (
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import LockHeld
-from ..events import RUN_ENDED
 from ..processes import alive
 from .base import StoreBase
 from .schema import locks, runs
 
+_CHUNK = 500  # names per IN (...): far below every backend's limit on bound parameters
+
 
 @dataclass(frozen=True)
 class LockHolder:
-    """Who holds a lock, and whether that holder is known to be gone."""
+    """A run holding some locks: which (among those asked about), its process and its run's
+    status."""
 
-    name: str
     run_id: str
+    names: tuple[str, ...]
     operator: str
     machine: str
     pid: int
@@ -36,41 +35,44 @@ class LockHolder:
     run_status: str | None
 
     @property
-    def stale(self) -> bool:
-        """The holding process is known to be gone: on this machine and not running, or its
-        run has ended. A holder on another machine is never presumed dead."""
-        if self.run_status in RUN_ENDED:
-            return True
+    def gone(self) -> bool:
+        """Its process is provably gone: on this machine, and not running. A holder on
+        another machine is never presumed gone (its pid cannot be checked from here)."""
         return self.machine == socket.gethostname() and not alive(self.pid)
+
+    @property
+    def hosts(self) -> list[str]:
+        return [name.removeprefix("host:") for name in self.names if name.startswith("host:")]
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
-        state = f", run {self.run_status}" if self.run_status else ""
-        stale = "; the holder is gone (stale)" if self.stale else ""
+        status = self.run_status or "not on record"
         return (
-            f"lock '{self.name}' is held by run {self.run_id} ({self.operator} on "
-            f"{self.machine}, pid {self.pid}, since {since}{state}){stale}"
+            f"run {self.run_id} ({self.operator}, {status}; pid {self.pid} on {self.machine} "
+            f"since {since}) holds {describe_locks(self.names)}"
         )
+
+
+def describe_locks(names: Sequence[str], most: int = 8) -> str:
+    """`host h0, h1 and lock 'db'`, long host lists cut short with their count."""
+    hosts = [n.removeprefix("host:") for n in names if n.startswith("host:")]
+    named = [n.removeprefix("name:") for n in names if n.startswith("name:")]
+    other = [n for n in names if not n.startswith(("host:", "name:"))]
+    parts = []
+    if hosts:
+        shown = ", ".join(hosts[:most]) + (f" … ({len(hosts)} hosts)" if len(hosts) > most else "")
+        parts.append(f"host{'s' if len(hosts) > 1 else ''} {shown}")
+    parts += [f"lock {name!r}" for name in named + other]
+    return " and ".join(parts) if parts else "no lock"
 
 
 class LockStore(StoreBase):
     """The locks' part of the store."""
 
-    # --- locks ------------------------------------------------------------------------------
-
-    def acquire_lock(
-        self,
-        name: str,
-        run_id: str,
-        operator: str,
-        *,
-        steal_stale: bool = False,
-        holder_of: Callable[[str], LockHolder | None] | None = None,
-    ) -> LockHolder | None:
-        """Take `name` for `run_id`. Returns the stale holder it replaced, if any; raises
-        `LockHeld` when someone else holds it. `holder_of` says who holds a lock (by
-        default the lock table; the record's verified answer for a decision)."""
-        holder_of = holder_of or self.lock_holder
+    def take_locks(self, names: Collection[str], run_id: str, operator: str) -> list[LockHolder]:
+        """Take every lock in `names` for `run_id`, in one transaction: those it holds
+        already (a resumed run) now name this process. Returns [] when all were taken;
+        otherwise the other runs holding some of them, and nothing changed."""
         mine = {
             "run_id": run_id,
             "operator": operator,
@@ -78,59 +80,94 @@ class LockStore(StoreBase):
             "pid": os.getpid(),
             "since": time.time(),
         }
-        try:
-            with self._tx() as tx:
-                tx.execute(insert(locks).values(name=name, **mine))
-            return None
-        except IntegrityError:
-            pass
-        holder = holder_of(name)
-        if holder is None:
-            return self.acquire_lock(
-                name, run_id, operator, steal_stale=steal_stale, holder_of=holder_of
-            )
-        if holder.run_id != run_id and not (steal_stale and holder.stale):
-            raise LockHeld(holder.describe(), holder)
-        with self._tx() as tx:
-            taken = tx.execute(
-                update(locks)
-                .where(
-                    locks.c.name == name, locks.c.run_id == holder.run_id, locks.c.pid == holder.pid
-                )
-                .values(**mine)
-            ).rowcount
-        if not taken:
-            return self.acquire_lock(
-                name, run_id, operator, steal_stale=steal_stale, holder_of=holder_of
-            )
-        return holder if holder.run_id != run_id else None
+        wanted = sorted(set(names))
+        for _ in range(5):  # a concurrent insert (PostgreSQL) shows on the next read
+            try:
+                with self._tx() as tx:
+                    rows = [r for chunk in _chunks(wanted) for r in _rows(tx, chunk)]
+                    others = [r for r in rows if r["run_id"] != run_id]
+                    if others:
+                        return _holders(others)
+                    own = {r["name"] for r in rows}
+                    if own:
+                        tx.execute(
+                            update(locks)
+                            .where(locks.c.run_id == run_id, locks.c.name.in_(sorted(own)))
+                            .values(**mine)
+                        )
+                    new = [{"name": name, **mine} for name in wanted if name not in own]
+                    if new:
+                        tx.execute(insert(locks), new)
+                return []
+            except IntegrityError:
+                continue
+        raise RuntimeError("locks kept changing while being taken")  # pragma: no cover
 
-    def lock_holder(self, name: str) -> LockHolder | None:
-        rows = self._read(
-            select(locks, runs.c.status)
-            .join(runs, runs.c.id == locks.c.run_id, isouter=True)
-            .where(locks.c.name == name)
-        )
-        if not rows:
-            return None
-        row = rows[0]
-        return LockHolder(
-            row["name"],
-            row["run_id"],
-            row["operator"],
-            row["machine"],
-            row["pid"],
-            row["since"],
-            row["status"],
-        )
+    def lock_holders(
+        self, names: Collection[str] | None = None, *, run_id: str | None = None
+    ) -> list[LockHolder]:
+        """Who holds the locks in `names` (or every lock of `run_id`, or every lock)."""
+        query = select(locks, runs.c.status).join(runs, runs.c.id == locks.c.run_id, isouter=True)
+        if run_id is not None:
+            return _holders(self._read(query.where(locks.c.run_id == run_id)))
+        if names is None:
+            return _holders(self._read(query))
+        rows = []
+        for chunk in _chunks(sorted(set(names))):
+            rows += self._read(query.where(locks.c.name.in_(chunk)))
+        return _holders(rows)
 
-    def release_lock(self, name: str, run_id: str) -> None:
+    def release_locks(self, run_id: str) -> None:
+        """Every lock `run_id` holds (it has ended)."""
         with self._tx() as tx:
-            tx.execute(locks.delete().where(locks.c.name == name, locks.c.run_id == run_id))
+            tx.execute(locks.delete().where(locks.c.run_id == run_id))
+
+    def clear_locks(self, run_id: str, names: Collection[str]) -> None:
+        """The locks in `names` that `run_id` still holds (left by a run that has ended)."""
+        with self._tx() as tx:
+            for chunk in _chunks(sorted(set(names))):
+                tx.execute(locks.delete().where(locks.c.run_id == run_id, locks.c.name.in_(chunk)))
 
     def force_unlock(self, name: str) -> LockHolder | None:
-        holder = self.lock_holder(name)
-        if holder is not None:
+        """Remove lock `name` whoever holds it; returns who did."""
+        held = self.lock_holders([name])
+        if held:
             with self._tx() as tx:
                 tx.execute(locks.delete().where(locks.c.name == name))
-        return holder
+        return held[0] if held else None
+
+
+def _chunks(names: Sequence[str]) -> Iterator[list[str]]:
+    for start in range(0, len(names), _CHUNK):
+        yield list(names[start : start + _CHUNK])
+
+
+def _rows(tx: Any, names: list[str]) -> list[dict[str, Any]]:
+    query = (
+        select(locks, runs.c.status)
+        .join(runs, runs.c.id == locks.c.run_id, isouter=True)
+        .where(locks.c.name.in_(names))
+    )
+    return [dict(row) for row in tx.execute(query).mappings()]
+
+
+def _holders(rows: Sequence[dict[str, Any]]) -> list[LockHolder]:
+    """Rows grouped by run, in the order the runs first appear."""
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_run.setdefault(row["run_id"], []).append(row)
+    holders = []
+    for run_id, held in by_run.items():
+        first = held[0]
+        holders.append(
+            LockHolder(
+                run_id,
+                tuple(sorted(r["name"] for r in held)),
+                first["operator"],
+                first["machine"],
+                first["pid"],
+                first["since"],
+                first["status"],
+            )
+        )
+    return holders

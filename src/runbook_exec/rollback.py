@@ -1,0 +1,135 @@
+"""Undoing a recorded run: on exactly the hosts it switched, what was live before it, by
+a new run of its runbook's rollback steps (and their health checks). Pure: a run's verified
+record and the release history in, what to put back where (or why not) out.
+
+    what = undo_plan(details, releases, force=False)
+    what.restore        {"host1": {"/srv/app": "2.0.0"}}: host1 goes back to 2.0.0
+    what.refused        ["host2: /srv/app was switched to 3.0.0 by run R since"]
+    runbook_file = rollback_runbook(details.run, what)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .record import RunDetails, RunRecord, SwitchRecord
+from .runbook import RunbookFile, runbook_from_text
+
+
+@dataclass(frozen=True)
+class UndoPlan:
+    """What undoing a run puts back where, and what stands in the way."""
+
+    run_id: str
+    restore: dict[str, dict[str, str]] = field(default_factory=dict)
+    changes: list[str] = field(default_factory=list)  # "host1: /srv/app 3.0.0 → 2.0.0"
+    refused: list[str] = field(default_factory=list)  # a host changed since, by name
+    settled: list[str] = field(default_factory=list)  # already on what was live before
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted(self.restore)
+
+
+def undo_plan(
+    details: RunDetails,
+    history: Mapping[tuple[str, str], Sequence[SwitchRecord]],
+    *,
+    force: bool = False,
+) -> UndoPlan:
+    """For each host and root the run switched: what was live before its first switch
+    there. A host that another run switched since is refused (named), unless `force`; one
+    that is on that release already is left alone; one with nothing before is refused."""
+    run = details.run
+    plan = UndoPlan(run.id)
+    mine: dict[tuple[str, str], list[SwitchRecord]] = {}
+    for switch in details.switches:
+        mine.setdefault((switch.host, switch.root), []).append(switch)
+    for (host, root), switches in sorted(mine.items()):
+        before = switches[0].from_version
+        last = switches[-1]
+        if before is None:
+            plan.refused.append(
+                f"{host}: nothing was live under {root} before run {run.id} (its first "
+                "release there); there is nothing to go back to"
+            )
+            continue
+        since = [s for s in history.get((host, root), ()) if s.event > last.event]
+        live = since[-1].to_version if since else last.to_version
+        if live == before:
+            plan.settled.append(f"{host}: {root} is on {before} already")
+            continue
+        if since and not force:
+            later = since[-1]
+            plan.refused.append(
+                f"{host}: {root} was switched to {later.to_version} by run {later.run_id} "
+                f"since (--force puts back {before} all the same)"
+            )
+            continue
+        plan.restore.setdefault(host, {})[root] = before
+        plan.changes.append(f"{host}: {root} {live} → {before}")
+    return plan
+
+
+def rollback_runbook(run: RunRecord, undo: UndoPlan) -> RunbookFile:
+    """The runbook of the undoing run: the undone run's rollback steps as its steps (with
+    their health checks), in the same batches, with no gate in between; a runbook with no
+    rollback steps gets one release switch back per root its release steps name. Its
+    `activate: previous` means what was live before the undone run (`UndoPlan.restore`)."""
+    if run.runbook_text is None:
+        raise ValueError(f"run {run.id} was recorded without its runbook text")
+    data: dict[str, Any] = yaml.safe_load(run.runbook_text)
+    # The roots as the runbook writes them (`{{ app_root }}`): rendered for each host, they
+    # are the roots that host's switches name.
+    roots = dict.fromkeys(
+        str(step["release"]["root"])
+        for step in data.get("steps") or ()
+        if isinstance(step, dict) and isinstance(step.get("release"), dict)
+    )
+    steps = data.get("rollback") or [
+        {
+            "name": f"Back to what was live before run {run.id}",
+            "release": {"root": root, "activate": "previous"},
+        }
+        for root in roots
+    ]
+    strategy = dict(data.get("strategy") or {})
+    strategy.pop("between_batches", None)
+    derived: dict[str, Any] = {
+        "name": f"{data.get('name')} (rollback of {run.id})",
+        "description": f"Puts back what was live before run {run.id}.",
+        "params": data.get("params") or {},
+        "targets": data.get("targets"),
+        "strategy": strategy,
+        "steps": steps,
+        "on_failure": "stop",
+    }
+    if data.get("lock"):
+        derived["lock"] = data["lock"]
+    text = yaml.safe_dump(derived, sort_keys=False, allow_unicode=True)
+    return runbook_from_text(text, run.runbook_path)
+
+
+def registered_names(undone: RunRecord) -> list[str]:
+    """What the undone run's steps register: names its rollback steps may test."""
+    if undone.runbook_text is None:
+        return []
+    book = runbook_from_text(undone.runbook_text, undone.runbook_path).runbook
+    return [step.register_as for step in book.steps if step.register_as]
+
+
+def registered_values(undone: RunDetails) -> dict[str, dict[str, Any]]:
+    """What each host registered in the undone run, as its own rollback would have seen it."""
+    from .executor.progress import Progress, RunState
+
+    run = undone.run
+    if run.runbook_text is None:
+        return {}
+    book = runbook_from_text(run.runbook_text, run.runbook_path).runbook
+    hosts = [h for batch in run.batches for h in batch]
+    state = RunState.of(undone)
+    return Progress(hosts, book.steps, book.rollback, state).registered
