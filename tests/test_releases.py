@@ -3,6 +3,7 @@ restart, and the release switch with its record (`releases`, `--check`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -381,3 +382,29 @@ def test_rollback_of_a_deploy_that_reached_one_host_changes_that_host_only(
     assert [serving(hosts, n) for n in HOSTS] == ["2.0.0"] * len(HOSTS)  # restarted, healthy
     record = {r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)}
     assert {(r["live"], r["previous"]) for r in record.values()} == {("2.0.0", "1.0.0")}
+
+
+def test_a_half_extracted_release_is_never_activated(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    deployed(runbook_exec, site, "1.0.0")
+    good = sample_release(site / "artifacts", "2.0.0")
+    whole = good.read_bytes()
+    cut = site / "cut" / good.name
+    cut.parent.mkdir()
+    cut.write_bytes(whole[: len(whole) - 60])  # VERSION is in it; app.py is cut short
+    broken = runbook_exec(
+        "run", "runbooks/deploy.yml", "-e", "version=2.0.0", "-e", f"artifact={cut}"
+    )
+    assert broken.returncode == 1 and "Unpack" in broken.stdout, broken.stdout
+    assert not (hosts.host("host1").root / "app" / "releases" / "2.0.0").exists()
+    assert [live(hosts, n) for n in HOSTS] == ["1.0.0"] * len(HOSTS)
+    # The re-run with the whole artifact unpacks again instead of trusting what is there.
+    deployed(runbook_exec, site, "2.0.0")
+    assert [serving(hosts, n) for n in HOSTS] == ["2.0.0"] * len(HOSTS)
+    run_id = json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"]
+    steps = json.loads(runbook_exec("show", run_id, "--json").stdout)["host_steps"]
+    digest = hashlib.sha256(good.read_bytes()).hexdigest()  # the artifact deployed
+    uploads = [s["stdout"] for s in steps if s["step_name"] == "Upload"]
+    assert len(uploads) == len(HOSTS)
+    assert all(f"sha256 {digest}, checked on the host" in out for out in uploads)

@@ -53,6 +53,10 @@ def test_rollback_of_a_run_puts_back_exactly_the_hosts_it_switched(
         assert done.returncode == 0, done.stdout + done.stderr
     third = last_run(runbook_exec)
     root = hosts.host("host1").root / "app"
+    # `plan` says what `activate: previous` means on each host, from the record.
+    planned = runbook_exec("plan", path, "-i", hosts.inventory, "-e", "version=4")
+    assert f"host1: {root} 3 → 2" in planned.stdout, planned.stdout
+    assert f"host2: {hosts.host('host2').root / 'app'} 2 → 1" in planned.stdout
 
     dry = runbook_exec("rollback", "--dry-run")  # the newest run that switched a release
     assert dry.returncode == 0, dry.stdout + dry.stderr

@@ -30,6 +30,7 @@ from .store.audit import operator_name
 if TYPE_CHECKING:
     from .executor import Approver, RunOptions
     from .inventory import Host
+    from .plan import Plan
     from .prepare import Prepared
     from .releases import LiveRelease
     from .rollback import UndoPlan
@@ -103,6 +104,34 @@ class Service:
             options = SshOptions((known_hosts or default_known_hosts()).resolve())
             rows = asyncio.run(live.check(rows, hosts, options))
         return LiveReleases(rows, recorded.flags)
+
+    def previous_releases(self, plan: Plan) -> list[str]:
+        """What `activate: previous` means on each planned host, from the recorded switches:
+        `host1: /srv/app 3.0.0 → 2.0.0`, or why it cannot be told from the record."""
+        from .record.values import previous_of
+
+        wanted: dict[tuple[str, str], None] = {}
+        for step in (*plan.steps, *plan.rollback):
+            for host, rendered in step.hosts.items():
+                spec = (rendered.shown or {}).get("release") if rendered.shown else None
+                if isinstance(spec, Mapping) and spec.get("activate") == "previous":
+                    wanted[(host, str(spec.get("root")))] = None
+        if not wanted:
+            return []
+        releases = self.record.releases()
+        if releases.flags:
+            return [f"the record cannot vouch for what was live: {releases.flags[0]}"]
+        lines = []
+        for host, root in wanted:
+            history = releases.switches.get((host, root), [])
+            live = history[-1].to_version if history else None
+            before = previous_of(history)
+            if before is None:
+                known = f"{live} live; nothing before it on record" if live else "no record"
+                lines.append(f"{host}: {root}: {known} (the release before on disk)")
+            else:
+                lines.append(f"{host}: {root} {live} → {before}")
+        return lines
 
     # --- acting -------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from .options import (
     RunbookArg,
     err,
     out,
+    print_previous,
     run_options,
 )
 from .warm import warm_app
@@ -149,6 +150,7 @@ def plan(
         typer.echo(prepared.plan.to_json())
     else:
         print_plan(out(), prepared.plan)
+        print_previous(db, prepared.plan)
     if check_mode:
         from ..service import check_mode as in_check_mode
         from ..views import print_check_mode

@@ -119,3 +119,21 @@ def run_options(known_hosts: Path | None, **options: Any) -> RunOptions:
     from ..transports.base import default_known_hosts
 
     return RunOptions(known_hosts=(known_hosts or default_known_hosts()).resolve(), **options)
+
+
+def print_previous(db: str, plan: Any) -> None:
+    """After a plan: what `activate: previous` means on each host, from the record (if the
+    store exists; a plan never creates one)."""
+    from ..errors import RunbookExecError
+    from ..service import Service
+
+    if db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists():
+        return
+    try:
+        lines = Service.open(db).previous_releases(plan)
+    except RunbookExecError as exc:
+        lines = [f"cannot tell from the record: {exc}"]
+    if lines:
+        out().print("\n[bold]activate: previous[/bold], as recorded")
+        for line in lines:
+            out().print(f"  {line}", markup=False)

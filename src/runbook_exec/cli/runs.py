@@ -28,6 +28,7 @@ from .options import (
     TimeoutOpt,
     duration_option,
     out,
+    print_previous,
     run_options,
 )
 
@@ -102,6 +103,7 @@ def run(
     )
     if dry_run:
         print_plan(out(), prepared.plan)
+        print_previous(db, prepared.plan)
         return
     options = run_options(
         known_hosts,

@@ -4,6 +4,8 @@ for the host, `script:` copied, run and removed."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import os
 import shlex
 import time
@@ -30,9 +32,24 @@ def _transfer(spec: Mapping[str, Any]) -> str:
     return f"{spec['src']} → {spec['dest']}{mode}"
 
 
+class UploadSpec(TransferSpec):
+    verify: bool = True
+    """Check the file's SHA-256 on the host (`sha256sum`) against the source's."""
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A local file's SHA-256, computed once per version of it (size, mtime) per process."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class UploadStep(StepBase):
     kind = "upload"
-    upload: TransferSpec
+    upload: UploadSpec
 
     def files(self) -> Iterator[tuple[FieldPath, str]]:
         yield ("upload", "src"), self.upload.src
@@ -48,7 +65,22 @@ class UploadStep(StepBase):
         await asyncio.wait_for(
             session.upload(source, self.upload.dest, self.upload.mode), host.timeout
         )
-        return ok(f"uploaded {source.stat().st_size} bytes to {self.upload.dest}", started)
+        info = source.stat()
+        done = f"uploaded {info.st_size} bytes to {self.upload.dest}"
+        if not self.upload.verify:
+            return ok(done, started)
+        expected = await asyncio.to_thread(_sha256, str(source), info.st_size, info.st_mtime_ns)
+        found = await session.run(f"sha256sum -- {shlex.quote(self.upload.dest)}", host.timeout)
+        digest = found.stdout.split()[0] if found.ok and found.stdout.split() else ""
+        if digest != expected:
+            why = (
+                f"its SHA-256 there is {digest}, not the source's {expected}"
+                if digest
+                else f"sha256sum failed there (exit {found.rc}): {found.stderr.strip()[:200]}; "
+                "set verify: false to upload unchecked"
+            )
+            return CommandResult(1, "", f"{done}, but {why}", time.monotonic() - started)
+        return ok(f"{done}; sha256 {expected}, checked on the host", started)
 
 
 class TemplateStep(StepBase):
