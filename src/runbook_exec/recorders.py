@@ -8,11 +8,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
 from .events import EventSink, HostStatus, HostStepResult, ReleaseSwitch, TaskResult
 from .store import Store, first_line
+
+if TYPE_CHECKING:
+    from .record import RunRecord
 from .store.audit import actor, utc_now
 
 
@@ -43,6 +46,23 @@ class Auditor:
                     "sha256": run["runbook_sha256"],
                 },
             },
+        )
+
+    @classmethod
+    def for_recorded(cls, store: Store, run: RunRecord, operator: str | None = None) -> Auditor:
+        """The event maker for a run as its record tells it (`operator`: who acts now)."""
+        return cls.for_run(
+            store,
+            {
+                "id": run.id,
+                "operator": run.operator,
+                "change_id": run.change_id,
+                "reason": run.reason,
+                "runbook_name": run.runbook_name,
+                "runbook_path": run.runbook_path,
+                "runbook_sha256": run.runbook_sha256,
+            },
+            operator,
         )
 
     @classmethod

@@ -186,7 +186,7 @@ class Service:
         events: a gate the table alone says is waiting is not. A rejection ends the run
         through its `on_failure`: with rollback, and hosts this run changed, the rollback
         is what is left to do (`resume` carries it out); otherwise the run ends, rejected."""
-        from .runner import auditor, end_run
+        from .runner import end_run
 
         store = self.store
         store.require_key()
@@ -200,7 +200,7 @@ class Service:
         decision = "approved" if approved else "rejected"
         why = f"{decision} by {self.operator}" + (f": {comment}" if comment else "")
         roll_back = not approved and bool(_changed(details)) and _on_failure(run) == "rollback"
-        audit = auditor(store, run, self.operator)
+        audit = Auditor.for_recorded(store, run, self.operator)
         with store.batch():  # the decision and what it changes: both or neither
             audit.append(
                 f"gate.{decision}",
@@ -240,8 +240,9 @@ class Service:
         hosts. With `rollback`, the runbook's rollback steps are left to do on the hosts it
         changed (`resume` carries them out, and only them); with no host changed, it just
         ends. A run still running is refused: stop it first."""
+        from .holding import still_running
         from .runbook import runbook_from_text
-        from .runner import auditor, end_run, still_running
+        from .runner import end_run
 
         store = self.store
         store.require_key()
@@ -260,7 +261,7 @@ class Service:
             )
         roll_back = rollback and bool(_changed(details))
         why = f"cancelled by {self.operator}: {comment}"
-        audit = auditor(store, run, self.operator)
+        audit = Auditor.for_recorded(store, run, self.operator)
         with store.batch():
             audit.append("run.cancelled", message=why, comment=comment, rollback=roll_back)
             store.update_run(run_id, message=why)
@@ -367,8 +368,6 @@ class Service:
     def unlock(self, name: str) -> LockHolder:
         """Force a lock open (for a holder known to be gone), with its event; returns who
         held it. The run it belonged to can still be resumed, and takes the lock again."""
-        from .runner import auditor
-
         store = self.store
         store.require_key()
         with store.batch():  # the lock forced open and its event: both or neither
@@ -377,7 +376,7 @@ class Service:
                 raise InputError(Problem(f"no lock named {name!r}"))
             try:
                 run = self.record.run(holder.run_id, outputs=False).run
-                auditor(store, run, self.operator).append(
+                Auditor.for_recorded(store, run, self.operator).append(
                     "lock.forced", lock=name, message=holder.describe()
                 )
             except (RecordAltered, NotFound):  # a lock whose run is not on record: forced

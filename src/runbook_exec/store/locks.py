@@ -7,15 +7,14 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from ..processes import alive
-from .base import StoreBase
+from .base import CHAIN_LOCK, StoreBase, _serialize
 from .schema import locks, runs
 
 _CHUNK = 500  # names per IN (...): far below every backend's limit on bound parameters
@@ -69,10 +68,19 @@ def describe_locks(names: Sequence[str], most: int = 8) -> str:
 class LockStore(StoreBase):
     """The locks' part of the store."""
 
-    def take_locks(self, names: Collection[str], run_id: str, operator: str) -> list[LockHolder]:
+    def take_locks(
+        self,
+        names: Collection[str],
+        run_id: str,
+        operator: str,
+        then: Callable[[], object] | None = None,
+    ) -> list[LockHolder]:
         """Take every lock in `names` for `run_id`, in one transaction: those it holds
         already (a resumed run) now name this process. Returns [] when all were taken;
-        otherwise the other runs holding some of them, and nothing changed."""
+        otherwise the other runs holding some of them, and nothing changed. `then` (the
+        lock's audit event) is written in the same transaction: no reader ever sees a lock
+        row its run's events do not vouch for. Lock takers and chain appenders take turns
+        (PostgreSQL; SQLite's writers always do)."""
         mine = {
             "run_id": run_id,
             "operator": operator,
@@ -81,27 +89,26 @@ class LockStore(StoreBase):
             "since": time.time(),
         }
         wanted = sorted(set(names))
-        for _ in range(5):  # a concurrent insert (PostgreSQL) shows on the next read
-            try:
-                with self._tx() as tx:
-                    rows = [r for chunk in _chunks(wanted) for r in _rows(tx, chunk)]
-                    others = [r for r in rows if r["run_id"] != run_id]
-                    if others:
-                        return _holders(others)
-                    own = {r["name"] for r in rows}
-                    if own:
-                        tx.execute(
-                            update(locks)
-                            .where(locks.c.run_id == run_id, locks.c.name.in_(sorted(own)))
-                            .values(**mine)
-                        )
-                    new = [{"name": name, **mine} for name in wanted if name not in own]
-                    if new:
-                        tx.execute(insert(locks), new)
-                return []
-            except IntegrityError:
-                continue
-        raise RuntimeError("locks kept changing while being taken")  # pragma: no cover
+        with self.batch():
+            with self._tx() as tx:
+                _serialize(tx, CHAIN_LOCK)
+                rows = [r for chunk in _chunks(wanted) for r in _rows(tx, chunk)]
+                others = [r for r in rows if r["run_id"] != run_id]
+                if others:
+                    return _holders(others)
+                own = {r["name"] for r in rows}
+                if own:
+                    tx.execute(
+                        update(locks)
+                        .where(locks.c.run_id == run_id, locks.c.name.in_(sorted(own)))
+                        .values(**mine)
+                    )
+                new = [{"name": name, **mine} for name in wanted if name not in own]
+                if new:
+                    tx.execute(insert(locks), new)
+            if then is not None:
+                then()
+        return []
 
     def lock_holders(
         self, names: Collection[str] | None = None, *, run_id: str | None = None
