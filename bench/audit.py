@@ -31,7 +31,8 @@ from pathlib import Path
 
 from older import revision
 from runbook_exec.store import Store
-from runbook_exec.store.audit import export_lines, verify
+from runbook_exec.store.audit import verify
+from runbook_exec.store.export import export_lines
 from runbook_exec.store.keys import key_folder
 from runbook_exec.testing.lab import SshLab
 

@@ -186,6 +186,19 @@ def main() -> None:
         print(f"serving: {serving(lab)}")
 
         step(
+            "The 2.0.0 search page is slow after all: undo that gray release, on exactly the "
+            "hosts it switched, with restart and health checks",
+            "rollback",
+            gray,
+            "-m",
+            "search page slow",
+            "--operator",
+            "bob",
+            *store,
+        )
+        print(f"serving: {serving(lab)}")
+
+        step(
             "What is live where, as recorded, checked against every host's current link",
             "releases",
             "-i",

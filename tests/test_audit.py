@@ -249,7 +249,10 @@ def test_with_a_key_a_chain_recomputed_without_it_is_caught(
     cli: Callable[..., subprocess.CompletedProcess[str]],
     tmp_path: Path,
 ) -> None:
-    keyed = {"RBX_AUDIT_TOKEN": "t", "RUNBOOK_EXEC_AUDIT_KEY": "k3y-only-the-auditors-have"}
+    keyed = {
+        "RBX_AUDIT_TOKEN": "tok-long-enough",
+        "RUNBOOK_EXEC_AUDIT_KEY": "k3y-only-the-auditors-have",
+    }
     done = runbook_exec("run", write("rb.yml", RUNBOOK), env=keyed)
     assert done.returncode == 0, done.stdout + done.stderr
     db = str(runbook_exec.db)  # type: ignore[attr-defined]
@@ -504,7 +507,7 @@ def test_an_ed25519_checkpoint_catches_a_chain_rewritten_with_a_stolen_audit_key
     cli: Callable[..., subprocess.CompletedProcess[str]],
     tmp_path: Path,
 ) -> None:
-    keyed = {"RBX_AUDIT_TOKEN": "t", "RUNBOOK_EXEC_AUDIT_KEY": "the-teams-audit-key"}
+    keyed = {"RBX_AUDIT_TOKEN": "tok-long-enough", "RUNBOOK_EXEC_AUDIT_KEY": "the-teams-audit-key"}
     assert runbook_exec("run", write("rb.yml", RUNBOOK), env=keyed).returncode == 0
     db = str(runbook_exec.db)  # type: ignore[attr-defined]
     for name in ("auditor", "someone-else"):

@@ -203,3 +203,48 @@ def test_cancel_with_rollback_undoes_only_the_hosts_the_run_changed(
     refused = runbook_exec("cancel", plain, "--rollback", "-m", "x")
     assert refused.returncode == 2 and "no rollback steps" in refused.stderr
     assert run_status(runbook_exec, plain) == "awaiting_approval"
+
+
+@pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
+def test_two_resumes_of_one_run_at_once_carry_it_out_once(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    process = runbook_exec.spawn("run", write("rb.yml", COUNTED))  # type: ignore[attr-defined]
+    wait_until(lambda: step_status(runbook_exec, "host1", "Slow") == "running")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    both = [runbook_exec.spawn("resume", run_id) for _ in range(2)]  # type: ignore[attr-defined]
+    outcomes = sorted((p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in both)
+    assert [rc for rc, _ in outcomes] == [0, 3], outcomes
+    assert "another process" in outcomes[1][1] or "still running" in outcomes[1][1], outcomes
+    assert [lines(hosts, h, "after") for h in ("host1", "host2", "host3", "host4")] == [1] * 4
+
+
+def test_cancel_with_rollback_after_a_kill_mid_step_undoes_that_host(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    book = GATED_ROLLBACK.replace(
+        "shell: echo x >> {{ lab_root | quote }}/changed",
+        "shell: echo x >> {{ lab_root | quote }}/changed; sleep 30",
+    )
+    process = runbook_exec.spawn("run", write("rb.yml", book))  # type: ignore[attr-defined]
+    wait_until(lambda: lines(hosts, "host1", "changed") == 1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    cancelled = runbook_exec("cancel", run_id, "--rollback", "-m", "abort, undo")
+    assert "rolling back" in cancelled.stdout, cancelled.stdout + cancelled.stderr
+    assert lines(hosts, "host1", "undone") == 1  # its step started: perhaps it changed host1
+    assert [lines(hosts, h, "undone") for h in ("host2", "host3", "host4")] == [0, 0, 0]
+
+
+def test_runs_lists_as_many_as_asked_and_flags_none(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    path = write("quick.yml", QUICK)
+    for _ in range(3):
+        assert runbook_exec("run", path).returncode == 0
+    listed = json.loads(runbook_exec("runs", "-n", "2", "--json").stdout)
+    assert len(listed) == 2
+    assert all(run["verified"] and not run["flags"] for run in listed), listed

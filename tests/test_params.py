@@ -83,12 +83,12 @@ def test_list_in_flow_syntax(runbook: RunbookFile) -> None:
 
 
 def test_secret_comes_from_its_environment_variable(runbook: RunbookFile) -> None:
-    values = resolve(runbook, "version=1", env={"RBX_TEST_TOKEN": "abc"})
-    assert values["token"] == "abc"
+    values = resolve(runbook, "version=1", env={"RBX_TEST_TOKEN": "abcd"})
+    assert values["token"] == "abcd"
     given = parse_extra_vars(["version=1"])
-    resolved = resolve_params(runbook, given, {"RBX_TEST_TOKEN": "abc"})
+    resolved = resolve_params(runbook, given, {"RBX_TEST_TOKEN": "abcd"})
     assert resolved.masked()["token"] == "********"
-    assert resolved.secrets.texts == ("abc",)
+    assert resolved.secrets.texts == ("abcd",)
 
 
 @pytest.mark.parametrize(

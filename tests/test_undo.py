@@ -117,3 +117,20 @@ def test_a_run_that_has_not_ended_is_undone_by_cancel_not_rollback(
     refused = runbook_exec("rollback", waiting)
     assert refused.returncode == 3 and f"cancel {waiting} --rollback" in refused.stderr
     assert runbook_exec("rollback", "no-such-run").returncode == 2
+
+
+def test_a_host_switched_away_and_back_since_is_not_in_the_way(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    path = write("rb.yml", RELEASED)
+    for version in ("1", "2"):
+        assert runbook_exec("run", path, "-e", f"version={version}").returncode == 0
+    second = last_run(runbook_exec)
+    for version in ("3", "2"):  # another run moves host2 away, and back to what R2 left
+        assert (
+            runbook_exec("run", path, "-e", f"version={version}", "--limit", "host2").returncode
+            == 0
+        )
+    done = runbook_exec("rollback", second)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [live(hosts, h) for h in HOSTS] == ["1", "1", "1", "1"]

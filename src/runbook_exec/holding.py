@@ -10,9 +10,11 @@ from typing import NoReturn
 
 from .errors import LockHeld, Refused
 from .events import RUN_ENDED, RunStatus
+from .processes import alive
 from .record import Record, RecordAltered, RunRecord
 from .recorders import Auditor
 from .store import LockHolder, Store
+from .store.locks import PARKED
 
 
 def take_locks(
@@ -38,18 +40,27 @@ def take_locks(
                 )
         raise error
 
+    def taken() -> None:
+        """In the transaction that takes the locks: the run has not ended meanwhile (a
+        `cancel` while this resume was being prepared), and the locks' event."""
+        now = record.run(run.id, outputs=False).run
+        if now.status in RUN_ENDED or now.status == RunStatus.REFUSED:
+            raise Refused(f"run {run.id} has ended meanwhile ({now.status}); nothing was run")
+        audit.append("lock.taken", lock=run.lock, locks=names)
+
     for _ in range(5):
-        held = store.take_locks(
-            names,
-            run.id,
-            operator,
-            then=lambda: audit.append("lock.taken", lock=run.lock, locks=names),
-        )
+        held = store.take_locks(names, run.id, operator, then=taken)
         if not held:
             return
         holders, flags = record.lock_holders(held)
         if flags:
             refuse(RecordAltered(f"taking the run's locks refused: {flags[0]}; nothing was done"))
+        for holder in holders:
+            if holder.run_id == run.id:  # a second `resume` of it, say
+                raise Refused(
+                    f"run {run.id} is being carried out by another process (pid {holder.pid} "
+                    f"on {holder.machine}); wait for it, or stop it first"
+                )
         ended = [h for h in holders if h.run_status in RUN_ENDED or h.run_status == "refused"]
         if not ended:
             break
@@ -63,7 +74,8 @@ def take_locks(
                 )
     waiting = []
     for holder in holders:
-        if holder.run_status == RunStatus.RUNNING and holder.gone:
+        active = holder.run_status in (RunStatus.RUNNING, RunStatus.PENDING)
+        if active and holder.pid != PARKED and holder.gone:
             holder = _interrupt(store, record, holder, operator, run.id)
         waiting.append(f"{holder.describe()}: {_what_to_do(holder)}")
     refuse(LockHeld(f"another run holds what this run needs: {'; '.join(waiting)}", holders))
@@ -81,6 +93,7 @@ def _interrupt(
             "run.stopped", status="interrupted", message=why
         )
         store.update_run(run.id, status="interrupted", message=why)
+        store.park_locks(run.id)
     return replace(holder, run_status=RunStatus.INTERRUPTED)
 
 
@@ -91,6 +104,8 @@ def _what_to_do(holder: LockHolder) -> str:
         return f"it waits for approval: `runbook-exec approve {run}` (or reject), or {cancel}"
     if holder.run_status == RunStatus.INTERRUPTED:
         return f"it was interrupted: `runbook-exec resume {run}`, or {cancel}"
+    if holder.pid == PARKED:
+        return f"it is to be carried on: `runbook-exec resume {run}`, or {cancel}"
     if holder.gone is False and holder.machine != socket.gethostname():
         return "it runs on another machine: wait for it to end"
     return "wait for it to end"
@@ -102,10 +117,13 @@ def still_running(store: Store, record: Record, run: RunRecord) -> None:
     gate), or the run says running and that process is on another machine."""
     active = run.status in (RunStatus.RUNNING, RunStatus.PENDING)
     holders, _ = record.lock_holders(store.lock_holders(run_id=run.id))
-    for holder in holders:
-        here = holder.machine == socket.gethostname()
-        if (here and not holder.gone) or (active and not here):
+    # The record's word too: lock rows deleted by hand must not hide a live process.
+    locks = record.run(run.id, outputs=False).locks if active else []
+    said = [(lock.machine, lock.pid) for lock in locks[-1:] if lock.pid not in (None, PARKED)]
+    for machine, pid in [(h.machine, h.pid) for h in holders if h.pid != PARKED] + said:
+        here = machine == socket.gethostname()
+        if (here and alive(int(pid))) or (active and not here):
             raise Refused(
-                f"run {run.id} is still running (pid {holder.pid} on {holder.machine}); "
+                f"run {run.id} is still running (pid {pid} on {machine}); "
                 "stop it first (Ctrl-C, or kill that process), or wait for it"
             )

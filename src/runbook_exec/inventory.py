@@ -164,6 +164,9 @@ class Inventory:
 CACHE_ENTRIES = 64
 
 
+MAX_INVENTORY_BYTES = 64 * 1024 * 1024  # 100,000 hosts fit; /dev/zero does not
+
+
 def select_hosts(
     sources: Sequence[str | Path],
     pattern: str,
@@ -176,6 +179,13 @@ def select_hosts(
     group_vars/host_vars beside them), the pattern, the limit, Ansible's version and the
     ANSIBLE_* settings, so any change to any of them misses. An inventory with an executable
     (a dynamic inventory script) is never cached. A hit does not import Ansible at all."""
+    for source in map(Path, sources):
+        if source.exists() and not (source.is_file() or source.is_dir()):
+            raise InventoryError(Problem("not a regular file or a folder", str(source)))
+        if source.is_file() and source.stat().st_size > MAX_INVENTORY_BYTES:
+            raise InventoryError(
+                Problem(f"is too large: the limit is {MAX_INVENTORY_BYTES} bytes", str(source))
+            )
     folder = cache_dir if cache_dir is not None else default_cache_dir()
     key = _fingerprint(sources, pattern, limit)
     entry = folder / "inventory" / f"{key}.json" if key else None
@@ -217,6 +227,8 @@ def _fingerprint(sources: Sequence[str | Path], pattern: str, limit: str | None)
             files.append(source)
     try:
         for path in dict.fromkeys(files):
+            if not path.is_file():
+                return None  # a FIFO or device in group_vars: never read it, never cache
             if os.access(path, os.X_OK) and path.suffix not in (".yml", ".yaml", ".ini", ".json"):
                 return None  # a dynamic inventory script: its answer can change any time
             digest.update(str(path.resolve()).encode() + b"\0" + path.read_bytes() + b"\0")

@@ -13,7 +13,7 @@ import yaml
 
 from .durations import parse_duration
 from .errors import ParameterError, Problem, RunbookError
-from .masking import MASK, Secrets
+from .masking import MASK, SHORTEST_FORM, Secrets
 from .model import Param
 from .runbook import RunbookFile
 from .yamlsource import load_yaml
@@ -128,6 +128,18 @@ def resolve_params(
         except ValueError as exc:
             shown = "the secret value" if param.secret else repr(_clip(raw))
             problems.append(Problem(f"{shown} ({origin}) {exc}", *where))
+            continue
+        text = values[name]
+        if isinstance(text, str) and "\0" in text:
+            problems.append(Problem(f"the value ({origin}) holds a NUL byte", *where))
+        elif param.secret and text is not None and 0 < len(str(text)) < SHORTEST_FORM:
+            problems.append(
+                Problem(
+                    f"the secret value ({origin}) is shorter than {SHORTEST_FORM} characters: "
+                    "it could not be masked without masking ordinary text",
+                    *where,
+                )
+            )
     if problems:
         raise ParameterError(problems)
     return ResolvedParams(values, runbook_file.runbook.secret_params)

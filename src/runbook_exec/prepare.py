@@ -6,11 +6,12 @@ to hosts or to the store, so that `plan` and `check` start fast."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import checks
 from .errors import InputError, Problem
@@ -18,6 +19,10 @@ from .inventory import Host, select_hosts
 from .params import GivenValue, ResolvedParams, parse_extra_vars, resolve_params
 from .plan import PLAN_ONLY_RUN_ID, Plan, build_plan
 from .runbook import RunbookFile, load_runbook
+
+if TYPE_CHECKING:
+    from .executor import RunOptions
+    from .transports.ansible import PlaybookOutcome
 
 
 @dataclass(frozen=True)
@@ -160,3 +165,34 @@ def check(
     if problems:
         raise InputError(problems)
     return Checked(runbook_file, plan)
+
+
+def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, PlaybookOutcome]]:
+    """Run the plan's playbook and module steps in Ansible's check mode on every planned
+    host: what they would change, changing nothing (and recording nothing). Steps before
+    them have not run, so what they would have changed is not seen here."""
+    from .steps import Scope
+    from .transports.ansible import AnsibleSettings, run_playbook
+
+    settings = AnsibleSettings(
+        options.known_hosts,
+        options.accept_new_host_keys,
+        options.forks,
+        options.timeout,
+        prepared.params.secrets,
+    )
+    hosts = [h.name for h in prepared.hosts]
+
+    async def all_steps() -> list[tuple[str, PlaybookOutcome]]:
+        results = []
+        for planned in prepared.plan.steps:
+            steps = [r.step for r in planned.hosts.values() if r.step is not None]
+            if not steps or steps[0].scope is not Scope.HOSTS:
+                continue
+            playbook, call = steps[0].ansible_call(prepared.runbook_file.workspace)
+            call["check"] = True
+            outcome = await run_playbook(playbook, prepared.inventory, hosts, settings, **call)
+            results.append((planned.name, outcome))
+        return results
+
+    return asyncio.run(all_steps())

@@ -16,8 +16,12 @@ from typing import Any
 
 import yaml
 
+from .errors import InputError, Problem, Refused
+from .prepare import Prepared, prepare_file
 from .record import RunDetails, RunRecord, SwitchRecord
+from .resuming import registered_names, require_secrets
 from .runbook import RunbookFile, runbook_from_text
+from .templating import TemplateProblem, is_template, names_used
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,9 @@ def undo_plan(
     force: bool = False,
 ) -> UndoPlan:
     """For each host and root the run switched: what was live before its first switch
-    there. A host that another run switched since is refused (named), unless `force`; one
-    that is on that release already is left alone; one with nothing before is refused."""
+    there. A host that another run has switched to something else since is refused
+    (named), unless `force` (one switched and switched back is not); one that is on that
+    release already is left alone; one with nothing before is refused."""
     run = details.run
     plan = UndoPlan(run.id)
     mine: dict[tuple[str, str], list[SwitchRecord]] = {}
@@ -63,7 +68,7 @@ def undo_plan(
         if live == before:
             plan.settled.append(f"{host}: {root} is on {before} already")
             continue
-        if since and not force:
+        if since and live != last.to_version and not force:  # changed since, and still so
             later = since[-1]
             plan.refused.append(
                 f"{host}: {root} was switched to {later.to_version} by run {later.run_id} "
@@ -99,10 +104,13 @@ def rollback_runbook(run: RunRecord, undo: UndoPlan) -> RunbookFile:
     ]
     strategy = dict(data.get("strategy") or {})
     strategy.pop("between_batches", None)
+    used = _names_in(steps)  # only the parameters these steps use: an artifact's path,
+    # say, need not exist any more to undo its deploy
+    params = {name: spec for name, spec in (data.get("params") or {}).items() if name in used}
     derived: dict[str, Any] = {
         "name": f"{data.get('name')} (rollback of {run.id})",
         "description": f"Puts back what was live before run {run.id}.",
-        "params": data.get("params") or {},
+        "params": params,
         "targets": data.get("targets"),
         "strategy": strategy,
         "steps": steps,
@@ -112,14 +120,6 @@ def rollback_runbook(run: RunRecord, undo: UndoPlan) -> RunbookFile:
         derived["lock"] = data["lock"]
     text = yaml.safe_dump(derived, sort_keys=False, allow_unicode=True)
     return runbook_from_text(text, run.runbook_path)
-
-
-def registered_names(undone: RunRecord) -> list[str]:
-    """What the undone run's steps register: names its rollback steps may test."""
-    if undone.runbook_text is None:
-        return []
-    book = runbook_from_text(undone.runbook_text, undone.runbook_path).runbook
-    return [step.register_as for step in book.steps if step.register_as]
 
 
 def registered_values(undone: RunDetails) -> dict[str, dict[str, Any]]:
@@ -133,3 +133,59 @@ def registered_values(undone: RunDetails) -> dict[str, dict[str, Any]]:
     hosts = [h for batch in run.batches for h in batch]
     state = RunState.of(undone)
     return Progress(hosts, book.steps, book.rollback, state).registered
+
+
+def _names_in(value: Any, key: str | None = None) -> set[str]:
+    """Every name the templates and expressions (`when`, `assert`) in `value` read."""
+    if isinstance(value, str):
+        try:
+            if key in ("when", "that", "assert"):
+                return names_used(value, expression=True)
+            return names_used(value) if is_template(value) else set()
+        except TemplateProblem:
+            return set()  # the plan names the problem
+    if isinstance(value, dict):
+        return {n for k, v in value.items() for n in _names_in(v, str(k))}
+    if isinstance(value, list):
+        return {n for item in value for n in _names_in(item, key)}
+    return set()
+
+
+def prepare_undoing(run: RunRecord, undo: UndoPlan, operator: str, run_id: str | None) -> Prepared:
+    """The run that puts back what `undo` says on exactly its hosts, every check made:
+    refused while any host is, or when nothing is left to put back; the parameters `run`
+    recorded that its rollback steps use (secrets given again); its inventory as recorded,
+    limited to those hosts."""
+    if undo.refused:
+        raise Refused(
+            f"rollback of run {undo.run_id} refused, nothing was done: " + "; ".join(undo.refused)
+        )
+    if not undo.restore:
+        raise Refused(f"run {undo.run_id} changed nothing that is not already back")
+    runbook_file = rollback_runbook(run, undo)
+    secrets = set(run.secret_names or ())
+    declared = runbook_file.runbook.params  # those its rollback steps use
+    given = {
+        k: v for k, v in run.params.items() if k in declared and k not in secrets and v is not None
+    }
+    prepared = prepare_file(
+        runbook_file,
+        list(run.inventory or ()),
+        [],
+        ",".join(undo.hosts),
+        operator,
+        None,
+        given,
+        run_id=run_id,
+        registered=registered_names(run),
+    )
+    require_secrets(run, prepared.runbook_file, prepared)
+    planned = sorted(h for batch in prepared.plan.batches for h in batch)
+    if planned != undo.hosts:
+        raise InputError(
+            Problem(
+                f"the inventory run {undo.run_id} used no longer gives the hosts it "
+                f"switched ({', '.join(undo.hosts)}); nothing was done"
+            )
+        )
+    return prepared

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import hashlib
 import json
 import os
 import secrets
@@ -25,8 +24,6 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REFUSED,
-    InputError,
-    Problem,
     Refused,
 )
 from .events import RUN_ENDED, EventSink, RunStatus, sinks_for
@@ -41,10 +38,10 @@ from .executor import (
 )
 from .holding import still_running, take_locks
 from .plan import Plan
-from .prepare import Prepared, prepare_file
-from .record import Record, RecordAltered, RunRecord
+from .prepare import Prepared
+from .record import Record, RunRecord
 from .recorders import Auditor, StoreRecorder
-from .runbook import runbook_from_text
+from .resuming import prepare_resume
 from .store import Store
 
 if TYPE_CHECKING:
@@ -196,75 +193,8 @@ def resume(
     run = details.run
     if run.status in RUN_ENDED or run.status == RunStatus.REFUSED:
         raise Refused(f"run {run_id} has ended ({run.status}); nothing to resume")
-    table = store.get_run(run_id) or {}
     still_running(store, record, run)
-    text = run.runbook_text if run.runbook_text is not None else table["runbook_text"]
-    if hashlib.sha256(text.encode("utf-8")).hexdigest() != run.runbook_sha256:
-        raise RecordAltered(
-            f"resume refused for run {run_id}: its runbook text does not have the SHA-256 "
-            f"event {run.event} holds; nothing was run"
-        )
-    runbook_file = runbook_from_text(text, run.runbook_path)
-    secret_names = run.secret_names if run.secret_names is not None else table["secret_names"]
-    given = {k: v for k, v in run.params.items() if k not in secret_names and v is not None}
-    inventory = run.inventory if run.inventory is not None else table["inventory"]
-    registered: list[str] = []
-    if run.rollback_of is not None:
-        from .rollback import registered_names
-
-        registered = registered_names(record.run(run.rollback_of, outputs=False).run)
-    prepared = prepare_file(
-        runbook_file,
-        inventory,
-        [],
-        run.limit,
-        run.operator,
-        environ,
-        given,
-        run_id=run_id,
-        registered=registered,
-    )
-    missing = [
-        name
-        for name in secret_names
-        if run.params.get(name) is not None and prepared.params.values.get(name) is None
-    ]
-    if missing:
-        params = runbook_file.runbook.params
-        raise InputError(
-            Problem(
-                f"secret parameter {name!r} had a value when run {run_id} started and has "
-                f"none now: set {params[name].env or 'its environment variable'} again "
-                "(secrets are never recorded); nothing was run",
-                field=f"params.{name}",
-            )
-            for name in missing
-        )
-    planned = [list(b) for b in run.batches]
-    if [list(b) for b in prepared.plan.batches] != planned:
-        raise InputError(
-            Problem(
-                f"the inventory no longer gives run {run_id} the hosts it planned "
-                f"({', '.join(h for b in planned for h in b)}); nothing was run"
-            )
-        )
-    changed = _connections_changed(run.connections, prepared.plan.connections)
-    if changed and not replan:
-        raise InputError(
-            Problem(
-                f"the inventory no longer reaches run {run_id}'s hosts as planned: "
-                f"{'; '.join(changed)}. Put it back, or resume with --replan to use the "
-                "inventory as it is now (recorded); nothing was run"
-            )
-        )
-    if run.work_digest is not None and prepared.plan.work_digest != run.work_digest:
-        raise InputError(
-            Problem(
-                f"run {run_id}'s plan no longer renders as event {run.event} recorded it: an "
-                "inventory variable or a parameter read from the environment changed since "
-                "it started; put it back, or start a new run; nothing was run"
-            )
-        )
+    prepared, changed = prepare_resume(store, record, run, environ, replan=replan)
     take_locks(store, record, run, operator, resuming=True)
     if changed:
         Auditor.for_recorded(store, run, operator).append(
@@ -285,22 +215,6 @@ def resume(
         replace(RunState.of(details), roll_back=run.rolling_back),
         resumed=True,
     )
-
-
-def _connections_changed(
-    planned: Mapping[str, Any] | None, now: Mapping[str, Mapping[str, Any]]
-) -> list[str]:
-    """`host2: port 2202 → 2203`, for each way the inventory now reaches a planned host
-    differently (a run recorded before connections were: nothing to compare)."""
-    if planned is None:
-        return []
-    changes = []
-    for host, was in planned.items():
-        is_now = now.get(host, {})
-        for key in sorted(set(was) | set(is_now)):
-            if was.get(key) != is_now.get(key):
-                changes.append(f"{host}: {key} {was.get(key)} → {is_now.get(key)}")
-    return changes
 
 
 def _execute(
@@ -380,6 +294,8 @@ def end_run(store: Store, audit: Auditor, run_id: str, status: str) -> None:
         audit.append("run.finished" if ended else "run.stopped", status=status)
         if ended:
             store.release_locks(run_id)
+        else:
+            store.park_locks(run_id)
 
 
 def _needs_release_history(plan: Plan) -> bool:
@@ -394,7 +310,7 @@ def _needs_release_history(plan: Plan) -> bool:
                 if "run time" in planned.note:
                     return True
                 continue
-            activate = str(planned.action["release"]["activate"])
+            activate = str((planned.action.get("release") or {}).get("activate"))
             if activate == "previous" or "at run time>" in activate:
                 return True
     return False

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from .releases import LiveRelease
     from .rollback import UndoPlan
     from .runner import Outcome, ViewFactory
-    from .transports.ansible import PlaybookOutcome
 
 
 @dataclass(frozen=True)
@@ -186,6 +185,7 @@ class Service:
         events: a gate the table alone says is waiting is not. A rejection ends the run
         through its `on_failure`: with rollback, and hosts this run changed, the rollback
         is what is left to do (`resume` carries it out); otherwise the run ends, rejected."""
+        from .holding import still_running
         from .runner import end_run
 
         store = self.store
@@ -193,6 +193,9 @@ class Service:
         details = self.record.run(run_id, outputs=False)
         details.require_intact("approving or rejecting")
         run = details.run
+        if run.rolling_back:
+            raise Refused(f"run {run_id} was cancelled with --rollback: `resume` finishes that")
+        still_running(store, self.record, run)  # a person asked at its own prompt answers there
         waiting = [g for g in details.gates if g.status == "waiting" and g.kind == "approve"]
         if run.status != RunStatus.AWAITING_APPROVAL or not waiting:
             raise Refused(f"run {run_id} is not waiting for approval (it is {run.status})")
@@ -226,6 +229,7 @@ class Service:
                     "run.stopped", status=RunStatus.INTERRUPTED, message=message, decision=why
                 )
                 store.update_run(run_id, status=RunStatus.INTERRUPTED, message=message)
+                store.park_locks(run_id)
         # Recorded: now the registered listeners (a notifier, metrics) hear of it too.
         sinks_for(run_id).gate(
             gate.key, "approve", str(gate.message), decision, self.operator, comment
@@ -260,6 +264,10 @@ class Service:
                 Problem(f"run {run_id}'s runbook has no rollback steps; cancel without it")
             )
         roll_back = rollback and bool(_changed(details))
+        if roll_back:  # what `resume` will need is there, before anything is recorded
+            from .resuming import prepare_resume
+
+            prepare_resume(store, self.record, run)
         why = f"cancelled by {self.operator}: {comment}"
         audit = Auditor.for_recorded(store, run, self.operator)
         with store.batch():
@@ -280,6 +288,8 @@ class Service:
         details = self.record.run(run_id, outputs=False)
         details.require_intact("rollback")
         run = details.run
+        if run.status == RunStatus.REFUSED:
+            raise Refused(f"run {run_id} was refused before it started: it changed nothing")
         if run.status not in RUN_ENDED:
             raise Refused(
                 f"run {run_id} has not ended ({run.status}): `runbook-exec cancel {run_id} "
@@ -295,40 +305,11 @@ class Service:
         (`for_run`) or to show: the undone run's rollback steps (or a release switch back
         per root), in its batches, with the parameters it recorded (secrets read again
         from their environment variables). Refused while any host is."""
-        from .prepare import prepare_file
-        from .rollback import registered_names, rollback_runbook
+        from .rollback import prepare_undoing
         from .runner import new_run_id
 
-        if undo.refused:
-            raise Refused(
-                f"rollback of run {undo.run_id} refused, nothing was done: "
-                + "; ".join(undo.refused)
-            )
-        if not undo.restore:
-            raise Refused(f"run {undo.run_id} changed nothing that is not already back")
         run = self.record.run(undo.run_id, outputs=False).run
-        secrets = set(run.secret_names or ())
-        given = {k: v for k, v in run.params.items() if k not in secrets and v is not None}
-        prepared = prepare_file(
-            rollback_runbook(run, undo),
-            list(run.inventory or ()),
-            [],
-            ",".join(undo.hosts),
-            self.operator,
-            None,
-            given,
-            run_id=new_run_id() if for_run else None,
-            registered=registered_names(run),
-        )
-        planned = sorted(h for batch in prepared.plan.batches for h in batch)
-        if planned != undo.hosts:
-            raise InputError(
-                Problem(
-                    f"the inventory run {undo.run_id} used no longer gives the hosts it "
-                    f"switched ({', '.join(undo.hosts)}); nothing was done"
-                )
-            )
-        return prepared
+        return prepare_undoing(run, undo, self.operator, new_run_id() if for_run else None)
 
     def rollback(
         self,
@@ -393,7 +374,7 @@ def _changed(details: RunDetails) -> set[str]:
     return {
         step.host
         for step in details.steps
-        if step.section == "steps" and step.status not in ("skipped", "running")
+        if step.section == "steps" and step.status != "skipped"  # "running": perhaps changed
     }
 
 
@@ -403,34 +384,3 @@ def _on_failure(run: RunRecord) -> str | None:
     if run.runbook_text is None:
         return None
     return runbook_from_text(run.runbook_text, run.runbook_path).runbook.on_failure
-
-
-def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, PlaybookOutcome]]:
-    """Run the plan's playbook and module steps in Ansible's check mode on every planned
-    host: what they would change, changing nothing (and recording nothing). Steps before
-    them have not run, so what they would have changed is not seen here."""
-    from .steps import Scope
-    from .transports.ansible import AnsibleSettings, run_playbook
-
-    settings = AnsibleSettings(
-        options.known_hosts,
-        options.accept_new_host_keys,
-        options.forks,
-        options.timeout,
-        prepared.params.secrets,
-    )
-    hosts = [h.name for h in prepared.hosts]
-
-    async def all_steps() -> list[tuple[str, PlaybookOutcome]]:
-        results = []
-        for planned in prepared.plan.steps:
-            steps = [r.step for r in planned.hosts.values() if r.step is not None]
-            if not steps or steps[0].scope is not Scope.HOSTS:
-                continue
-            playbook, call = steps[0].ansible_call(prepared.runbook_file.workspace)
-            call["check"] = True
-            outcome = await run_playbook(playbook, prepared.inventory, hosts, settings, **call)
-            results.append((planned.name, outcome))
-        return results
-
-    return asyncio.run(all_steps())

@@ -36,12 +36,13 @@ def _to_json(value: Any) -> str:
 
 MAX_TEXT = 16 * 1024 * 1024
 """The longest text a template may make (a rendered field, a repeated string or list)."""
-MAX_EXPONENT = 10_000
+MAX_BITS = 100_000  # a power's size: 30,000 digits, made in microseconds
 
 
 class _Bounded(ImmutableSandboxedEnvironment):
-    """The sandbox, with `*` and `**` bounded: `{{ 'x' * 1000000000 }}` or `{{ 9 ** 10 **
-    9 }}` is refused before it takes gigabytes or minutes (`range` is bounded already)."""
+    """The sandbox, with what makes large texts or numbers bounded: `{{ 'x' * 1000000000 }}`,
+    `{{ (9 ** 10000) ** 10000 }}`, `'x'.ljust(10**9)`, huge widths, replacements and joins
+    are refused before they take gigabytes or minutes (`range` is bounded already)."""
 
     intercepted_binops = frozenset({"*", "**", "%"})
 
@@ -53,10 +54,15 @@ class _Bounded(ImmutableSandboxedEnvironment):
                 repeated = isinstance(seq, str | list | tuple) and isinstance(times, int)
                 if repeated and len(seq) * times > MAX_TEXT:
                     raise TemplateProblem(f"a text or list over {MAX_TEXT} long; refused")
-        huge = isinstance(right, int) and abs(right) > MAX_EXPONENT
-        if operator == "**" and huge and isinstance(left, int) and abs(left) > 1:
-            raise TemplateProblem(f"an exponent over {MAX_EXPONENT}; refused")
+        if operator == "%" and isinstance(right, tuple | int):
+            _bounded_numbers(right if isinstance(right, tuple) else (right,))
+        powers = operator == "**" and isinstance(left, int) and isinstance(right, int)
+        if powers and abs(left) > 1 and right > 0 and left.bit_length() * right > MAX_BITS:
+            raise TemplateProblem(f"a power of over {MAX_BITS} bits; refused")
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        return _call(__self, __context, __obj, *args, **kwargs)
 
 
 _WIDTH = re.compile(r"\d{8,}")  # a field width or precision of 10,000,000 or more
@@ -88,11 +94,62 @@ def _bounded_format_filter(original: Any) -> Any:
     return bounded
 
 
+def _bounded_numbers(values: Any) -> None:
+    """A number over MAX_TEXT given to a call (`'x'.ljust(10**9)`, a width, a count) would
+    make a text that large: refused before it is made."""
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_TEXT:
+            raise TemplateProblem(f"a number over {MAX_TEXT} given where a size goes; refused")
+
+
+def _call(env: _Bounded, context: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
+    _bounded_numbers((*args, *kwargs.values()))
+    owner = getattr(obj, "__self__", None)
+    name = getattr(obj, "__name__", "")
+    if isinstance(owner, str) and name in ("replace", "join") and args:
+        _bounded_product(owner, name, args)
+    return super(_Bounded, env).call(context, obj, *args, **kwargs)
+
+
+def _bounded_product(text: str, name: str, args: tuple[Any, ...]) -> None:
+    """`'x' * 1000 | replace('x', 'y' * 10**7)`, `', '.join(...)`: what they would make,
+    refused when over MAX_TEXT, before it is made."""
+    if name == "replace" and len(args) >= 2 and isinstance(args[0], str):
+        count = text.count(args[0]) if args[0] else len(text) + 1
+        if count * len(str(args[1])) > MAX_TEXT:
+            raise TemplateProblem(f"a replacement making a text over {MAX_TEXT}; refused")
+    joined = name == "join" and isinstance(args[0], list | tuple | range)
+    if joined and len(text) * len(args[0]) > MAX_TEXT:
+        raise TemplateProblem(f"a join making a text over {MAX_TEXT}; refused")
+
+
+def _bounded_filter(original: Any, name: str) -> Any:
+    """Jinja2's `replace` / `join` filter, refusing what would make a text over MAX_TEXT."""
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        values = [a for a in args if not hasattr(a, "environment")]  # drop eval contexts
+        if name == "replace" and len(values) >= 3 and isinstance(values[0], str):
+            _bounded_product(values[0], "replace", tuple(values[1:]))
+        if name == "join" and len(values) >= 2 and isinstance(values[1], str):
+            items = values[0]
+            if isinstance(items, list | tuple | range):
+                _bounded_product(values[1], "join", (items,))
+        return original(*args, **kwargs)
+
+    for attribute in ("jinja_pass_arg",):  # keep what tells Jinja2 to pass a context
+        if hasattr(original, attribute):
+            setattr(bounded, attribute, getattr(original, attribute))
+    return bounded
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
     env = _Bounded(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.filters["center"] = _bounded_width("center", env.filters["center"], 1)
     env.filters["indent"] = _bounded_width("indent", env.filters["indent"], 1)
     env.filters["format"] = _bounded_format_filter(env.filters["format"])
+    env.filters["replace"] = _bounded_filter(env.filters["replace"], "replace")
+    env.filters["join"] = _bounded_filter(env.filters["join"], "join")
+    env.globals.pop("lipsum", None)  # text of any size, on request: not for runbooks
     env.filters.update(
         quote=quote, to_json=_to_json, basename=posixpath.basename, dirname=posixpath.dirname
     )

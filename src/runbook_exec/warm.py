@@ -23,21 +23,29 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
-import json
 import os
 import select
 import signal
 import socket
 import struct
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO
 
-from .wire import FORWARDED, HEADER, fingerprint, receive, send, send_line, socket_path
+from .warmchild import become
+from .wire import (
+    FORWARDED,
+    fingerprint,
+    read_request,
+    receive,
+    send,
+    send_line,
+    socket_path,
+    well_formed,
+)
 
 EXIT_SIGNALLED = 128
 PRELOAD = (
@@ -113,7 +121,7 @@ def serve(
                 break  # closed by SIGTERM
             with conn:
                 try:
-                    request, fds = _request(conn)
+                    request, fds = read_request(conn)
                 except OSError as exc:  # nothing came within the timeout
                     _log(log, f"refused: a request it could not read ({exc})")
                     continue
@@ -253,27 +261,6 @@ def _listen(path: str) -> socket.socket:
     return listener
 
 
-def _request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """The request and the file descriptors that came with it ({} if it is not one)."""
-    conn.settimeout(10)
-    header, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
-    body = b""
-    if len(header) == HEADER.size:
-        (length,) = HEADER.unpack(header)
-        with contextlib.suppress(OSError):  # too slow, or gone: not a request
-            while len(body) < length:
-                chunk = conn.recv(min(length - len(body), 1 << 20))
-                if not chunk:
-                    break
-                body += chunk
-    conn.settimeout(None)
-    try:
-        request = json.loads(body)
-    except ValueError:
-        request = None
-    return (request if isinstance(request, dict) else {}), fds
-
-
 @dataclass(frozen=True)
 class Refusal:
     reason: str
@@ -289,7 +276,7 @@ def _refusal(
         if uid != os.getuid():
             return Refusal(f"refused uid {uid}: the warm controller serves only its own user")
     op = request.get("op")
-    if op not in ("run", "status", "stop") or (op == "run" and not _well_formed(request, fds)):
+    if op not in ("run", "status", "stop") or (op == "run" and not well_formed(request, fds)):
         return Refusal("a request it could not read")
     if op == "run" and request.get("fingerprint") != code:
         return Refusal(
@@ -298,20 +285,6 @@ def _refusal(
             final=True,
         )
     return None
-
-
-def _well_formed(request: dict[str, Any], fds: list[int]) -> bool:
-    """A command as `entry` sends it: three streams, words, a directory, an environment."""
-    argv, env = request.get("argv"), request.get("env")
-    return (
-        len(fds) == 3
-        and isinstance(argv, list)
-        and all(isinstance(word, str) for word in argv)
-        and isinstance(request.get("cwd"), str)
-        and isinstance(env, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-        and isinstance(request.get("umask"), int)
-    )
 
 
 def _supervise(
@@ -335,7 +308,7 @@ def _supervise(
         if pid == 0:
             os.close(ended_r)
             conn.close()
-            _command(request, fds)
+            become(request, fds, _run)
         os.close(ended_w)
         for fd in fds:
             os.close(fd)
@@ -355,73 +328,6 @@ def _supervise(
             send_line(conn, {"exit": code if code >= 0 else EXIT_SIGNALLED - code})
     finally:
         os._exit(0)
-
-
-def _command(request: dict[str, Any], fds: list[int]) -> NoReturn:
-    """The second fork: become the command as the caller started it, run it, exit."""
-    code = 1
-    try:
-        os.setsid()  # not in the controller's terminal session; the caller forwards signals
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
-        _std_streams(request.get("streams") or [])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        time.tzset()
-        os.umask(int(request["umask"]))
-        sys.argv = list(request["argv"])
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-        _run(sys.argv[1:])
-        code = 0
-    except SystemExit as exc:
-        code = _exit_code(exc.code)
-    except KeyboardInterrupt:  # Ctrl-C before the command could handle it
-        print("interrupted", file=sys.stderr)
-        code = 130
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            threading._shutdown()  # type: ignore[attr-defined]  # as multiprocessing's forks do
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
-
-
-def _std_streams(settings: list[list[str | None]]) -> None:
-    """New sys.stdin/stdout/stderr on fds 0-2, set up as Python would have for the caller."""
-
-    def setting(index: int, default_errors: str) -> tuple[str, str]:
-        given = settings[index] if index < len(settings) else []
-        encoding, errors = [*given, None, None][:2]
-        return encoding or "utf-8", errors or default_errors
-
-    # They live as long as the process, as Python's own do: no context managers.
-    encoding, errors = setting(0, "strict")
-    sys.stdin = open(0, encoding=encoding, errors=errors, closefd=False)  # noqa: SIM115
-    encoding, errors = setting(1, "strict")
-    line = 1 if os.isatty(1) else -1
-    sys.stdout = open(  # noqa: SIM115
-        1, "w", buffering=line, encoding=encoding, errors=errors, closefd=False
-    )
-    encoding, errors = setting(2, "backslashreplace")
-    sys.stderr = open(  # noqa: SIM115
-        2, "w", buffering=1, encoding=encoding, errors=errors, closefd=False
-    )
-
-
-def _exit_code(code: object) -> int:
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code
-    print(code, file=sys.stderr)
-    return 1
 
 
 def _kill(pid: int, number: int) -> None:

@@ -11,6 +11,7 @@ command runs (or `{"note": ...}` if it cannot), then `{"exit": CODE}`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -66,3 +67,38 @@ def receive(replies: BinaryIO) -> dict[str, Any] | None:
 def send_line(conn: socket.socket, message: dict[str, Any]) -> None:
     """One reply: a JSON line."""
     conn.sendall((json.dumps(message) + "\n").encode())
+
+
+def read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """The request and the file descriptors that came with it ({} if it is not one)."""
+    conn.settimeout(10)
+    header, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
+    body = b""
+    if len(header) == HEADER.size:
+        (length,) = HEADER.unpack(header)
+        with contextlib.suppress(OSError):  # too slow, or gone: not a request
+            while len(body) < length:
+                chunk = conn.recv(min(length - len(body), 1 << 20))
+                if not chunk:
+                    break
+                body += chunk
+    conn.settimeout(None)
+    try:
+        request = json.loads(body)
+    except ValueError:
+        request = None
+    return (request if isinstance(request, dict) else {}), fds
+
+
+def well_formed(request: dict[str, Any], fds: list[int]) -> bool:
+    """A command as `entry` sends it: three streams, words, a directory, an environment."""
+    argv, env = request.get("argv"), request.get("env")
+    return (
+        len(fds) == 3
+        and isinstance(argv, list)
+        and all(isinstance(word, str) for word in argv)
+        and isinstance(request.get("cwd"), str)
+        and isinstance(env, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+        and isinstance(request.get("umask"), int)
+    )

@@ -20,7 +20,7 @@ from ..errors import (
     Problem,
     RunbookExecError,
 )
-from . import runs
+from . import runs, undo
 from .audit import audit_app
 from .options import (
     DEFAULT_DB,
@@ -152,7 +152,7 @@ def plan(
         print_plan(out(), prepared.plan)
         print_previous(db, prepared.plan)
     if check_mode:
-        from ..service import check_mode as in_check_mode
+        from ..prepare import check_mode as in_check_mode
         from ..views import print_check_mode
 
         print_check_mode(out(), in_check_mode(prepared, run_options(known_hosts)))
@@ -163,8 +163,8 @@ for command in (
     runs.resume,
     runs.approve,
     runs.reject,
-    runs.cancel,
-    runs.rollback,
+    undo.cancel,
+    undo.rollback,
     runs.runs,
     runs.show,
     runs.releases,

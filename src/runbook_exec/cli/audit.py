@@ -6,7 +6,7 @@ Reading, exporting, checkpointing and pruning the trail are audit events themsel
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import InputError, Problem
+from .auditfiles import event_at, export_rows, read_checkpoint, utc_option
 from .options import DEFAULT_DB, DbOpt, OperatorOpt, err, out
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def audit_verify(
     from ..store.audit import verify
     from ..store.keys import KeyRing
 
-    point = _read_checkpoint(checkpoint) if checkpoint else None
+    point = read_checkpoint(checkpoint) if checkpoint else None
     trusted = checkpoints.load_public_key(public_key) if public_key else None
     store: Store | None = None
     if file is None:
@@ -82,7 +83,7 @@ def audit_verify(
         rows = store.audit_events()
     else:
         keys = KeyRing.load()
-        rows = _export_rows(file)
+        rows = export_rows(file)
     verified = verify(rows, keys)
     key = _head_key(keys, verified)
     if verified.finding is None and point is not None:
@@ -138,12 +139,13 @@ def audit_export(
 
     A whole export verifies with `audit verify --file` or the README's snippet; a filtered
     one still lets each event's hash be checked against its prev_hash."""
-    from ..store.audit import export_csv, export_lines, verify
+    from ..store.audit import verify
+    from ..store.export import export_csv, export_lines
 
     if fmt not in ("jsonl", "csv"):
         raise InputError(Problem(f"{fmt!r}: choose jsonl or csv", field="--format"))
-    since_at = _utc(since, "--since").isoformat() if since else None
-    until_at = _utc(until, "--until").isoformat() if until else None
+    since_at = utc_option(since, "--since").isoformat() if since else None
+    until_at = utc_option(until, "--until").isoformat() if until else None
     store = _store(db)
     store.require_key()
 
@@ -153,8 +155,8 @@ def audit_export(
             and (host is None or row["host"] == host)
             and (operator_filter is None or row["operator"] == operator_filter)
             and (change_id is None or row["change_id"] == change_id)
-            and (since_at is None or _at(row) >= since_at)
-            and (until_at is None or _at(row) < until_at)
+            and (since_at is None or event_at(row) >= since_at)
+            and (until_at is None or event_at(row) < until_at)
         )
 
     everything = store.audit_events()
@@ -236,7 +238,7 @@ def audit_prune(
     Every event stays, with the SHA-256 of the output it had, so the chain still verifies
     and an output kept elsewhere can still be matched against it. Refuses a chain that does
     not verify, so tampering is never pruned away. The pruning is itself an audit event."""
-    cutoff = _utc(before, "--before")
+    cutoff = utc_option(before, "--before")
     store, _, _ = _intact_store(db, "prune refused: the output it would remove may be evidence.")
     epoch = cutoff.replace(tzinfo=UTC).timestamp()
     if dry_run:
@@ -282,6 +284,10 @@ def audit_rotate_key(
     )
     if new_key_file is not None:
         try:
+            if not new_key_file.is_file() or new_key_file.stat().st_size > 4096:
+                raise InputError(
+                    Problem("not a key file (a small regular file expected)", str(new_key_file))
+                )
             new = new_key_file.read_bytes().strip()
         except OSError as exc:
             raise InputError(
@@ -357,60 +363,6 @@ def _record(store: Store, operator: str | None, kind: str, **fields: Any) -> Non
     from ..store.audit import operator_name
 
     Auditor.outside_runs(store, operator_name(operator)).append(kind, **fields)
-
-
-def _utc(text: str, option: str) -> datetime:
-    """A UTC date or time given on the command line."""
-    try:
-        parsed = datetime.fromisoformat(text.removesuffix("Z"))
-    except ValueError:
-        raise InputError(
-            Problem(
-                f"{text!r} is not a date or time (2026-11-01 or 2026-11-01T08:00)", field=option
-            )
-        ) from None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return parsed
-
-
-def _at(row: dict[str, Any]) -> str:
-    """An event's time in the form `_utc(...).isoformat()` gives, to compare with it."""
-    return str(row["at"]).removesuffix("Z")
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        point = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(Problem(f"cannot read it: {exc.strerror}", str(path))) from None
-    except ValueError:
-        raise InputError(Problem("not a checkpoint (JSON expected)", str(path))) from None
-    if not isinstance(point, dict):
-        raise InputError(Problem("not a checkpoint (a JSON object expected)", str(path)))
-    return point
-
-
-def _export_rows(file: Path) -> list[dict[str, Any]]:
-    from ..store.audit import BadExportLine, read_export
-
-    if file.exists() and not file.is_file():
-        raise InputError(Problem("not a regular file", str(file)))
-    try:
-        with file.open(encoding="utf-8", newline="") as lines:
-            return list(read_export(lines))
-    except OSError as exc:
-        raise InputError(Problem(f"cannot read it: {exc.strerror}", str(file))) from None
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            Problem(f"not an audit export: not UTF-8 text (byte {exc.start})", str(file))
-        ) from None
-    except BadExportLine as exc:
-        raise InputError(
-            Problem(
-                "not an audit export line (JSONL or CSV from `audit export`)", str(file), exc.line
-            )
-        ) from None
 
 
 def _refuse_missing_key(verified: Verified) -> None:

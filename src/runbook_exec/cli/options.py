@@ -118,7 +118,10 @@ def run_options(known_hosts: Path | None, **options: Any) -> RunOptions:
     from ..executor import RunOptions
     from ..transports.base import default_known_hosts
 
-    return RunOptions(known_hosts=(known_hosts or default_known_hosts()).resolve(), **options)
+    path = (known_hosts or default_known_hosts()).resolve()
+    if path.exists() and not path.is_file():
+        raise InputError(Problem("not a regular file", str(path), field="--known-hosts"))
+    return RunOptions(known_hosts=path, **options)
 
 
 def print_previous(db: str, plan: Any) -> None:

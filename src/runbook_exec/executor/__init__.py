@@ -27,7 +27,8 @@ from ..templating import HostVars, TemplateProblem, evaluate
 from ..transports.base import CommandResult, Session, Unreachable, default_known_hosts
 from ..transports.ssh import SshOptions, connect
 from .ansible import AnsibleStep
-from .progress import PASSED, Cancellation, Progress, RunState, retrying
+from .gates import Gates
+from .progress import Cancellation, Progress, RunState, retrying
 
 __all__ = ["Approver", "Cancellation", "Connect", "Executor", "RunContext", "RunOptions"]
 __all__ += ["RunState"]
@@ -103,6 +104,7 @@ class Executor:
         base = {**context.params.values, "run": {"id": context.run_id, "operator": self.operator}}
         self.names = {h.name: HostVars(h.template_vars(), base) for h in context.hosts}
         self.ansible = AnsibleStep(self)
+        self.gates = Gates(self)
 
     @property
     def stopping(self) -> bool:
@@ -152,7 +154,7 @@ class Executor:
                 return await self._stop(number)
             if number < len(self.batches):
                 for index, (wait, approve) in enumerate(self.between):
-                    outcome = await self._gate(f"after:{number}:{index}", wait, approve)
+                    outcome = await self.gates.gate(f"after:{number}:{index}", wait, approve)
                     if outcome:
                         return await self._ended(outcome, number)
         return RunStatus.FAILED if progress.failed else RunStatus.SUCCEEDED
@@ -212,7 +214,7 @@ class Executor:
             if not live:
                 return None
             if step.scope is Scope.BATCH:
-                outcome = await self._gate_step(section, index, step, number, live)
+                outcome = await self.gates.step(section, index, step, number, live)
                 if outcome:
                     return outcome
                 continue
@@ -391,61 +393,6 @@ class Executor:
             output_sha256=outcome.output_sha256,
             ignored=status != StepStatus.OK and step.ignore_errors,
         )
-
-    # --- gates ------------------------------------------------------------------------------
-
-    async def _gate_step(
-        self, section: str, index: int, step: StepBase, number: int, live: Sequence[str]
-    ) -> str | None:
-        """A `wait:` or `approve:` step: once for the batch, as planned; what it needs at run
-        time (a `when` or a field that reads a registered result) is decided with the
-        batch's first live host's results. Skipped when its `when` is false; a gate that
-        cannot be rendered fails the batch's hosts."""
-        action = self.action_for(section, index, step, live[0], planned_as="*")
-        if isinstance(action, HostStepResult):
-            if action.status == StepStatus.SKIPPED:
-                self.recorder.note(f"{step.title}: skipped ({action.message})")
-                return None
-            for host in live:
-                self.finish(number, replace(action, host=host))
-            return None
-        wait = getattr(action, "wait", None)
-        approve = getattr(action, "approve", None)
-        return await self._gate(
-            f"{section}:{number}:{index}",
-            float(wait) if wait is not None else None,
-            self.mask(approve) if approve is not None else None,
-        )
-
-    async def _gate(self, key: str, wait: float | None, approve: str | None) -> str | None:
-        await self.recorder.flush()
-        known = self.progress.gates.get(key)
-        if known and known["status"] in PASSED:
-            return None
-        if known and known["status"] == "rejected":
-            return RunStatus.REJECTED
-        if wait is not None:
-            self.recorder.gate(key, "wait", f"wait {wait:g}s", "waiting")
-            await self._sleep(wait)
-            if self.stopping:
-                return RunStatus.INTERRUPTED
-            self.recorder.gate(key, "wait", f"wait {wait:g}s", "done")
-            return None
-        message = approve or "Continue?"
-        self.recorder.gate(key, "approve", message, "waiting")
-        answer = await self.approver(message) if self.approver else None
-        if answer is None:
-            return RunStatus.AWAITING_APPROVAL
-        approved, comment = answer
-        status = "approved" if approved else "rejected"
-        self.recorder.gate(key, "approve", message, status, self.operator, comment)
-        self.progress.gates[key] = {"status": status}
-        return None if approved else RunStatus.REJECTED
-
-    async def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stopping and time.monotonic() < deadline:
-            await asyncio.sleep(min(0.2, deadline - time.monotonic()))
 
     # --- sessions ---------------------------------------------------------------------------
 

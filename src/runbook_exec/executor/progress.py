@@ -32,6 +32,9 @@ class RunState:
     registered: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Results registered before this run, by host: a run that undoes another starts with
     what that one registered, as its own rollback would have."""
+    unfinished: frozenset[str] = frozenset()
+    """Hosts where a step started and never finished (the controller died): it may have
+    changed them, so a rollback counts them as changed."""
 
     @classmethod
     def of(cls, details: RunDetails) -> RunState:
@@ -56,7 +59,10 @@ class RunState:
         }
         hosts = {host.host: host.status for host in details.hosts}
         gates = {gate.key: {"status": gate.status} for gate in details.gates}
-        return cls(finished, hosts, gates)
+        unfinished = frozenset(
+            s.host for s in details.steps if s.status == "running" and s.section == Section.STEPS
+        )
+        return cls(finished, hosts, gates, unfinished=unfinished)
 
 
 class Cancellation:
@@ -95,6 +101,7 @@ class Progress:
         self.failed: dict[str, str] = {
             h: s for h, s in state.host_status.items() if s in HOST_FAILED
         }
+        self.unfinished = state.unfinished
         self.registered: dict[str, dict[str, Any]] = {
             h: dict(state.registered.get(h, {})) for h in hosts
         }
@@ -140,12 +147,13 @@ class Progress:
         return hosts and all(self.gates.get(k, {}).get("status") in PASSED for k in gate_keys)
 
     def touched(self) -> set[str]:
-        """The hosts a step of this run changed (ran on, not skipped): rollback's hosts."""
+        """The hosts a step of this run changed (ran on, not skipped, or started and never
+        finished, so perhaps changed): rollback's hosts."""
         return {
             host
             for (section, _, host), r in self.finished.items()
             if section == Section.STEPS and r.status != StepStatus.SKIPPED
-        }
+        } | self.unfinished
 
     def ran_once(self, section: str, index: int) -> HostStepResult | None:
         """Where a run_once step ran (not skipped), if it did."""

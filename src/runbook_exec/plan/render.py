@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..durations import format_duration, parse_duration
+from ..durations import parse_duration
 from ..errors import Problem
 from ..inventory import Host
 from ..masking import MASK
@@ -20,7 +19,7 @@ from ..runbook import RunbookFile
 from ..steps import Scope, StepBase
 from ..steps.base import FieldPath
 from ..templating import HostVars, TemplateProblem, evaluate, is_template, names_used, render
-from .values import HostAction, PlannedStep, Rendered
+from .values import PlannedStep, Rendered, group_actions, step_options
 
 
 class RunTimeValue:
@@ -172,8 +171,8 @@ class Renderer:
             index=index,
             name=self._name(step, targets, loc, field),
             kind=step.kind,
-            options=_options(step),
-            actions=_group(rows if not per_batch else rows[:1]),
+            options=step_options(step),
+            actions=group_actions(rows if not per_batch else rows[:1]),
             hosts=hosts,
         )
 
@@ -304,15 +303,19 @@ def render_action(
     def walk(value: Any, path: tuple[str | int, ...]) -> Any:
         nonlocal failed, templated
         if isinstance(value, str):
-            if not is_template(value) or path in expressions:
-                return value
-            templated = True
-            try:
-                return render(value, context)
-            except TemplateProblem as exc:
+            text = value
+            if is_template(value) and path not in expressions:
+                templated = True
+                try:
+                    text = render(value, context)
+                except TemplateProblem as exc:
+                    failed = True
+                    problem(path, str(exc))
+                    return value
+            if "\0" in text:  # no command, path or argument can carry one
                 failed = True
-                problem(path, str(exc))
-                return value
+                problem(path, "holds a NUL byte")
+            return text
         if isinstance(value, dict):
             return {k: walk(v, (*path, k)) for k, v in value.items()}
         if isinstance(value, list):
@@ -398,27 +401,3 @@ def _data_path(data: Any, loc: Sequence[str | int]) -> tuple[str | int, ...]:
 
 def _join(first: str, second: str) -> str:
     return f"{first}; {second}" if first else second
-
-
-def _options(step: StepBase) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for key in ("when", "retries", "run_once", "ignore_errors", "register_as"):
-        value = getattr(step, key)
-        if value not in (None, False, 0):
-            options["register" if key == "register_as" else key] = value
-    for key in ("timeout", "delay"):
-        value = getattr(step, key)
-        if value is not None:
-            options[key] = format_duration(value)
-    return options
-
-
-def _group(
-    rows: Sequence[tuple[str, Mapping[str, Any] | None, str]],
-) -> tuple[HostAction, ...]:
-    """Hosts that get the identical action share one entry, in first-seen order."""
-    groups: dict[str, tuple[list[str], Mapping[str, Any] | None, str]] = {}
-    for host, action, note in rows:
-        key = json.dumps([action, note], sort_keys=True, default=str)
-        groups.setdefault(key, ([], action, note))[0].append(host)
-    return tuple(HostAction(tuple(hosts), action, note) for hosts, action, note in groups.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,3 +147,27 @@ def _step_dict(step: PlannedStep) -> dict[str, Any]:
             {"hosts": list(a.hosts), "action": a.action, "note": a.note} for a in step.actions
         ],
     }
+
+
+def step_options(step: StepBase) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key in ("when", "retries", "run_once", "ignore_errors", "register_as"):
+        value = getattr(step, key)
+        if value not in (None, False, 0):
+            options["register" if key == "register_as" else key] = value
+    for key in ("timeout", "delay"):
+        value = getattr(step, key)
+        if value is not None:
+            options[key] = format_duration(value)
+    return options
+
+
+def group_actions(
+    rows: Sequence[tuple[str, Mapping[str, Any] | None, str]],
+) -> tuple[HostAction, ...]:
+    """Hosts that get the identical action share one entry, in first-seen order."""
+    groups: dict[str, tuple[list[str], Mapping[str, Any] | None, str]] = {}
+    for host, action, note in rows:
+        key = json.dumps([action, note], sort_keys=True, default=str)
+        groups.setdefault(key, ([], action, note))[0].append(host)
+    return tuple(HostAction(tuple(hosts), action, note) for hosts, action, note in groups.values())

@@ -127,12 +127,15 @@ class Record:
 
     @_gc_paused
     def runs(self, limit: int = 50) -> list[RunDetails]:
-        """The newest runs (as the runs table orders them, plus any run whose row is
-        missing from it), each from its events; newest first."""
+        """The newest runs (as the runs table orders them, plus any of the newest requests
+        on the chain whose row is missing from it, flagged), each from its events; newest
+        first."""
         rows = {r["id"]: r for r in self.store.list_runs(limit)}
-        first = self.store.first_event_of(list(rows))
-        if first is None:
+        starts = [self.store.first_event_of(list(rows)), self.store.newest_request(limit)]
+        known = [seq for seq in starts if seq is not None]
+        if not known:
             return []
+        first = min(known)  # a run whose row is gone is among the newest by its events
         folds: dict[str, RunFold] = {}
         verified, _ = self._walk(first, folds, light=True, every_run=True)
         chain = _chain_flags(verified)
@@ -140,6 +143,11 @@ class Record:
         for run_id, fold in folds.items():
             if fold.first is None:
                 continue
+            if run_id not in rows and (
+                fold.first_seq < first or fold.first.get("type") != "run.requested"
+            ):
+                continue  # an older run whose later events fall in the window (or the
+                # event before it, walked to check the link): not one of these runs
             details = fold.details(None, [])
             details.flags[:0] = chain
             row = rows.get(run_id) or self.store.get_run(run_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -80,6 +81,8 @@ class RunFold:
         elif kind in ENDING:
             self.fields["status"] = str(body.get("status"))
             self.fields["finished_at"] = at if kind == "run.finished" else None
+            if kind == "run.stopped" and self.locks:  # it keeps its locks, held by no process
+                self.locks.append(replace(self.locks[-1], pid=0, since=at, event=seq))
             if body.get("message"):
                 self.fields["message"] = body.get("message")
             if body.get("decision"):

@@ -226,6 +226,19 @@ class ChainStore(StoreBase):
         )
         return int(rows[0]["seq"]) if rows and rows[0]["seq"] is not None else None
 
+    def newest_request(self, count: int) -> int | None:
+        """The seq of the oldest of the newest `count` runs' requests, as the chain has them
+        (a run whose table row was deleted is among them)."""
+        newest = (
+            select(audit_events.c.seq)
+            .where(audit_events.c.type == "run.requested")
+            .order_by(audit_events.c.seq.desc())
+            .limit(count)
+            .subquery()
+        )
+        rows = self._read(select(func.min(newest.c.seq).label("seq")))
+        return int(rows[0]["seq"]) if rows and rows[0]["seq"] is not None else None
+
     def audit_events(self) -> list[dict[str, Any]]:
         """The whole chain in order. Built from rows as tuples (at 100,000 events SQLAlchemy's
         row mappings would cost as much as verifying them), with the cyclic garbage

@@ -143,7 +143,10 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 def _read(path: Path, option: str) -> bytes:
     try:
-        return path.read_bytes()
+        if path.exists() and not path.is_file():
+            raise InputError(Problem(f"{option}: not a regular file", str(path)))
+        with path.open("rb") as file:
+            return file.read(1024 * 1024)
     except OSError as exc:
         raise InputError(
             Problem(f"cannot read it: {exc.strerror}", str(path), field=option)

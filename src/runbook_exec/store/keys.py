@@ -65,7 +65,10 @@ class KeyRing:
             return self.keys[wanted]
         path = self.folder / f"{wanted}.key"
         try:
-            key = path.read_bytes().strip()
+            if not path.is_file():
+                return None
+            with path.open("rb") as file:
+                key = file.read(4096).strip()
         except OSError:
             return None
         if key and key_id(key) == wanted:
@@ -117,8 +120,11 @@ def _given_key(env: Mapping[str, str]) -> bytes | None:
         return env["RUNBOOK_EXEC_AUDIT_KEY"].encode("utf-8")
     if env.get("RUNBOOK_EXEC_AUDIT_KEY_FILE"):
         path = Path(env["RUNBOOK_EXEC_AUDIT_KEY_FILE"])
+        if path.exists() and not path.is_file():
+            raise InputError(Problem("the audit key is not a regular file", str(path)))
         try:
-            key = path.read_bytes().strip()
+            with path.open("rb") as file:
+                key = file.read(4096).strip()
         except OSError as exc:
             raise InputError(
                 Problem(f"cannot read the audit key: {exc.strerror}", str(path))

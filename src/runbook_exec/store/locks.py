@@ -18,6 +18,7 @@ from .base import CHAIN_LOCK, StoreBase, _serialize
 from .schema import locks, runs
 
 _CHUNK = 500  # names per IN (...): far below every backend's limit on bound parameters
+PARKED = 0  # the pid of locks whose run stopped without ending: held by no process
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,11 @@ class LockHolder:
 
     @property
     def gone(self) -> bool:
-        """Its process is provably gone: on this machine, and not running. A holder on
-        another machine is never presumed gone (its pid cannot be checked from here)."""
+        """No process holds these locks now: the run stopped and parked them (pid 0), or its
+        process is provably gone (on this machine, and not running). A process on another
+        machine is never presumed gone (its pid cannot be checked from here)."""
+        if self.pid == PARKED:
+            return True
         return self.machine == socket.gethostname() and not alive(self.pid)
 
     @property
@@ -93,7 +97,9 @@ class LockStore(StoreBase):
             with self._tx() as tx:
                 _serialize(tx, CHAIN_LOCK)
                 rows = [r for chunk in _chunks(wanted) for r in _rows(tx, chunk)]
-                others = [r for r in rows if r["run_id"] != run_id]
+                # Another run's, or this run's held by another process that may be alive
+                # (a second `resume` of it): in the way.
+                others = [r for r in rows if r["run_id"] != run_id or _busy(r)]
                 if others:
                     return _holders(others)
                 own = {r["name"] for r in rows}
@@ -124,6 +130,12 @@ class LockStore(StoreBase):
             rows += self._read(query.where(locks.c.name.in_(chunk)))
         return _holders(rows)
 
+    def park_locks(self, run_id: str) -> None:
+        """The run stopped without ending (a gate, Ctrl-C, found dead): it keeps its locks,
+        held by no process, until it is resumed or ended."""
+        with self._tx() as tx:
+            tx.execute(update(locks).where(locks.c.run_id == run_id).values(pid=PARKED))
+
     def release_locks(self, run_id: str) -> None:
         """Every lock `run_id` holds (it has ended)."""
         with self._tx() as tx:
@@ -142,6 +154,14 @@ class LockStore(StoreBase):
             with self._tx() as tx:
                 tx.execute(locks.delete().where(locks.c.name == name))
         return held[0] if held else None
+
+
+def _busy(row: dict[str, Any]) -> bool:
+    """A lock row held by a process other than this one that may still run."""
+    here = socket.gethostname()
+    if row["pid"] == PARKED or (row["machine"] == here and row["pid"] == os.getpid()):
+        return False
+    return row["machine"] != here or alive(row["pid"])
 
 
 def _chunks(names: Sequence[str]) -> Iterator[list[str]]:
