@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from audit import wall
 from older import revision
 from runbook_exec.testing.lab import SshLab
 
@@ -40,15 +39,6 @@ steps:
   - shell: "echo {{ bench_root }}"
     when: inventory_hostname != 'nowhere'
 """
-
-
-def timed(command: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{command[:3]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return elapsed
 
 
 def main() -> None:
@@ -90,11 +80,11 @@ def main() -> None:
             ),
         }
         for command, command_env in contenders.values():
-            timed(command, command_env)  # creates the store and warms the page cache
+            wall(command, command_env)  # creates the store and warms the page cache
         times: dict[str, list[float]] = {name: [] for name in contenders}
         for _ in range(args.repeat):
             for name, (command, command_env) in contenders.items():
-                times[name].append(timed(command, command_env))
+                times[name].append(wall(command, command_env))
     print(f"{args.hosts} hosts x {args.steps} steps, whole process, cold, {args.repeat} turns")
     base = times[args.before]
     for name, seconds in times.items():
