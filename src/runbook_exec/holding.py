@@ -10,11 +10,10 @@ from typing import NoReturn
 
 from .errors import LockHeld, Refused
 from .events import RUN_ENDED, RunStatus
-from .processes import alive
 from .record import Record, RecordAltered, RunRecord
 from .recorders import Auditor
 from .store import LockHolder, Store
-from .store.locks import PARKED
+from .store.locks import PARKED, process_gone
 
 
 def take_locks(
@@ -119,10 +118,9 @@ def still_running(store: Store, record: Record, run: RunRecord) -> None:
     holders, _ = record.lock_holders(store.lock_holders(run_id=run.id))
     # The record's word too: lock rows deleted by hand must not hide a live process.
     locks = record.run(run.id, outputs=False).locks if active else []
-    said = [(lock.machine, lock.pid) for lock in locks[-1:] if lock.pid not in (None, PARKED)]
-    for machine, pid in [(h.machine, h.pid) for h in holders if h.pid != PARKED] + said:
-        here = machine == socket.gethostname()
-        if (here and alive(int(pid))) or (active and not here):
+    said = [(lock.machine, lock.pid) for lock in locks[-1:] if lock.pid is not None]
+    for machine, pid in [(h.machine, h.pid) for h in holders] + said:
+        if not process_gone(machine, pid) and (active or machine == socket.gethostname()):
             raise Refused(
                 f"run {run.id} is still running (pid {pid} on {machine}); "
                 "stop it first (Ctrl-C, or kill that process), or wait for it"

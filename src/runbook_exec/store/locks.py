@@ -39,9 +39,7 @@ class LockHolder:
         """No process holds these locks now: the run stopped and parked them (pid 0), or its
         process is provably gone (on this machine, and not running). A process on another
         machine is never presumed gone (its pid cannot be checked from here)."""
-        if self.pid == PARKED:
-            return True
-        return self.machine == socket.gethostname() and not alive(self.pid)
+        return process_gone(self.machine, self.pid)
 
     @property
     def hosts(self) -> list[str]:
@@ -156,12 +154,17 @@ class LockStore(StoreBase):
         return held[0] if held else None
 
 
+def process_gone(machine: str, pid: int) -> bool:
+    """No process holds locks named (machine, pid): they are parked (pid 0), or the process
+    is provably gone (on this machine, and not running). One on another machine is never
+    presumed gone: its pid cannot be checked from here."""
+    return pid == PARKED or (machine == socket.gethostname() and not alive(pid))
+
+
 def _busy(row: dict[str, Any]) -> bool:
     """A lock row held by a process other than this one that may still run."""
-    here = socket.gethostname()
-    if row["pid"] == PARKED or (row["machine"] == here and row["pid"] == os.getpid()):
-        return False
-    return row["machine"] != here or alive(row["pid"])
+    mine = row["machine"] == socket.gethostname() and row["pid"] == os.getpid()
+    return not mine and not process_gone(row["machine"], row["pid"])
 
 
 def _chunks(names: Sequence[str]) -> Iterator[list[str]]:
