@@ -18,6 +18,7 @@ from runbook_exec.prepare import prepare
 from runbook_exec.store import Store
 from runbook_exec.testing.lab import SshLab
 from runbook_exec.transports.base import CommandResult, Session
+from runbook_exec.transports.guard import Mark
 from runbook_exec.transports.ssh import SshOptions, connect
 
 SECRET = "s3cr3t-T0ken"
@@ -51,9 +52,9 @@ class Noting:
     def __init__(self, host: str, real: Session, sent: list[tuple[str, str]]) -> None:
         self.host, self.real, self.sent = host, real, sent
 
-    async def run(self, command: str, timeout: float) -> CommandResult:
+    async def run(self, command: str, timeout: float, mark: Mark | None = None) -> CommandResult:
         self.sent.append((self.host, command))
-        return await self.real.run(command, timeout)
+        return await self.real.run(command, timeout, mark)
 
     async def upload(self, local: Path, remote: str, mode: str | None) -> None:
         await self.real.upload(local, remote, mode)

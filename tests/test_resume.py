@@ -99,6 +99,38 @@ def test_kill_9_in_batch_2_then_resume_runs_every_step_once_per_host(
     assert record["status"] == "succeeded"
 
 
+SIDE_EFFECT = """\
+name: side-effect
+targets: host1
+steps:
+  - name: Effect
+    shell: >-
+      trap '' PIPE;
+      trap 'trap "" TERM; echo stop $(date +%s.%N) >> {{ lab_root }}/log; exit 143' TERM;
+      echo start $(date +%s.%N) >> {{ lab_root }}/log;
+      sleep 3 & wait $!;
+      echo effect $(date +%s.%N) >> {{ lab_root }}/log
+"""
+
+
+def test_kill_9_mid_step_then_immediate_resume_the_side_effect_happens_once(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    """The killed attempt is ended on the host when its controller's connection closes; the
+    resumed one starts only after it is gone (times from the host's clock)."""
+    log = hosts.host("host1").root / "log"
+    process = runbook_exec.spawn("run", write("rb.yml", SIDE_EFFECT))  # type: ignore[attr-defined]
+    wait_until(lambda: log.exists() and "start" in log.read_text())
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = runbook_exec("resume", str(latest_run(runbook_exec)["run_id"]))
+    assert done.returncode == 0, done.stdout + done.stderr
+    time.sleep(1)  # anything still running would have its say by now
+    noted = [line.split() for line in log.read_text().splitlines()]
+    assert [what for what, _ in noted] == ["start", "stop", "start", "effect"], noted
+    assert float(noted[1][1]) <= float(noted[2][1])  # the two attempts never overlapped
+
+
 def test_resume_refuses_a_run_that_is_still_running(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:
@@ -174,6 +206,23 @@ def test_ctrl_c_stops_new_work_and_leaves_a_resumable_run(
     done = runbook_exec("resume", str(run["run_id"]))
     assert done.returncode == 0, done.stdout + done.stderr
     assert all(lines(hosts, h, "after") == 1 for h in ("host1", "host2", "host3", "host4"))
+
+
+def test_a_second_ctrl_c_ends_the_running_commands_on_their_hosts(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    log = hosts.host("host1").root / "log"
+    process = runbook_exec.spawn("run", write("rb.yml", SIDE_EFFECT))  # type: ignore[attr-defined]
+    wait_until(lambda: log.exists() and "start" in log.read_text())
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # the first asks the run to stop starting work; the second, to stop now
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    wait_until(lambda: "stop" in log.read_text())
+    time.sleep(3)  # past the moment the step would have had its effect
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["start", "stop"]
+    assert latest_run(runbook_exec)["status"] == "interrupted"
 
 
 def test_runs_and_show_tell_who_did_what_and_why(

@@ -1,13 +1,22 @@
 """The SSH transport on a real host: commands mean what `sh -c` means, whichever way the
-login shell is asked to run them."""
+login shell is asked to run them; a command never outlives the channel it was started on;
+two attempts at a step never run on a host at once."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
 
-from runbook_exec.inventory import select_hosts
+import pytest
+
+from runbook_exec.inventory import Host, select_hosts
 from runbook_exec.testing.lab import SshLab
+from runbook_exec.transports.guard import Mark
 from runbook_exec.transports.ssh import CommandResult, SshOptions, connect
 
 CASES = [
@@ -17,6 +26,8 @@ CASES = [
     ("cd /; pwd", 0, "/\n", ""),
     ("echo out; echo err >&2; false", 1, "out\n", "err\n"),
     ('x=1; [ "$x" = 1 ] && echo set', 0, "set\n", ""),
+    # nothing of the guard around it is left for the command to see
+    ("set | grep -c '^rbx_'; command -v rbx_kill || echo none", 0, "0\nnone\n", ""),
 ]
 
 
@@ -55,3 +66,177 @@ def test_a_command_that_reads_its_input_reads_nothing_and_does_not_wait(lab: Ssh
 
     results = asyncio.run(scenario())
     assert [(r.rc, r.stdout, r.timed_out) for r in results] == [(0, "read-0\n", False)] * 2
+
+
+def logged(log: Path, seconds: float, *, ignore_term: bool = False) -> str:
+    """A command that notes on the host when it starts, is ended (TERM) and ends, with the
+    host's clock. Writes to the closed channel fail quietly (no SIGPIPE), so only TERM or
+    KILL can stop it."""
+    # The TERM may come twice (the watchdog and whoever ended the command first): the
+    # trap ignores the second, or it would cut its own `date` short.
+    on_term = (
+        "''" if ignore_term else f"'trap \"\" TERM; echo stop $(date +%s.%N) >> {log}; exit 143'"
+    )
+    return (
+        f"trap '' PIPE; trap {on_term} TERM; echo start $(date +%s.%N) >> {log}; "
+        f"sleep {seconds} & wait $!; sleep 0 & wait $!; echo end $(date +%s.%N) >> {log}"
+    )
+
+
+def events(log: Path) -> list[tuple[str, float]]:
+    """What `logged` noted, in order; a repeated "stop" once (sudo passes on the TERM it
+    receives to its command, which then hears it twice, once in each shell)."""
+    if not log.exists():
+        return []
+    noted: list[tuple[str, float]] = []
+    for line in log.read_text().splitlines():
+        what, when = line.split()
+        if not (what == "stop" and noted and noted[-1][0] == "stop"):
+            noted.append((what, float(when)))
+    return noted
+
+
+def running(pattern: str) -> bool:
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
+
+
+def settle(check: object, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.1)
+
+
+def lab_host(lab: SshLab, name: str, *, become: bool = False) -> Host:
+    (host,) = select_hosts([lab.inventory], name, None)
+    return replace(host, vars={**host.vars, "ansible_become": True}) if become else host
+
+
+BECOME = [
+    pytest.param(False, id="login-user"),
+    pytest.param(
+        True,
+        id="become",
+        marks=pytest.mark.skipif(
+            os.geteuid() != 0 or shutil.which("sudo") is None,
+            reason="needs root (to grant the lab user sudo) and sudo installed",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("become", BECOME)
+def test_a_timed_out_command_is_ended_on_the_host_term_then_kill(
+    hosts: SshLab, become: bool
+) -> None:
+    if become:
+        hosts.allow_sudo()
+    log = hosts.host("host1").root / "log"
+    host = lab_host(hosts, "host1", become=become)
+
+    async def scenario() -> list[CommandResult]:
+        session = await connect(host, SshOptions(hosts.known_hosts))
+        try:
+            # Attempt 2 of the same step waits until attempt 1 is gone.
+            polite = await session.run(logged(log, 30), 1, Mark("r1", "steps.0", 1))
+            stubborn = await session.run(
+                logged(log, 31.5, ignore_term=True), 4, Mark("r1", "steps.0", 2)
+            )
+            return [polite, stubborn]
+        finally:
+            await session.close()
+
+    results = asyncio.run(scenario())
+    assert [r.timed_out for r in results] == [True, True]
+    settle(lambda: not running("sleep 31.5") and len(events(log)) >= 3)
+    assert not running("sleep 31.5"), "a command that ignores TERM outlived its timeout"
+    assert [w for w, _ in events(log)] == ["start", "stop", "start"]
+
+
+def test_a_command_whose_controller_vanishes_is_ended_on_the_host(hosts: SshLab) -> None:
+    """The connection drops without a word, as when the controller is killed with -9."""
+    log = hosts.host("host2").root / "log"
+    host = lab_host(hosts, "host2")
+
+    async def scenario() -> None:
+        session = await connect(host, SshOptions(hosts.known_hosts))
+        started = asyncio.ensure_future(session.run(logged(log, 30), 60))
+        while not events(log):
+            await asyncio.sleep(0.05)
+        session.connection.abort()
+        await asyncio.wait([started], timeout=10)
+
+    asyncio.run(scenario())
+    settle(lambda: len(events(log)) >= 2)
+    time.sleep(0.5)
+    assert [w for w, _ in events(log)] == ["start", "stop"]
+
+
+def test_an_attempt_ends_its_predecessor_still_running_there_before_it_starts(
+    hosts: SshLab,
+) -> None:
+    """Attempt 1's channel stays open (a controller that went away without the connection
+    noticing); attempt 2 of the same run and step ends it, then runs: never both at once."""
+    log = hosts.host("host3").root / "log"
+    host = lab_host(hosts, "host3")
+
+    async def scenario() -> tuple[CommandResult, CommandResult]:
+        first, second = [await connect(host, SshOptions(hosts.known_hosts)) for _ in range(2)]
+        try:
+            earlier = asyncio.ensure_future(
+                first.run(logged(log, 30), 60, Mark("r1", "steps.2", 1))
+            )
+            while not events(log):
+                await asyncio.sleep(0.05)
+            later = await second.run(logged(log, 0.5), 60, Mark("r1", "steps.2", 2))
+            return await earlier, later
+        finally:
+            await asyncio.gather(first.close(), second.close())
+
+    earlier, later = asyncio.run(scenario())
+    assert later.ok, later.stderr
+    assert "ending attempt 1 of steps.2, still running here" in later.stderr
+    assert earlier.rc == 143
+    assert [w for w, _ in events(log)] == ["start", "stop", "start", "end"]
+    (_, stopped), (_, started) = events(log)[1:3]
+    assert stopped <= started
+
+
+def test_a_command_of_another_run_waits_for_the_one_running_there(hosts: SshLab) -> None:
+    log = hosts.host("host4").root / "log"
+    host = lab_host(hosts, "host4")
+
+    async def scenario() -> tuple[CommandResult, CommandResult]:
+        first, second = [await connect(host, SshOptions(hosts.known_hosts)) for _ in range(2)]
+        try:
+            earlier = asyncio.ensure_future(first.run(logged(log, 6), 60, Mark("r1", "steps.0", 1)))
+            while not events(log):
+                await asyncio.sleep(0.05)
+            later = await second.run(logged(log, 0), 60, Mark("r2", "steps.0", 1))
+            return await earlier, later
+        finally:
+            await asyncio.gather(first.close(), second.close())
+
+    earlier, later = asyncio.run(scenario())
+    assert earlier.ok and later.ok, (earlier.stderr, later.stderr)
+    assert "waiting for run r1 to finish steps.0 here" in later.stderr
+    assert [w for w, _ in events(log)] == ["start", "end", "start", "end"]
+    assert events(log)[1][1] <= events(log)[2][1]
+
+
+def test_commands_outside_a_run_take_no_lock(lab: SshLab) -> None:
+    """What `releases --check` asks a host does not wait behind a run's command."""
+    host = lab_host(lab, "web3")
+
+    async def scenario() -> tuple[CommandResult, CommandResult]:
+        first, second = [await connect(host, SshOptions(lab.known_hosts)) for _ in range(2)]
+        try:
+            earlier = asyncio.ensure_future(first.run("sleep 3", 60, Mark("r1", "steps.0", 1)))
+            await asyncio.sleep(0.5)
+            unmarked = await second.run("echo free", 60)
+            return await earlier, unmarked
+        finally:
+            await asyncio.gather(first.close(), second.close())
+
+    earlier, unmarked = asyncio.run(scenario())
+    assert earlier.ok and unmarked.stdout == "free\n"
+    assert unmarked.duration < earlier.duration

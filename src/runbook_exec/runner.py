@@ -318,7 +318,7 @@ def _needs_release_history(plan: Plan) -> bool:
 
 async def _with_signals(executor: Executor, cancel: Cancellation, sink: EventSink) -> str:
     """Ctrl-C (or SIGTERM) once: start no new work, let running commands end or time out.
-    Twice: abandon them."""
+    Twice: stop now; closing the connections ends the running commands on their hosts."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
 
@@ -326,7 +326,7 @@ async def _with_signals(executor: Executor, cancel: Cancellation, sink: EventSin
         if cancel.request() == 1:
             sink.note(
                 "stopping: no new work starts; running commands may finish "
-                "(Ctrl-C again to abandon them)"
+                "(Ctrl-C again to end them)"
             )
         elif task is not None:
             task.cancel()

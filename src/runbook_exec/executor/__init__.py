@@ -25,6 +25,7 @@ from ..runbook import RunbookFile
 from ..steps import HostContext, Scope, StepBase
 from ..templating import HostVars, TemplateProblem, evaluate
 from ..transports.base import CommandResult, Session, Unreachable, default_known_hosts
+from ..transports.guard import Mark
 from ..transports.ssh import SshOptions, connect
 from .ansible import AnsibleStep
 from .gates import Gates
@@ -328,11 +329,12 @@ class Executor:
         started = time.monotonic()
 
         async def attempt(number: int) -> CommandResult | HostStepResult:
+            marked = replace(context, mark=Mark(self.context.run_id, f"{section}.{index}", number))
             try:
-                skip = await action.skip_reason(context) if number == 1 else None
+                skip = await action.skip_reason(marked) if number == 1 else None
                 if skip:
                     return replace(base, status=StepStatus.SKIPPED, message=skip, attempts=1)
-                return await action.run(context)
+                return await action.run(marked)
             except Unreachable as exc:
                 return replace(
                     base,

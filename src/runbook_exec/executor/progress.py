@@ -67,7 +67,8 @@ class RunState:
 
 class Cancellation:
     """Asked by the executor, requested from outside (a signal handler): the first request
-    starts no new work, the second abandons what is running."""
+    starts no new work, the second stops the run at once (its commands are ended on their
+    hosts when the connections close)."""
 
     def __init__(self) -> None:
         self.requests = 0

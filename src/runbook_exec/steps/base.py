@@ -21,6 +21,7 @@ from ..events import ReleaseSwitch
 from ..fields import Duration, Identifier, Strict
 from ..masking import Secrets
 from ..transports.base import CommandResult, Session
+from ..transports.guard import Mark
 
 
 class Scope(StrEnum):
@@ -43,6 +44,12 @@ class HostContext:
     template_names: Mapping[str, Any]
     previous_release: Callable[[str], str | None] = lambda root: None
     release_switched: Callable[[ReleaseSwitch], None] = lambda switch: None
+    mark: Mark | None = None  # the run, step and attempt its commands belong to
+
+    async def run(self, command: str, timeout: float | None = None) -> CommandResult:
+        """Run `command` on the host, within `timeout` (default: the step's)."""
+        session = await self.session()
+        return await session.run(command, self.timeout if timeout is None else timeout, self.mark)
 
 
 FieldPath = tuple[str | int, ...]
@@ -125,13 +132,11 @@ class StepBase(Strict):
     async def skip_reason(self, host: HostContext) -> str | None:
         """Why the step is skipped on this host (`creates` exists, `unless` succeeds)."""
         if self.creates:
-            done = await (await host.session()).run(
-                f"test -e {shlex.quote(self.creates)}", host.timeout
-            )
+            done = await host.run(f"test -e {shlex.quote(self.creates)}")
             if done.ok:
                 return f"{self.creates} exists"
         if self.unless:
-            done = await (await host.session()).run(self.unless, host.timeout)
+            done = await host.run(self.unless)
             if done.ok:
                 return f"`{self.unless}` succeeded"
         return None

@@ -70,7 +70,7 @@ class UploadStep(StepBase):
         if not self.upload.verify:
             return ok(done, started)
         expected = await asyncio.to_thread(_sha256, str(source), info.st_size, info.st_mtime_ns)
-        found = await session.run(f"sha256sum -- {shlex.quote(self.upload.dest)}", host.timeout)
+        found = await host.run(f"sha256sum -- {shlex.quote(self.upload.dest)}")
         digest = found.stdout.split()[0] if found.ok and found.stdout.split() else ""
         if digest != expected:
             why = (
@@ -133,14 +133,12 @@ class ScriptStep(StepBase):
         return shlex.join([spec["src"], *spec.get("args", [])])
 
     async def run(self, host: HostContext) -> CommandResult:
-        session = await host.session()
-        made = await session.run("mktemp /tmp/rbx-script.XXXXXX", host.timeout)
+        made = await host.run("mktemp /tmp/rbx-script.XXXXXX")
         if not made.ok:
             return made
         remote = made.stdout.strip()
         source = in_workspace(host.workspace, self.script.src)
+        session = await host.session()
         await asyncio.wait_for(session.upload(source, remote, "0700"), host.timeout)
         argv = shlex.join([remote, *self.script.args])
-        return await session.run(
-            f"{argv}; rc=$?; rm -f {shlex.quote(remote)}; exit $rc", host.timeout
-        )
+        return await host.run(f"{argv}; rc=$?; rm -f {shlex.quote(remote)}; exit $rc")

@@ -21,7 +21,7 @@ class ShellStep(StepBase):
         return f"$ {action['shell']}"
 
     async def run(self, host: HostContext) -> CommandResult:
-        return await (await host.session()).run(self.shell, host.timeout)
+        return await host.run(self.shell)
 
 
 def _argv_only(value: Any) -> Any:
@@ -41,4 +41,4 @@ class CommandStep(StepBase):
         return f"$ {shlex.join(action['command'])}"
 
     async def run(self, host: HostContext) -> CommandResult:
-        return await (await host.session()).run(shlex.join(self.command), host.timeout)
+        return await host.run(shlex.join(self.command))

@@ -44,7 +44,6 @@ class WaitForStep(StepBase):
         """Probe until it succeeds or `wait_for.timeout` runs out; each probe has its own
         timeout."""
         spec = self.wait_for
-        session = await host.session()
         started = time.monotonic()
         if spec.command is not None:
             probe = spec.command
@@ -57,7 +56,7 @@ class WaitForStep(StepBase):
         while True:
             attempts += 1
             left = max(deadline - time.monotonic(), 1.0)
-            last = await session.run(probe, min(host.timeout, left))
+            last = await host.run(probe, min(host.timeout, left))
             if last.ok:
                 return CommandResult(0, last.stdout, last.stderr, time.monotonic() - started)
             if time.monotonic() + spec.interval > deadline:

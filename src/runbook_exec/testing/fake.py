@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..inventory import Host
 from ..transports.base import CommandResult, Session, Unreachable
+from ..transports.guard import Mark
 from ..transports.ssh import SshOptions
 
 Answer = Callable[[str, str], CommandResult | str | int]
@@ -41,7 +42,7 @@ class _FakeSession:
         self.hosts = hosts
         self.name = name
 
-    async def run(self, command: str, timeout: float) -> CommandResult:
+    async def run(self, command: str, timeout: float, mark: Mark | None = None) -> CommandResult:
         self.hosts.sent.append((self.name, command))
         answer = self.hosts.answer(self.name, command)
         if isinstance(answer, CommandResult):

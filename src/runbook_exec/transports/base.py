@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .guard import Mark
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -38,8 +40,9 @@ class Unreachable(Exception):
 class Session(Protocol):
     """A live connection to one host."""
 
-    async def run(self, command: str, timeout: float) -> CommandResult:
-        """Run `command` with `sh -c` semantics, within `timeout` seconds."""
+    async def run(self, command: str, timeout: float, mark: Mark | None = None) -> CommandResult:
+        """Run `command` with `sh -c` semantics, within `timeout` seconds (`mark`: the run,
+        step and attempt it belongs to)."""
         ...
 
     async def upload(self, local: Path, remote: str, mode: str | None) -> None: ...

@@ -10,7 +10,9 @@ import time
 
 from ..masking import Secrets
 from .base import CommandResult
-from .ssh import KILL_GRACE, OutputCapture, captured
+from .ssh import OutputCapture, captured
+
+KILL_GRACE = 2.0
 
 
 async def run_local(

@@ -1,9 +1,11 @@
 """SSH to hosts with asyncssh: one connection per host, opened once and reused by every step.
 
-Every command has a timeout. The command runs under the login shell, which sshd makes a
-session (and process group) leader when no terminal is allocated; the wrapper prints that
-shell's pid first, so on a timeout the whole process group is killed over a second channel,
-not merely abandoned. Keepalives notice a host that stops answering mid-command.
+Every command has a timeout and runs under `guard.py`'s script: in the login shell's process
+group (sshd makes that shell a session leader when no terminal is allocated), under the
+host's command lock, with a watchdog that ends the whole group when the channel closes. So
+on a timeout the controller closes the channel and the command is ended on the host, not
+merely abandoned; and so is every command of a controller that dies. Keepalives notice a
+host that stops answering mid-command.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..errors import HostKeyError
 from ..inventory import Host
 from ..masking import Secrets
 from .base import CommandResult, Unreachable
+from .guard import Mark, guarded
 
 # AES-GCM first: asyncssh hands it to OpenSSL whole, where chacha20-poly1305 costs a Python
 # call per packet (measured: about 30% less client CPU on the 50-host benchmark). Every
@@ -38,7 +41,6 @@ ENCRYPTION_ALGS = [
 ]
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT_MAX = 3
-KILL_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -144,23 +146,30 @@ class SshSession:
         self.host = host
         self.connection = connection
         self.options = options
-        self._kills: list[asyncio.Future[None]] = []
         # Whether the login shell is /bin/sh itself: learnt from the first command.
         self.login_shell_is_sh: bool | None = None
 
-    def _wrapped(self, command: str) -> str:
-        """What the login shell is asked to run: print the pid of the command's process group
-        (for killing it on timeout), then run `command` as `sh -c` would, reading from
-        /dev/null (so no EOF message need cross the network for it). When the login shell
-        is /bin/sh itself, `eval` in it is exactly that, without another exec; other shells
-        exec sh. The first command also asks what the login shell is."""
+    def _wrapped(self, command: str, mark: Mark | None) -> str:
+        """What the login shell is asked to run: print its pid (the process group's), then
+        the guard script around `command`. When the login shell is /bin/sh itself, it runs
+        the script as it is, without another exec; other shells exec sh. The first command
+        also asks what the login shell is."""
+        become = self._become_user()
+        if become is not None:
+            command = f"sudo -n -u {shlex.quote(become)} -- sh -c {shlex.quote(command)}"
+        script = guarded(command, f"{self.host.name}-{self.host.port or 22}", mark, become)
         if self.login_shell_is_sh:
-            return f"echo $$; exec </dev/null; eval {shlex.quote(command)}"
+            return f"echo $$\n{script}"
         probe = (
             ' "$0" "$(readlink -f /proc/$$/exe 2>/dev/null)" "$(readlink -f /bin/sh 2>/dev/null)"'
         )
         asks = probe if self.login_shell_is_sh is None else ""
-        return f"echo $${asks}; exec sh -c {shlex.quote(command)} </dev/null"
+        return f"echo $${asks}; exec sh -c {shlex.quote(script)}"
+
+    def _become_user(self) -> str | None:
+        if not self.host.become:
+            return None
+        return str(self.host.vars.get("ansible_become_user") or "root")
 
     def _learn_login_shell(self, answer: list[str]) -> None:
         """From the probe's answer ($0, the shell's binary, /bin/sh's binary): the login
@@ -170,12 +179,10 @@ class SshSession:
             name, binary, sh = ([*answer, "", "", ""])[:3]
             self.login_shell_is_sh = name.lstrip("-") == "sh" and binary == sh != ""
 
-    async def run(self, command: str, timeout: float) -> CommandResult:
-        """Run `command` with `sh -c` semantics (via the login shell), within `timeout`."""
-        if self.host.become:
-            user = self.host.vars.get("ansible_become_user") or "root"
-            command = f"sudo -n -u {shlex.quote(str(user))} -- sh -c {shlex.quote(command)}"
-        wrapped = self._wrapped(command)
+    async def run(self, command: str, timeout: float, mark: Mark | None = None) -> CommandResult:
+        """Run `command` with `sh -c` semantics (via the login shell), within `timeout`.
+        `mark` says which run, step and attempt it is, for the host's command lock."""
+        wrapped = self._wrapped(command, mark)
         started = time.monotonic()
         limit = self.options.output_limit
         secrets = self.options.secrets
@@ -187,9 +194,9 @@ class SshSession:
                 await session.done
         except TimeoutError:
             timed_out = True
-            # Kill in the background: a host that stopped answering must not hold the step
-            # past its timeout; close() waits for the kill to finish or give up.
-            self._kills.append(asyncio.ensure_future(self._kill(session.pid)))
+            # Closing the channel is what ends the command: the watchdog on the host sees
+            # its stdin close and ends the process group. A host that stopped answering
+            # does not hold the step past its timeout either way.
             if session.channel is not None:
                 session.channel.close()
         except (asyncssh.Error, OSError) as exc:
@@ -197,19 +204,6 @@ class SshSession:
         self._learn_login_shell(session.shell)
         rc = None if timed_out else session.exit_status
         return captured(rc, session.stdout, session.stderr, started, timed_out)
-
-    async def _kill(self, pid: str | None) -> None:
-        """Kill the timed-out command's process group: TERM, a grace period, then KILL."""
-        if not pid or not pid.isdigit():
-            return
-        sudo = "sudo -n " if self.host.become else ""
-        kill = (
-            f"{sudo}kill -TERM -{pid} 2>/dev/null && sleep {KILL_GRACE} && "
-            f"{sudo}kill -KILL -{pid} 2>/dev/null; true"
-        )
-        # If the host stopped answering too, the step has failed either way.
-        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
-            await asyncio.wait_for(self.connection.run(kill, check=False), KILL_GRACE + 5)
 
     async def upload(self, local: Path, remote: str, mode: str | None) -> None:
         try:
@@ -221,8 +215,6 @@ class SshSession:
             raise OSError(f"upload to {remote} failed: {_reason(exc)}") from None
 
     async def close(self) -> None:
-        if self._kills:
-            await asyncio.wait(self._kills, timeout=KILL_GRACE + 5)
         self.connection.close()
         with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
             await asyncio.wait_for(self.connection.wait_closed(), 2)

@@ -1,0 +1,149 @@
+"""What runs on the host around every command, so that a command never outlives its
+controller and two attempts at a step never run there at once.
+
+The login shell is the session and process-group leader sshd made it (no terminal is
+allocated). It prints its pid, keeps the channel's stdin aside, and then:
+
+- looks for a command still running on the host for this login: its wrapper and watchdog
+  keep ~/.cache/runbook-exec/<host>-<port>.lock open as fd 9, and wrote their pids, run, step and
+  attempt into it. "Still running" is one of those two pids holding that very file open
+  (/proc/PID/fd/9), which a reused pid cannot fake. An attempt of the same run waits a few
+  seconds for its predecessor to go, then ends it (TERM, then KILL): only an attempt whose
+  controller is gone can still be there (a crash, a timeout, a connection that dropped
+  without a word). A command of another run waits its turn.
+- runs the command in the background with stdin from /dev/null and fd 9 closed;
+- starts a watchdog that blocks reading the channel's stdin. The controller never writes
+  there and never sends EOF, so the read returns only when the channel closes: the
+  controller died, gave up on the command (timeout, a second Ctrl-C) or lost the
+  connection. The watchdog then ends the whole process group — TERM, a grace period, KILL —
+  holding the lock file open until it is done, so the next attempt waits for all of it.
+  A TERM to the group (a later attempt ending this one) sets it off the same way.
+
+The script's own names start with `rbx_` and are unset before the command runs, so the
+command sees what `sh -c` would give it. All of it is shell built-ins (a fork for the
+command and one for the watchdog), so it costs the host about half a millisecond a command.
+Processes that leave the group (`setsid`, a service manager) are not the command's to end.
+Without /proc (not Linux) the watchdog still works and the check for a running predecessor
+is skipped.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+GRACE_TICKS = 20  # tenths of a second between TERM and KILL
+WAIT_BEFORE_ENDING = 50  # tenths of a second an attempt waits for its predecessor to go
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Which run, step and attempt a command belongs to (written into the host's lock)."""
+
+    run_id: str
+    step: str  # "<section>.<index>", e.g. "steps.3"
+    attempt: int
+
+
+# The script is sh; `kill -TERM -PGID` is the spelling dash, bash and busybox all read
+# (dash has no `--`, and procps' /bin/kill reads `-TERM -123` as signal 123's neighbours).
+SCRIPT = """\
+exec 3<&0 </dev/null
+rbx_mark=
+{kill}
+if [ -d /proc/$$ ]; then
+  rbx_alive() {{ [ -d "/proc/$1" ]; }}
+else
+  rbx_alive() {{ rbx_kill -0 "$1"; }}
+fi
+if [ -n "{lock}" ] && [ -d /proc/$$/fd ]; then
+  rbx_lock="$HOME/.cache/runbook-exec/{lock}.lock"
+  [ -d "${{rbx_lock%/*}}" ] || mkdir -p "${{rbx_lock%/*}}" 2>/dev/null
+  if {{ command exec 9>>"$rbx_lock"; }} 2>/dev/null; then
+    rbx_held() {{
+      read -r rbx_pg rbx_wd rbx_run rbx_step rbx_try <"$rbx_lock" 2>/dev/null &&
+        [ "$rbx_pg" != $$ ] && {{
+          [ "/proc/$rbx_pg/fd/9" -ef "$rbx_lock" ] || [ "/proc/$rbx_wd/fd/9" -ef "$rbx_lock" ]
+        }}
+    }}
+    rbx_gone() {{
+      rbx_n=0
+      while rbx_held; do
+        [ $rbx_n -ge $1 ] && return 1
+        sleep 0.1 || sleep 1; rbx_n=$((rbx_n + 1))
+      done
+    }}
+    if rbx_held && ! rbx_gone {wait}; then
+      if [ "$rbx_run" = {run} ]; then
+        echo "runbook-exec: ending attempt $rbx_try of $rbx_step, still running here" \\
+          "(process group $rbx_pg)" >&2
+        rbx_kill -TERM -"$rbx_pg"
+        rbx_gone {wait} || {{ rbx_kill -KILL -"$rbx_pg"; rbx_gone 600; }}
+      else
+        echo "runbook-exec: waiting for run $rbx_run to finish $rbx_step here" \\
+          "(process group $rbx_pg)" >&2
+        while rbx_held; do sleep 0.1 || sleep 1; done
+      fi
+    fi
+    rbx_mark="{run} {step} {attempt}"
+  fi
+fi
+(
+  exec 3<&- 9>&-
+  unset rbx_mark rbx_lock rbx_pg rbx_wd rbx_run rbx_step rbx_try rbx_n
+  unset -f rbx_kill rbx_alive rbx_held rbx_gone
+  eval {command}
+) &
+rbx_cmd=$!
+(
+  rbx_end() {{
+    trap '' TERM; rbx_kill -TERM -$$
+    rbx_i=0
+    while [ $rbx_i -lt {ticks} ] && rbx_alive "$rbx_cmd"; do
+      sleep 0.1 || sleep 1; rbx_i=$((rbx_i + 1))
+    done
+    rbx_kill -KILL -$$
+  }}
+  trap rbx_end TERM; read -r _ <&3; rbx_end
+) >/dev/null 2>&1 &
+rbx_wd=$!
+[ -n "$rbx_mark" ] && echo "$$ $rbx_wd $rbx_mark" >"$rbx_lock"
+wait "$rbx_cmd"; rbx_rc=$?
+kill -KILL "$rbx_wd" 2>/dev/null; wait "$rbx_wd" 2>/dev/null
+exit $rbx_rc
+"""
+
+PLAIN_KILL = 'rbx_kill() { kill "$@" 2>/dev/null; }'
+# As the user the command became (through the same sudo), then as the login user: in that
+# order, since the second may end the caller itself. Says whether either reached a process.
+BECOME_KILL = (
+    'rbx_kill() {{ sudo -n -u {user} sh -c \'kill "$@"\' sh "$@" 2>/dev/null; rbx_s=$?; '
+    'kill "$@" 2>/dev/null || return $rbx_s; }}'
+)
+
+
+def guarded(command: str, host: str, mark: Mark | None, become_user: str | None) -> str:
+    """The script that runs `command` on `host` under the lock and the watchdog."""
+    kill = PLAIN_KILL if become_user is None else BECOME_KILL.format(user=shlex.quote(become_user))
+    run, step, attempt = (mark.run_id, mark.step, mark.attempt) if mark else ("-", "-", 0)
+    return SCRIPT.format(
+        kill=kill,
+        lock=lock_name(host) if mark else "",
+        wait=WAIT_BEFORE_ENDING,
+        run=_word(run),
+        step=_word(step),
+        attempt=int(attempt),
+        ticks=GRACE_TICKS,
+        command=shlex.quote(command),
+    )
+
+
+def lock_name(host: str) -> str:
+    """The host's name as one safe file name (inventory names may hold anything)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", host).lstrip(".") or "_"
+
+
+def _word(text: str) -> str:
+    """A value written into the lock and compared there: one word, no quoting needed."""
+    return re.sub(r"[^A-Za-z0-9._:-]", "_", text) or "-"
