@@ -139,3 +139,29 @@ def test_other_ways_to_a_huge_text_are_refused_too(template: str) -> None:
 
     with pytest.raises(TemplateProblem):
         render(template, {})
+
+
+def test_options_and_fields_that_make_no_sense_are_refused_before_anything(
+    cli: Cli, tmp_path: Path
+) -> None:
+    runbook = tmp_path / "rb.yml"
+    runbook.write_text(STEP.format(body='"true"'))
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("h1 ansible_host=127.0.0.1 ansible_port=1\n")
+    base = ("run", runbook, "-i", inventory, "--dry-run")
+    refused(cli(*base, "--timeout", "0"), "--timeout", "more than 0s")
+    refused(cli(*base, "--timeout", "nan"), "--timeout", "not a duration")
+    refused(cli(*base, "--connect-timeout", "inf"), "--connect-timeout", "not a duration")
+    refused(cli(*base, "--output-limit", "-1"), "--output-limit")
+    refused(cli("runs", "-n", "99999999999999999999"), "--last")
+    zero = tmp_path / "zero.yml"
+    zero.write_text(STEP.format(body='"true"') + "    timeout: 0s\n")
+    refused(cli("check", zero, "-i", inventory), "zero.yml:5", "steps[0].timeout")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    refused(cli("audit", "verify", "--file", empty), "no audit events")
+    taken = tmp_path / "taken.yml"  # `run` would be hidden by run.id / run.operator
+    taken.write_text(
+        "name: t\nparams:\n  run: {default: last}\ntargets: all\nsteps:\n  - shell: x\n"
+    )
+    refused(cli("check", taken, "-i", inventory), "taken.yml:2", "parameter name 'run' is taken")

@@ -78,6 +78,16 @@ def test_parameter_file_gives_native_values(runbook: RunbookFile, tmp_path: Path
     assert values["version"] == "2.0" and values["count"] == 9 and values["hosts"] == ["x", "y"]
 
 
+def test_a_bare_yaml_boolean_is_not_text(runbook: RunbookFile, tmp_path: Path) -> None:
+    """`version: false` in a parameter file is no release name "False"."""
+    (tmp_path / "p.yml").write_text("version: false\n")
+    with pytest.raises(ParameterError) as caught:
+        resolve(runbook, "@p.yml", cwd=tmp_path)
+    assert any("version" in m and "quote it" in m for m in messages(caught)), messages(caught)
+    (tmp_path / "q.yml").write_text("version: 'false'\n")
+    assert resolve(runbook, "@q.yml", cwd=tmp_path)["version"] == "false"
+
+
 def test_list_in_flow_syntax(runbook: RunbookFile) -> None:
     assert resolve(runbook, "version=1", "hosts=[a, 'b,c']")["hosts"] == ["a", "b,c"]
 

@@ -26,6 +26,8 @@ def _duration(value: Any) -> Any:
 
 Templated = Annotated[str, AfterValidator(_templated)]
 Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+Timeout = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+"""A duration that must be more than none (a timeout of 0s would fail every command)."""
 Identifier = Annotated[str, Field(pattern=IDENTIFIER)]
 FileMode = Annotated[str, Field(pattern=r"^0?[0-7]{3,4}$")]
 

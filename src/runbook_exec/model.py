@@ -92,6 +92,14 @@ class Strategy(Strict):
 # --- the runbook ------------------------------------------------------------------------------
 
 
+GIVEN_NAMES = {
+    "run": "the run's id and operator (run.id, run.operator) there",
+    "inventory_hostname": "the host's inventory name there",
+    "inventory_hostname_short": "the host's short name there",
+    "group_names": "the host's groups there",
+}
+
+
 class Runbook(Strict):
     """A whole runbook: what to run, where, in what batches, and what to do on failure."""
 
@@ -105,6 +113,18 @@ class Runbook(Strict):
     rollback: list[Step] = Field(default_factory=list)
     # After `rollback`, so that its validator can see whether there are rollback steps.
     on_failure: Literal["stop", "continue", "rollback"] = "stop"
+
+    @field_validator("params")
+    @classmethod
+    def _not_a_given_name(cls, value: dict[str, Param]) -> dict[str, Param]:
+        """Names every template is given already (`run.id`, `inventory_hostname`…) cannot
+        be parameters: the parameter would be hidden, silently."""
+        for name in value:
+            if name in GIVEN_NAMES:
+                raise ValueError(
+                    f"parameter name '{name}' is taken: templates see {GIVEN_NAMES[name]}"
+                )
+        return value
 
     @field_validator("on_failure")
     @classmethod

@@ -159,6 +159,8 @@ def _convert(kind: str, raw: Any, cwd: Path | None) -> Any:
     if kind == "str":
         if isinstance(raw, dict | list):
             raise ValueError("is not a string")
+        if isinstance(raw, bool):  # YAML's bare true/false: str() would make it "False"
+            raise ValueError("is a boolean (a bare true/false in YAML); quote it if text is meant")
         return raw if isinstance(raw, str) else str(raw)
     if kind == "int":
         if isinstance(raw, bool) or not isinstance(raw, int | str):

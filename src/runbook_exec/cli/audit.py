@@ -84,6 +84,8 @@ def audit_verify(
     else:
         keys = KeyRing.load()
         rows = export_rows(file)
+        if not rows:  # nothing in it can be wrong, and nothing is proven
+            raise InputError(Problem("holds no audit events: nothing to verify", str(file)))
     verified = verify(rows, keys)
     key = _head_key(keys, verified)
     if verified.finding is None and point is not None:

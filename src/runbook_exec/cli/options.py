@@ -105,11 +105,15 @@ ConnectTimeoutOpt = Annotated[
 
 
 def duration_option(name: str, value: str, parse: Any) -> float:
-    """A duration option's value in seconds; a bad one is bad input naming the option."""
+    """A duration option's value in seconds, more than none; a bad one is bad input naming
+    the option."""
     try:
-        return float(parse(value))
+        seconds = float(parse(value))
     except ValueError as exc:
         raise InputError(Problem(str(exc), field=name)) from None
+    if seconds <= 0:
+        raise InputError(Problem(f"{value!r}: a timeout must be more than 0s", field=name))
+    return seconds
 
 
 def run_options(known_hosts: Path | None, **options: Any) -> RunOptions:

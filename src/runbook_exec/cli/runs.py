@@ -51,7 +51,7 @@ def run(
         str | None, typer.Option("--change-id", metavar="ID", help="Change ticket, recorded.")
     ] = None,
     reason: Annotated[
-        str | None, typer.Option("--reason", metavar="TEXT", help="Why, recorded.")
+        str | None, typer.Option("--reason", "-m", metavar="TEXT", help="Why, recorded.")
     ] = None,
     operator: OperatorOpt = None,
     forks: ForksOpt = 50,
@@ -62,6 +62,8 @@ def run(
         typer.Option(
             "--output-limit",
             metavar="BYTES",
+            min=0,
+            max=1 << 30,
             help="Output kept per stream of each host-step (head and tail).",
         ),
     ] = 65536,
@@ -93,6 +95,14 @@ def run(
     from ..views import print_plan
 
     who = operator_name(operator)
+    options = run_options(  # every option is checked, even for a dry run
+        known_hosts,
+        forks=forks,
+        timeout=duration_option("--timeout", timeout, parse_duration),
+        connect_timeout=duration_option("--connect-timeout", connect_timeout, parse_duration),
+        output_limit=output_limit,
+        accept_new_host_keys=accept_new_host_keys,
+    )
     prepared = prepare(
         runbook,
         inventory or [],
@@ -105,14 +115,6 @@ def run(
         print_plan(out(), prepared.plan)
         print_previous(db, prepared.plan)
         return
-    options = run_options(
-        known_hosts,
-        forks=forks,
-        timeout=duration_option("--timeout", timeout, parse_duration),
-        connect_timeout=duration_option("--connect-timeout", connect_timeout, parse_duration),
-        output_limit=output_limit,
-        accept_new_host_keys=accept_new_host_keys,
-    )
     service = Service.open(db, who)
     _carry_out(
         as_json,
@@ -262,7 +264,9 @@ def _decide(
 
 
 def runs(
-    limit: Annotated[int, typer.Option("--last", "-n", min=1, help="How many runs.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--last", "-n", min=1, max=100_000, help="How many runs.")
+    ] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     db: DbOpt = DEFAULT_DB,
 ) -> None:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from ..events import ReleaseSwitch
-from ..fields import Duration, Identifier, Strict
+from ..fields import Duration, Identifier, Strict, Timeout
 from ..masking import Secrets
 from ..transports.base import CommandResult, Session
 from ..transports.guard import Mark
@@ -64,7 +64,7 @@ class StepBase(Strict):
 
     name: str | None = None
     when: str | None = None
-    timeout: Duration | None = None
+    timeout: Timeout | None = None
     retries: int = Field(default=0, ge=0)
     delay: Duration | None = None
     run_once: bool = False

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import model_validator
 
-from ..fields import Duration, Strict, Templated
+from ..fields import Duration, Strict, Templated, Timeout
 from ..transports.base import CommandResult
 from .base import HostContext, StepBase
 
@@ -26,7 +26,7 @@ class WaitForSpec(Strict):
     port: int | Templated | None = None
     host: str = "127.0.0.1"
     command: str | None = None
-    timeout: Duration = 60.0
+    timeout: Timeout = 60.0
     interval: Duration = 1.0
 
     @model_validator(mode="after")
