@@ -362,3 +362,17 @@ rollback:
     asked.clear()
     status, fake, _ = run(tmp_path, body.replace("{policy}", "stop"), approver=first_yes_then_no)
     assert status == "rejected" and not [c for _, c in fake.sent if c == "undo"]
+
+
+def test_a_skipped_step_registers_that_it_was_skipped_as_ansible_does(tmp_path: Path) -> None:
+    body = """\
+steps:
+  - shell: echo first
+    register: made
+    when: inventory_hostname == 'h1'
+  - shell: "echo {{ 'skipped' if made.skipped else made.stdout }}"
+"""
+    status, fake, _ = run(tmp_path, body, hosts=2, answer=lambda host, command: "first\n")
+    assert status == "succeeded"
+    assert fake.commands("h1") == ["echo first", "echo first"]
+    assert fake.commands("h2") == ["echo skipped"]

@@ -108,7 +108,7 @@ def switch(before: str | None, after: str, source: str = "activate") -> SwitchRe
         ([switch(None, "1"), switch("1", "2"), switch("2", "1", "previous")], None),
         # a host set up by hand and switched back from the disk: the disk must tell again
         ([switch("b", "a", "disk")], None),
-        # a named switch (rollback.yml -e version=1) is a deploy of that release
+        # a named switch (switch.yml -e version=1) is a deploy of that release
         ([switch(None, "1"), switch("1", "2"), switch("2", "1")], "2"),
     ],
 )
@@ -134,6 +134,13 @@ def test_deploy_switches_every_host_and_the_app_answers_the_new_version(
     record = json.loads(runbook_exec("releases", "--json").stdout)
     assert {(r["host"], r["live"], r["previous"]) for r in record} == {
         (name, "1.1.0", "1.0.0") for name in HOSTS
+    }
+    # Which bytes went live is in the record, with each switch: the artifact's SHA-256.
+    artifact = hashlib.sha256((site / "artifacts" / "app-1.1.0.tar.gz").read_bytes())
+    run_id = json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"]
+    shown = json.loads(runbook_exec("show", run_id, "--json").stdout)
+    assert {(w["host"], w["to"], w["artifact_sha256"]) for w in shown["release_switches"]} == {
+        (name, "1.1.0", artifact.hexdigest()) for name in HOSTS
     }
 
 
@@ -181,7 +188,7 @@ def test_switching_back_is_not_a_deploy_so_previous_keeps_going_back(
     record = {r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)}
     # The canary went 1.1.0 -> 2.0.0 -> back to 1.1.0: its previous is 1.0.0, not 2.0.0.
     assert (record["host1"]["live"], record["host1"]["previous"]) == ("1.1.0", "1.0.0")
-    assert runbook_exec("run", "runbooks/rollback.yml").returncode == 0
+    assert runbook_exec("run", "runbooks/switch.yml").returncode == 0
     assert all(live(hosts, n) == "1.0.0" and serving(hosts, n) == "1.0.0" for n in HOSTS)
 
 
@@ -211,10 +218,10 @@ def test_rollback_restores_the_previous_release_everywhere(
 ) -> None:
     for version in ("1.0.0", "1.1.0"):
         deployed(runbook_exec, site, version)
-    done = runbook_exec("run", "runbooks/rollback.yml")
+    done = runbook_exec("run", "runbooks/switch.yml")
     assert done.returncode == 0, done.stdout + done.stderr
     assert all(live(hosts, n) == "1.0.0" and serving(hosts, n) == "1.0.0" for n in HOSTS)
-    named = runbook_exec("run", "runbooks/rollback.yml", "-e", "version=1.1.0")
+    named = runbook_exec("run", "runbooks/switch.yml", "-e", "version=1.1.0")
     assert named.returncode == 0
     assert all(serving(hosts, n) == "1.1.0" for n in HOSTS)
 
@@ -238,7 +245,7 @@ def test_a_release_row_edited_by_hand_is_flagged_and_previous_refuses(
     assert shown.returncode == 0, shown.stderr
     assert "record altered" in shown.stdout
     assert "0.0.1-evil" not in shown.stdout.split("record altered")[0]  # the events' values
-    back = runbook_exec("run", "runbooks/rollback.yml", "--no-input")
+    back = runbook_exec("run", "runbooks/switch.yml", "--no-input")
     assert back.returncode == 4, back.stdout + back.stderr
     assert "activate: previous" in back.stderr and "nothing was done" in back.stderr
     assert all(live(hosts, n) == "1.1.0" for n in HOSTS)  # no host touched
@@ -271,7 +278,7 @@ def test_pruning_never_removes_the_live_or_the_previous_release(
     for version in ("1", "2", "3", "4"):
         assert deploy(runbook_exec, site, version, extra=("-e", "keep=2")).returncode == 0
     assert releases_of(hosts, "host1") == {"3", "4"}
-    assert runbook_exec("run", "runbooks/rollback.yml").returncode == 0  # back to 3
+    assert runbook_exec("run", "runbooks/switch.yml").returncode == 0  # back to 3
     assert deploy(runbook_exec, site, "5", extra=("-e", "keep=1")).returncode == 0
     # keep=1, but neither the new live release (5) nor the one it replaced (3) may go
     assert releases_of(hosts, "host1") == {"3", "5"}
@@ -327,7 +334,7 @@ def test_activating_a_release_that_is_not_there_fails_clearly(
     runbook_exec: Run, site: Path, hosts: SshLab
 ) -> None:
     deployed(runbook_exec, site, "1.0.0")
-    done = runbook_exec("run", "runbooks/rollback.yml", "-e", "version=9.9.9")
+    done = runbook_exec("run", "runbooks/switch.yml", "-e", "version=9.9.9")
     assert done.returncode == 1
     assert "release 9.9.9 not found in" in done.stdout
     assert live(hosts, "host1") == "1.0.0"
@@ -336,7 +343,7 @@ def test_activating_a_release_that_is_not_there_fails_clearly(
 def test_a_release_name_is_one_path_component(runbook_exec: Run, site: Path, hosts: SshLab) -> None:
     deployed(runbook_exec, site, "1.0.0")
     # Through the shipped runbook's parameter: its pattern refuses "..".
-    done = runbook_exec("run", "runbooks/rollback.yml", "-e", "version=..")
+    done = runbook_exec("run", "runbooks/switch.yml", "-e", "version=..")
     assert done.returncode == 2 and "version" in done.stderr
     # Written in a runbook, or rendered into one: refused before anything connects.
     for activate, shown in (("../../../../etc", "'../../../../etc'"), ("'{{ where }}'", "'..'")):
@@ -364,7 +371,7 @@ def test_activating_the_live_release_changes_nothing_and_keeps_previous(
     shown = json.loads(runbook_exec("show", run_id, "--json").stdout)
     activate = [s for s in shown["host_steps"] if s["step_name"] == "Activate"]
     assert all("2.0.0 is already live" in s["stdout"] for s in activate)
-    assert runbook_exec("run", "runbooks/rollback.yml").returncode == 0
+    assert runbook_exec("run", "runbooks/switch.yml").returncode == 0
     assert all(live(hosts, n) == "1.0.0" for n in HOSTS)
 
 
@@ -382,6 +389,41 @@ def test_rollback_of_a_deploy_that_reached_one_host_changes_that_host_only(
     assert [serving(hosts, n) for n in HOSTS] == ["2.0.0"] * len(HOSTS)  # restarted, healthy
     record = {r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)}
     assert {(r["live"], r["previous"]) for r in record.values()} == {("2.0.0", "1.0.0")}
+
+
+def test_rollback_yml_undoes_the_last_deploy_on_exactly_the_hosts_it_switched(
+    runbook_exec: Run, site: Path, hosts: SshLab
+) -> None:
+    for version in ("1.0.0", "2.0.0"):
+        deployed(runbook_exec, site, version)
+    deployed(runbook_exec, site, "3.0.0", extra=("--limit", "host1"))
+    deploy_3 = json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"]
+    planned = runbook_exec("plan", "runbooks/rollback.yml", "-i", hosts.inventory)
+    assert "what was live before the last run that deployed a release" in planned.stdout
+    done = runbook_exec("run", "runbooks/rollback.yml", "-m", "3.0.0 is slow", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [live(hosts, n) for n in HOSTS] == ["2.0.0"] * len(HOSTS)  # not 1.0.0 anywhere
+    assert serving(hosts, "host1") == "2.0.0"
+    steps = json.loads(runbook_exec("show", json.loads(done.stdout)["run_id"], "--json").stdout)
+    untouched = {(s["host"], s["step_name"], s["status"]) for s in steps["host_steps"]}
+    assert {s for s in untouched if s[0] != "host1"} == {
+        (h, step, "skipped") for h in HOSTS[1:] for step in ("Switch back", "Restart", "Health")
+    }
+    # Twice is harmless: the last deploy is still 3.0.0's, already undone; 3.0.0 stays gone.
+    again = runbook_exec("run", "runbooks/rollback.yml")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [live(hosts, n) for n in HOSTS] == ["2.0.0"] * len(HOSTS)
+    # A host another run has switched since is refused by name, unless forced.
+    runbook_exec("run", "runbooks/switch.yml", "-e", "version=1.0.0", "--limit", "host1")
+    refused = runbook_exec("run", "runbooks/rollback.yml", "-e", f"undo={deploy_3}")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "was switched to 1.0.0 by run" in refused.stdout and "force: true" in refused.stdout
+    assert live(hosts, "host1") == "1.0.0"
+    forced = runbook_exec(
+        "run", "runbooks/rollback.yml", "-e", f"undo={deploy_3}", "-e", "force=true"
+    )
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert [live(hosts, n) for n in HOSTS] == ["2.0.0"] * len(HOSTS)
 
 
 def test_a_half_extracted_release_is_never_activated(

@@ -141,6 +141,7 @@ class ReleaseSwitch:
     to_version: str
     pruned: tuple[str, ...]
     source: str  # activate (a named release), previous (from the record) or disk
+    artifact_sha256: str | None = None  # of the artifact the release was made from, if named
 
 
 class EventSink:

@@ -153,7 +153,10 @@ class ConsoleRecorder(EventSink):
     def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
         was = f" (was {switch.from_version})" if switch.from_version else ""
         pruned = f"; pruned {', '.join(switch.pruned)}" if switch.pruned else ""
-        self._line(f"  {host}: {switch.root}/current → {switch.to_version}{was}{pruned}", "cyan")
+        made = f"; artifact sha256 {switch.artifact_sha256[:12]}…" if switch.artifact_sha256 else ""
+        self._line(
+            f"  {host}: {switch.root}/current → {switch.to_version}{was}{pruned}{made}", "cyan"
+        )
 
     def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None:
         if result.status in ("failed", "unreachable") and not result.ignored:

@@ -291,5 +291,6 @@ class StoreRecorder(EventSink):
                 "to": switch.to_version,
                 "pruned": list(switch.pruned),
                 "chosen": switch.source,
+                **({"artifact_sha256": switch.artifact_sha256} if switch.artifact_sha256 else {}),
             },
         )

@@ -10,7 +10,7 @@ record and the release history in, what to put back where (or why not) out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,29 +55,107 @@ def undo_plan(
     for switch in details.switches:
         mine.setdefault((switch.host, switch.root), []).append(switch)
     for (host, root), switches in sorted(mine.items()):
-        before = switches[0].from_version
-        last = switches[-1]
-        if before is None:
-            plan.refused.append(
-                f"{host}: nothing was live under {root} before run {run.id} (its first "
-                "release there); there is nothing to go back to"
-            )
-            continue
-        since = [s for s in history.get((host, root), ()) if s.event > last.event]
-        live = since[-1].to_version if since else last.to_version
-        if live == before:
-            plan.settled.append(f"{host}: {root} is on {before} already")
-            continue
-        if since and live != last.to_version and not force:  # changed since, and still so
-            later = since[-1]
-            plan.refused.append(
-                f"{host}: {root} was switched to {later.to_version} by run {later.run_id} "
-                f"since (--force puts back {before} all the same)"
-            )
-            continue
-        plan.restore.setdefault(host, {})[root] = before
-        plan.changes.append(f"{host}: {root} {live} → {before}")
+        verdict = _undo_one(run.id, switches, history.get((host, root), ()), force)
+        if isinstance(verdict, _Settled):
+            plan.settled.append(f"{host}: {verdict.why}")
+        elif isinstance(verdict, _Refused):
+            plan.refused.append(f"{host}: {verdict.why}")
+        else:
+            plan.restore.setdefault(host, {})[root] = verdict.before
+            plan.changes.append(f"{host}: {root} {verdict.live} → {verdict.before}")
     return plan
+
+
+def undo_here(
+    history: Mapping[tuple[str, str], Sequence[SwitchRecord]],
+    host: str,
+    root: str,
+    which: str,
+    *,
+    hosts: Sequence[str],
+    current_run: str,
+    force: bool = False,
+) -> tuple[str | None, str]:
+    """For a release step's `undo: RUN_ID` (or `last`: the last deploy, `last_deploy`, on
+    any of `hosts` by a run other than this one) on one host: (the release to put
+    back, what it undoes), or (None, why there is nothing to do here: the run did not
+    switch this host, or it is back already). Raises ValueError where it must not go back:
+    nothing was live before, or another run has switched the host since (unless `force`)."""
+    if which == "last":  # over every root: the lab's hosts, say, each have their own
+        targets = set(hosts)
+        found = last_deploy(
+            s
+            for (h, _), switches in history.items()
+            if h in targets
+            for s in switches
+            if s.run_id != current_run
+        )
+        if found is None:
+            raise ValueError("no run on record has deployed a release on these hosts: no last run")
+        which = found
+    here = history.get((host, root), ())
+    mine = [s for s in here if s.run_id == which]
+    if not mine:
+        return None, f"run {which} did not switch {root} on this host: nothing to undo"
+    verdict = _undo_one(which, mine, here, force)
+    if isinstance(verdict, _Refused):
+        raise ValueError(verdict.why.replace("--force", "force: true"))
+    if isinstance(verdict, _Settled):
+        return None, verdict.why
+    return verdict.before, f"undoes run {which}: {root} {verdict.live} → {verdict.before}"
+
+
+def last_deploy(switches: Iterable[SwitchRecord]) -> str | None:
+    """The newest run among `switches` that deployed (switched to a named release), not one
+    that only switched back: so undoing "the last run" twice does not bring back what the
+    first undo took away."""
+    deploys = [s for s in switches if s.source == "activate"]
+    return max(deploys, key=lambda s: s.event).run_id if deploys else None
+
+
+@dataclass(frozen=True)
+class _Restore:
+    live: str
+    before: str
+
+
+@dataclass(frozen=True)
+class _Settled:
+    why: str
+
+
+@dataclass(frozen=True)
+class _Refused:
+    why: str
+
+
+def _undo_one(
+    run_id: str,
+    mine: Sequence[SwitchRecord],
+    history: Sequence[SwitchRecord],
+    force: bool,
+) -> _Restore | _Settled | _Refused:
+    """Undoing `run_id`'s switches `mine` of one root on one host, given all of that root's
+    switches there (`history`)."""
+    root = mine[0].root
+    before = mine[0].from_version
+    last = mine[-1]
+    if before is None:
+        return _Refused(
+            f"nothing was live under {root} before run {run_id} (its first release there); "
+            "there is nothing to go back to"
+        )
+    since = [s for s in history if s.event > last.event]
+    live = since[-1].to_version if since else last.to_version
+    if live == before:
+        return _Settled(f"{root} is on {before} already")
+    if since and live != last.to_version and not force:  # changed since, and still so
+        later = since[-1]
+        return _Refused(
+            f"{root} was switched to {later.to_version} by run {later.run_id} since "
+            f"(--force puts back {before} all the same)"
+        )
+    return _Restore(live, before)
 
 
 def rollback_runbook(run: RunRecord, undo: UndoPlan) -> RunbookFile:

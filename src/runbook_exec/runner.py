@@ -39,7 +39,7 @@ from .executor import (
 from .holding import still_running, take_locks
 from .plan import Plan
 from .prepare import Prepared
-from .record import Record, RunRecord
+from .record import Record, RecordAltered, RunRecord
 from .recorders import Auditor, StoreRecorder
 from .resuming import prepare_resume
 from .store import Store
@@ -260,6 +260,7 @@ def _execute(
         options,
         prepared.inventory,
         history,
+        _undoing(record, run_id, [h.name for h in prepared.hosts]),
         **({"connect": connect} if connect is not None else {}),
     )
     sink = sinks_for(run_id, writer, view(run_id))
@@ -298,6 +299,24 @@ def end_run(store: Store, audit: Auditor, run_id: str, status: str) -> None:
             store.park_locks(run_id)
 
 
+def _undoing(
+    record: Record, run_id: str, hosts: list[str]
+) -> Callable[[str, str, str, bool], tuple[str | None, str]]:
+    """What a release step's `undo: RUN_ID|last` puts back on a host, from the verified
+    release history (refused, exit 4, where the record cannot vouch for it)."""
+    from .rollback import undo_here
+
+    def target(host: str, root: str, which: str, force: bool) -> tuple[str | None, str]:
+        releases = record.releases()
+        if releases.flags:
+            raise RecordAltered(f"undo on {host} refused: {releases.flags[0]}; nothing was done")
+        return undo_here(
+            releases.switches, host, root, which, hosts=hosts, current_run=run_id, force=force
+        )
+
+    return target
+
+
 def _needs_release_history(plan: Plan) -> bool:
     """Whether a release step may switch a host to `previous`, which the record must vouch
     for before any host is touched. Read from the rendered plan (`activate: "{{ version }}"`
@@ -310,8 +329,9 @@ def _needs_release_history(plan: Plan) -> bool:
                 if "run time" in planned.note:
                     return True
                 continue
-            activate = str((planned.action.get("release") or {}).get("activate"))
-            if activate == "previous" or "at run time>" in activate:
+            release = planned.action.get("release") or {}
+            activate = str(release.get("activate"))
+            if activate == "previous" or "at run time>" in activate or release.get("undo"):
                 return True
     return False
 

@@ -278,13 +278,13 @@ class Service:
         return Decision(why, roll_back)
 
     def undo_plan(self, run_id: str | None, *, force: bool = False) -> UndoPlan:
-        """What undoing a run (by default the newest that switched a release) would put
+        """What undoing a run (by default the newest that deployed a release) would put
         back where, from its verified record and the verified release history; refuses
         (exit 4) where the record cannot vouch, and (exit 3) a run that has not ended."""
         from .rollback import undo_plan
 
         if run_id is None:
-            run_id = self._last_switching_run()
+            run_id = self._last_deploy()
         details = self.record.run(run_id, outputs=False)
         details.require_intact("rollback")
         run = details.run
@@ -340,11 +340,14 @@ class Service:
             undoing=undo,
         )
 
-    def _last_switching_run(self) -> str:
-        switches = [s for by_host in self.record.releases().switches.values() for s in by_host]
-        if not switches:
-            raise NotFound("no run on record has switched a release: nothing to roll back")
-        return max(switches, key=lambda s: s.event).run_id
+    def _last_deploy(self) -> str:
+        from .rollback import last_deploy
+
+        switches = self.record.releases().switches.values()
+        found = last_deploy(s for by_host in switches for s in by_host)
+        if found is None:
+            raise NotFound("no run on record has deployed a release: nothing to roll back")
+        return found
 
     def unlock(self, name: str) -> LockHolder:
         """Force a lock open (for a holder known to be gone), with its event; returns who

@@ -211,6 +211,7 @@ def run_json(details: RunDetails) -> dict[str, Any]:
                 "from": w.from_version,
                 "to": w.to_version,
                 "chosen": w.source,
+                "artifact_sha256": w.artifact_sha256,
                 "at": _iso(w.at),
                 "event": w.event,
             }

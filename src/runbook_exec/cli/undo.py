@@ -63,7 +63,8 @@ def rollback(
         str | None,
         typer.Argument(
             metavar="[RUN_ID]",
-            help="The run to undo (default: the newest run that switched a release).",
+            help="The run to undo (default: the newest run that deployed a release; "
+            "not one that only switched back).",
         ),
     ] = None,
     force: Annotated[

@@ -62,6 +62,10 @@ class RunContext:
     options: RunOptions
     inventory: Sequence[str] = ()  # the sources, for playbook and module steps
     release_history: Callable[[str, str], str | None] = lambda host, root: None
+    # (host, root, run id or "last", force) -> what a release step's `undo` puts back there
+    undo_target: Callable[[str, str, str, bool], tuple[str | None, str]] = (
+        lambda host, root, run, force: (None, "no record of releases to undo")
+    )
     connect: Connect = connect
 
 
@@ -315,6 +319,7 @@ class Executor:
             workspace=self.file.workspace,
             template_names=self.names_of(host),
             previous_release=lambda root: self.context.release_history(host, root),
+            undo_target=lambda root, run, force: self.context.undo_target(host, root, run, force),
             release_switched=lambda switch: self.recorder.release_switched(host, switch),
         )
 

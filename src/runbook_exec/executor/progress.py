@@ -129,7 +129,9 @@ class Progress:
         self._register(self.sections[Section(key[0])][key[1]], replace(result, host=host))
 
     def _register(self, step: StepBase, result: HostStepResult) -> None:
-        if step.register_as and result.status != StepStatus.SKIPPED:
+        """As in Ansible, a skipped step registers too (`x.skipped` is true), so a later
+        step can ask whether it ran."""
+        if step.register_as:
             self.registered.setdefault(result.host, {})[step.register_as] = registered(result)
 
     def done(self, section: str, index: int, host: str) -> bool:

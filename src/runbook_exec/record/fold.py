@@ -154,6 +154,7 @@ class RunFold:
                     self.run_id,
                     at,
                     seq,
+                    release.get("artifact_sha256"),
                 )
             )
 

@@ -169,6 +169,7 @@ class SwitchRecord:
     run_id: str
     at: float
     event: int
+    artifact_sha256: str | None = None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,11 @@ class HostContext:
     template_names: Mapping[str, Any]
     previous_release: Callable[[str], str | None] = lambda root: None
     release_switched: Callable[[ReleaseSwitch], None] = lambda switch: None
+    # (root, run id or "last", force) -> (release to put back, what) or (None, why not here)
+    undo_target: Callable[[str, str, bool], tuple[str | None, str]] = lambda root, run, force: (
+        None,
+        "no record of releases to undo",
+    )
     mark: Mark | None = None  # the run, step and attempt its commands belong to
 
     async def run(self, command: str, timeout: float | None = None) -> CommandResult:
