@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BACKENDS
-from helpers import wait_until
+from helpers import query, wait_until
 from runbook_exec.testing.lab import SshLab
 from test_resume import COUNTED, GATED, latest_run, lines, step_status
 
@@ -248,3 +248,22 @@ def test_runs_lists_as_many_as_asked_and_flags_none(
     listed = json.loads(runbook_exec("runs", "-n", "2", "--json").stdout)
     assert len(listed) == 2
     assert all(run["verified"] and not run["flags"] for run in listed), listed
+
+
+@pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
+def test_lock_rows_deleted_by_hand_let_no_run_in(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    waiting = runbook_exec("run", write("gated.yml", GATED), "--no-input")
+    assert waiting.returncode == 3
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    query(runbook_exec.db, "DELETE FROM locks")  # type: ignore[attr-defined]
+    intruder = runbook_exec("run", write("quick.yml", QUICK), "--limit", "host4")
+    assert intruder.returncode == 4, intruder.stdout + intruder.stderr
+    assert f"run {run_id} holds host:host4 by its events" in intruder.stderr
+    assert not (hosts.host("host4").root / "quick").exists()
+    assert latest_run(runbook_exec)["status"] == "refused"
+    # With its rows gone there is nothing for `unlock` to force; ending the run frees it.
+    assert runbook_exec("unlock", "host:host4").returncode != 0  # no row left to force
+    assert runbook_exec("cancel", run_id, "-m", "done by hand").returncode == 0
+    assert runbook_exec("run", write("quick.yml", QUICK), "--limit", "host4").returncode == 0

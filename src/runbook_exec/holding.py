@@ -15,6 +15,8 @@ from .recorders import Auditor
 from .store import LockHolder, Store
 from .store.locks import PARKED, process_gone
 
+ENDED_OR_REFUSED = RUN_ENDED | {RunStatus.REFUSED}
+
 
 def take_locks(
     store: Store, record: Record, run: RunRecord, operator: str, *, resuming: bool
@@ -41,14 +43,29 @@ def take_locks(
 
     def taken() -> None:
         """In the transaction that takes the locks: the run has not ended meanwhile (a
-        `cancel` while this resume was being prepared), and the locks' event."""
+        `cancel` while this resume was being prepared); no run that has not ended holds
+        one of them by its record while the lock table says nothing (rows deleted by
+        hand); and the locks' event."""
         now = record.run(run.id, outputs=False).run
         if now.status in RUN_ENDED or now.status == RunStatus.REFUSED:
             raise Refused(f"run {run.id} has ended meanwhile ({now.status}); nothing was run")
+        for other in store.runs_not_in(ENDED_OR_REFUSED):
+            if other == run.id:
+                continue
+            theirs = record.run(other, outputs=False).holding(ENDED_OR_REFUSED) & set(names)
+            if theirs:
+                raise RecordAltered(
+                    f"record altered: run {other} holds {', '.join(sorted(theirs))} by its "
+                    "events, but the lock table does not say so (rows deleted by hand?); "
+                    "nothing was done"
+                )
         audit.append("lock.taken", lock=run.lock, locks=names)
 
     for _ in range(5):
-        held = store.take_locks(names, run.id, operator, then=taken)
+        try:
+            held = store.take_locks(names, run.id, operator, then=taken)
+        except RecordAltered as exc:
+            refuse(exc)
         if not held:
             return
         holders, flags = record.lock_holders(held)

@@ -113,6 +113,10 @@ class RunFold:
             )
             if kind == "lock.stolen":
                 self.fields["message"] = body.get("message")
+        elif kind == "lock.forced" and self.locks:  # `unlock NAME`: that one is let go
+            last = self.locks[-1]
+            kept = tuple(name for name in last.names if name != body.get("lock"))
+            self.locks.append(replace(last, names=kept, pid=0, since=at, event=seq))
         elif kind and kind.startswith("gate."):
             self._gate(seq, body, at)
         elif self.light:

@@ -215,6 +215,13 @@ class RunDetails:
     def verified(self) -> bool:
         return not self.flags
 
+    def holding(self, ended: frozenset[str]) -> frozenset[str]:
+        """The locks its events say the run holds now: what it took (or kept) last, unless
+        its status is one of `ended`."""
+        if self.run.status in ended or not self.locks:
+            return frozenset()
+        return frozenset(self.locks[-1].names)
+
     def require_intact(self, doing: str) -> None:
         """For a decision: refuse (exit 4) unless the record vouches for everything."""
         if self.flags:

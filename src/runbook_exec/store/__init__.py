@@ -7,7 +7,7 @@ the schema is created and upgraded by the Alembic migrations beside this file.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -53,6 +53,11 @@ class Store(ChainStore, LockStore):
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         rows = self._read(select(runs).where(runs.c.id == run_id))
         return _decode(rows[0]) if rows else None
+
+    def runs_not_in(self, statuses: Collection[str]) -> list[str]:
+        """The ids of the runs whose status (as the table has it) is none of `statuses`."""
+        statement = select(runs.c.id).where(runs.c.status.not_in(list(statuses)))
+        return [str(row["id"]) for row in self._read(statement)]
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         statement = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
