@@ -158,3 +158,35 @@ def test_pattern_that_matches_nothing_is_an_error(inventory_dir: Path) -> None:
         Inventory.load([inventory_dir]).select("web:&dc9")
     with pytest.raises(InventoryError, match="limited to 'db1' matches no hosts"):
         Inventory.load([inventory_dir]).select("web", "db1")
+
+
+def test_every_spelling_of_an_inventory_gets_the_group_vars_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-i inventory.yml` from its own folder, `./inventory.yml`, `x/../inventory.yml` and the
+    absolute path: the same hosts and variables as `ansible-inventory`, whichever spelling
+    came first into the cache."""
+    from runbook_exec.inventory import select_hosts
+
+    (tmp_path / "inventory.yml").write_text("all:\n  children:\n    web:\n      hosts: {w1: {}}\n")
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "web.yml").write_text("app_root: /srv/app\n")
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    for spelling in (
+        "inventory.yml",
+        "./inventory.yml",
+        "x/../inventory.yml",
+        tmp_path / "inventory.yml",
+    ):
+        (host,) = select_hosts([spelling], "web", cache_dir=cache)
+        assert host.vars.get("app_root") == "/srv/app", spelling
+    done = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", "inventory.yml", "--host", "w1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert json.loads(done.stdout)["app_root"] == "/srv/app"

@@ -370,3 +370,25 @@ def test_ansible_become_runs_steps_through_sudo(
         assert made.read_text() == "0\n"
         assert made.stat().st_uid == 0
         made.unlink()
+
+
+def test_ssh_config_gives_what_the_inventory_leaves_out(
+    runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path
+) -> None:
+    """An inventory host that is only an ~/.ssh/config alias: HostName, Port, User and
+    IdentityFile come from there, as they would for OpenSSH and Ansible."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    target = hosts.host("host2")
+    (home / ".ssh" / "config").write_text(
+        f"Host web-alias\n  HostName 127.0.0.1\n  Port {target.port}\n  User {hosts.user}\n"
+        f"  IdentityFile {hosts.client_key}\n"
+    )
+    inventory = write("alias.ini", "web-alias\n")
+    runbook = write(
+        "alias.yml",
+        f"name: alias\ntargets: web-alias\nsteps:\n  - shell: echo hi > {target.root}/alias\n",
+    )
+    done = runbook_exec("run", runbook, "-i", inventory, env={"HOME": str(home)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (target.root / "alias").read_text() == "hi\n"

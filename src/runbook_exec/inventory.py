@@ -99,7 +99,9 @@ class Inventory:
             from ansible.parsing.dataloader import DataLoader
 
             loader = DataLoader()
-            paths = [str(Path(s)) for s in sources]
+            # Absolute, as ansible-inventory makes them: a bare `inventory.yml` would
+            # otherwise lose the group_vars/ and host_vars/ beside it.
+            paths = [os.path.abspath(s) for s in sources]
             try:
                 manager = InventoryManager(loader=loader, sources=paths)
             except AnsibleError as exc:

@@ -223,12 +223,15 @@ class SshSession:
 async def connect(host: Host, options: SshOptions) -> SshSession:
     """Open a connection to `host`, verifying its host key against known_hosts."""
     kwargs: dict[str, Any] = {
-        "port": host.port or 22,
         "connect_timeout": options.connect_timeout,
         "keepalive_interval": KEEPALIVE_INTERVAL,
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
         "encryption_algs": ENCRYPTION_ALGS,
     }
+    # What the inventory says wins; what it leaves out comes from ~/.ssh/config (Port,
+    # User, HostName, IdentityFile, ProxyJump), as with OpenSSH and Ansible, then defaults.
+    if host.port:
+        kwargs["port"] = host.port
     if host.user:
         kwargs["username"] = host.user
     if host.key_file:
@@ -252,7 +255,8 @@ async def _trust_on_first_use(host: Host, options: SshOptions, kwargs: dict[str,
         raise Unreachable(_reason(exc)) from None
     key = connection.get_server_host_key()
     if key is not None:
-        name = host.address if (host.port or 22) == 22 else f"[{host.address}]:{host.port}"
+        port = host.port or int((connection.get_extra_info("peername") or ("", 22))[1])
+        name = host.address if port == 22 else f"[{host.address}]:{port}"
         line = f"{name} {key.export_public_key('openssh').decode().strip()}\n"
         options.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         with open(options.known_hosts, "a") as handle:
