@@ -277,3 +277,16 @@ steps:
         "wait",
     }
     assert loaded.runbook.steps[-1].wait == 90  # type: ignore[union-attr]
+
+
+def test_a_when_written_as_a_template_is_read_as_its_expression_with_a_warning(
+    write: Callable[[str, str], Path],
+) -> None:
+    from runbook_exec.checks import braced_whens
+
+    text = GOOD + '    when: "{{ go }}"\n  - shell: echo b\n    when: "{{ a }} and {{ b }}"\n'
+    loaded = load_runbook(write("rb.yml", text), "rb.yml")
+    assert [s.when for s in loaded.runbook.steps] == ["go", "{{ a }} and {{ b }}"]
+    warned = [str(w) for w in braced_whens(loaded)]
+    assert len(warned) == 1 and warned[0].startswith("rb.yml:6: steps[0] (Hello).when:")
+    assert "is read as 'go'" in warned[0]

@@ -46,6 +46,33 @@ def local_files(runbook_file: RunbookFile, plan: Plan | None) -> Iterator[tuple[
                         yield field, loc, value
 
 
+def braced_whens(runbook_file: RunbookFile) -> list[Problem]:
+    """Warnings, not problems: each `when:` written as a template (`"{{ x }}"`), which is
+    read as the expression inside it."""
+    import yaml
+
+    from .steps.base import braced_expression
+
+    data = yaml.safe_load(runbook_file.text)
+    found = []
+    for section in ("steps", "rollback"):
+        steps = data.get(section) if isinstance(data, dict) else None
+        for index, step in enumerate(steps if isinstance(steps, list) else ()):
+            raw = step.get("when") if isinstance(step, dict) else None
+            inner = braced_expression(raw)
+            if inner is not None:
+                found.append(
+                    Problem(
+                        f"`when` takes an expression, not a template: {raw!r} is read as "
+                        f"{inner!r} (write it without the braces)",
+                        runbook_file.display_path,
+                        runbook_file.line_of((section, index, "when")),
+                        runbook_file.step_field(section, index, "when"),
+                    )
+                )
+    return found
+
+
 def missing_files(runbook_file: RunbookFile, plan: Plan | None) -> list[Problem]:
     problems: dict[tuple[str, str], Problem] = {}
     for field, loc, raw in local_files(runbook_file, plan):

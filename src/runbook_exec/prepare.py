@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ class Checked:
 
     runbook_file: RunbookFile
     plan: Plan | None
+    warnings: list[Problem] = field(default_factory=list)
 
 
 def prepare(
@@ -164,7 +165,7 @@ def check(
     problems.extend(_beyond_the_plan(runbook_file, plan))
     if problems:
         raise InputError(problems)
-    return Checked(runbook_file, plan)
+    return Checked(runbook_file, plan, checks.braced_whens(runbook_file))
 
 
 def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, PlaybookOutcome]]:

@@ -96,6 +96,8 @@ def check(
         runbook, inventory or [], extra_vars or [], limit, operator_name(operator)
     )
     runbook_file, plan = checked.runbook_file, checked.plan
+    for warning in checked.warnings:
+        err().print(f"warning: {warning}", markup=False)
     book = runbook_file.runbook
     summary = f"OK {runbook_file.display_path}: runbook '{book.name}', {len(book.steps)} steps"
     if plan is not None:

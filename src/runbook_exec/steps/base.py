@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..events import ReleaseSwitch
 from ..fields import Duration, Identifier, Strict, Timeout
@@ -103,6 +103,13 @@ class StepBase(Strict):
             if key not in common
         }
 
+    @field_validator("when", mode="before")
+    @classmethod
+    def _bare_expression(cls, value: Any) -> Any:
+        """`when: "{{ x }}"`, common in Ansible, is read as `x`, as Ansible reads it (and
+        `check` warns, as Ansible does)."""
+        return braced_expression(value) or value
+
     # --- what a kind says about itself (override what applies) --------------------------------
 
     def files(self) -> Iterator[tuple[FieldPath, str]]:
@@ -156,3 +163,14 @@ def in_workspace(workspace: Path, raw: str) -> Path:
 def ok(stdout: str = "", started: float | None = None) -> CommandResult:
     duration = time.monotonic() - started if started is not None else 0.0
     return CommandResult(rc=0, stdout=stdout, stderr="", duration=duration)
+
+
+def braced_expression(value: Any) -> str | None:
+    """The expression inside a value that is one whole `{{ … }}` and nothing else."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    inner = text[2:-2]
+    if text.startswith("{{") and text.endswith("}}") and "{{" not in inner and "}}" not in inner:
+        return inner.strip() or None
+    return None
