@@ -159,6 +159,16 @@ def test_help_teaches_commands_and_global_options(cli: Cli) -> None:
     assert top.returncode == 0 and "check" in top.stdout and "plan" in top.stdout
     plan_help = cli("plan", "--help").stdout
     assert "--db" in plan_help and "RUNBOOK_EXEC_DB" in plan_help and "Example:" in plan_help
+    # Plain metavars and whole paragraphs: no Python types, no line broken mid-sentence.
+    for command in ("run", "resume", "rollback", "runs", "show", "audit verify"):
+        shown = cli(*command.split(), "--help").stdout
+        for typed in ("<bool>", "<int", "<path>", "<str>", "{RUNBOOK}", "{RUN_ID}"):
+            assert typed not in shown, (command, typed)
+    run_help = cli("run", "--help", env={"COLUMNS": "200"}).stdout
+    assert "The run locks each of its hosts (and its runbook's lock: name), all or none;" in (
+        run_help
+    )
+    assert cli("-V").stdout.startswith("runbook-exec ")
 
 
 def test_module_entry_point_and_version() -> None:

@@ -22,6 +22,7 @@ from ..errors import (
 )
 from . import runs, undo
 from .audit import audit_app
+from .helptext import plain_metavars
 from .options import (
     DEFAULT_DB,
     DbOpt,
@@ -38,18 +39,19 @@ from .options import (
 )
 from .warm import warm_app
 
+plain_metavars()
 app = typer.Typer(
     name="runbook-exec",
     help=(
         "Run declarative runbooks (deploy, gray release, rollback, restart) on real servers "
         "over SSH and Ansible, with an audit trail that proves itself.\n\n"
-        "Start with [bold]check[/bold] (is the runbook valid?) and [bold]plan[/bold] (what "
+        "Start with **check** (is the runbook valid?) and **plan** (what "
         "would a run do, host by host?). Exit codes: 0 ok, 1 run failed, 2 bad input, "
         "3 refused, 4 audit trail refuses, 70 internal error, 130 interrupted."
     ),
     no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="rich",
+    add_completion=True,
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -65,7 +67,9 @@ def _version(value: bool) -> None:
 def root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """Run declarative runbooks on real servers."""

@@ -79,13 +79,13 @@ def run(
     """Run a runbook on its hosts, batch by batch, recording every step.
 
     Everything is validated before any connection is made (exit 2 on bad input). The run
-    takes a lock (the runbook's `lock`, or its exact set of hosts); a second run that needs it
-    is refused with exit 3. At an approval gate it asks (on a terminal) or saves the run and
-    exits 3. Ctrl-C stops starting new work and leaves the run resumable (exit 130).
-    Exit 0 only when every host succeeded; 1 when any host failed.
+    locks each of its hosts (and its runbook's `lock:` name), all or none; a run that needs
+    one of them is refused with exit 3, naming the holder. At an approval gate it asks (on a
+    terminal) or saves the run and exits 3. Ctrl-C stops starting new work and leaves the
+    run resumable (exit 130). Exit 0 only when every host succeeded; 1 when any host failed.
 
-    Example: runbook-exec run runbooks/deploy.yml -i inventory/ -e version=1.4.2
-    --change-id CHG-1042 --reason "Q4 release"
+    Example: `runbook-exec run runbooks/deploy.yml -i inventory/hosts.ini -e version=1.4.2
+    --change-id CHG-1042 -m "Q4 release"`
     """
     from ..durations import parse_duration
     from ..prepare import prepare
