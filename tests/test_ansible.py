@@ -94,6 +94,7 @@ def test_a_failing_task_fails_that_host_only_and_the_batch_policy_applies(
         "host4": "not_reached",
     }
     assert "FAILED host2 · Break on one host: broken on purpose" in stop.stderr
+    assert "Mark: Mark:" not in stop.stderr
     assert mark(hosts, "host3") == "" and mark(hosts, "host4") == ""
 
     tolerant = runbook(PLAYBOOK_STEP, extra="  max_fail_percentage: 50\n")
@@ -107,6 +108,23 @@ def test_a_failing_task_fails_that_host_only_and_the_batch_policy_applies(
     }
     assert not (hosts.host("host2").root / "after").exists()
     assert (hosts.host("host4").root / "after").exists()
+
+
+def test_a_failing_module_says_why_in_the_live_view_and_in_show(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    step = (
+        "  - name: List\n    module:\n      name: ansible.builtin.command\n"
+        "      args: {cmd: ls /nonexistent-rbx-path}\n"
+    )
+    done = runbook_exec("run", write("ls.yml", runbook(step)), "--json")
+    assert done.returncode == 1
+    why = "non-zero return code, rc 2: ls: cannot access '/nonexistent-rbx-path'"
+    assert f"FAILED host1 · List: {why}" in done.stderr, done.stderr
+    assert "List: List:" not in done.stderr
+    shown = json.loads(runbook_exec("show", json.loads(done.stdout)["run_id"], "--json").stdout)
+    failed = next(s for s in shown["host_steps"] if s["host"] == "host1")
+    assert failed["message"].startswith(why), failed["message"]
 
 
 def test_a_failed_playbook_rolls_back_the_changed_hosts(

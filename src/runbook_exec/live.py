@@ -117,7 +117,7 @@ class ConsoleRecorder(EventSink):
                 f"{result.message}",
                 "yellow" if result.ignored else "red",
             )
-            for stream in (result.stderr, result.stdout):
+            for stream in (result.stdout, result.stderr):
                 for line in stream.rstrip().splitlines()[-OUTPUT_LINES:]:
                     self._line(f"      │ {line}", "dim")
         elif self.live is None:

@@ -170,7 +170,7 @@ class AnsibleStep:
         )
         changed = sum(1 for t in tasks if t.status == "changed")
         message = (
-            outcome.messages.get(host, "")
+            outcome.messages.get(host, "").removeprefix(f"{step.title}: ")  # said once
             if status != StepStatus.OK
             else (f"{len(tasks)} tasks, {changed} changed")
         )

@@ -251,7 +251,11 @@ def _task_result(status: str, data: Mapping[str, Any], secrets: Secrets) -> Task
     res = secrets.data(data.get("res") or {})
     if status == "ok" and res.get("changed"):
         status = "changed"
-    message = str(res.get("msg") or res.get("stderr") or res.get("stdout") or "").strip()
+    if status in ("failed", "unreachable"):
+        message = _failure(res)
+    else:
+        message = str(res.get("msg") or res.get("stderr") or res.get("stdout") or "").strip()
+        message = message.splitlines()[0] if message else ""
     text = json.dumps(res, sort_keys=True, default=str)
     if len(text) > RESULT_LIMIT:
         text = text[:RESULT_LIMIT] + f"… [{len(text) - RESULT_LIMIT} characters omitted]"
@@ -259,10 +263,27 @@ def _task_result(status: str, data: Mapping[str, Any], secrets: Secrets) -> Task
         host=str(data["host"]),
         task=str(data.get("task") or data.get("task_action") or "task"),
         status=status,
-        message=message.splitlines()[0] if message else "",
+        message=message,
         result=text,
         ignored=bool(data.get("ignore_errors")),
     )
+
+
+def _failure(res: Mapping[str, Any]) -> str:
+    """Why a task failed, in one line a person can act on: the module's msg, the exit code,
+    and the last line of stderr (or of stdout, when there is no msg), which says what went
+    wrong where msg says only "non-zero return code"."""
+    msg = str(res.get("msg") or "").strip()
+    parts = [msg.splitlines()[0]] if msg else []
+    rc = res.get("rc")
+    if rc not in (None, 0):
+        parts.append(f"rc {rc}")
+    said = str(res.get("stderr") or "").strip() or ("" if msg else str(res.get("stdout") or ""))
+    lines = [line.strip() for line in said.strip().splitlines() if line.strip()]
+    text = ", ".join(parts)
+    if lines and lines[-1] not in text:
+        text = f"{text}: {lines[-1][:300]}" if text else lines[-1][:300]
+    return text
 
 
 def _record(
