@@ -137,7 +137,7 @@ def main() -> None:
         runs = subprocess.run(
             [CLI, "runs", "--json", *store], capture_output=True, text=True, check=True, cwd=REPO
         )
-        gray = json.loads(runs.stdout)[0]["run_id"]
+        gray = json.loads(runs.stdout)["runs"][0]["run_id"]
         print(f"serving: {serving(lab)}")
         step(
             "The canary looks good: approve, and carry on to the next gate",

@@ -421,7 +421,7 @@ def test_a_secret_from_the_environment_is_in_no_file_output_or_export(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     db = str(runbook_exec.db)  # type: ignore[attr-defined]
-    run_id = json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"]
+    run_id = json.loads(runbook_exec("runs", "--json").stdout)["runs"][0]["run_id"]
     shown = runbook_exec("show", str(run_id))
     export = cli("audit", "export", "--db", db)
     assert "********" in shown.stdout  # the output was there, masked

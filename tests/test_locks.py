@@ -71,7 +71,7 @@ def test_runs_that_share_a_host_never_overlap_and_others_go_on(
     assert latest_run(runbook_exec)["status"] != "refused"  # the last run: `elsewhere`
     assert elsewhere.returncode == 0, elsewhere.stdout + elsewhere.stderr
     assert [lines(hosts, h, "quick") for h in ("host3", "host4")] == [1, 1]
-    refused = json.loads(runbook_exec("runs", "--json").stdout)[1]
+    refused = json.loads(runbook_exec("runs", "--json").stdout)["runs"][1]
     assert refused["status"] == "refused"  # the refused attempt is on record too
 
 
@@ -245,7 +245,7 @@ def test_runs_lists_as_many_as_asked_and_flags_none(
     path = write("quick.yml", QUICK)
     for _ in range(3):
         assert runbook_exec("run", path).returncode == 0
-    listed = json.loads(runbook_exec("runs", "-n", "2", "--json").stdout)
+    listed = json.loads(runbook_exec("runs", "-n", "2", "--json").stdout)["runs"]
     assert len(listed) == 2
     assert all(run["verified"] and not run["flags"] for run in listed), listed
 

@@ -37,7 +37,7 @@ steps:
 
 
 def run_ids(runbook_exec: Run) -> list[str]:
-    return [r["run_id"] for r in json.loads(runbook_exec("runs", "--json").stdout)]
+    return [r["run_id"] for r in json.loads(runbook_exec("runs", "--json").stdout)["runs"]]
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ def test_a_view_shows_what_the_events_say_and_flags_the_table(
     assert shown.returncode == 0, shown.stderr
     assert truth in shown.stdout  # what the events say, not the table
     assert "record altered" in shown.stdout and flagged in shown.stdout
-    listing = json.loads(runbook_exec("runs", "--json").stdout)[0]
+    listing = json.loads(runbook_exec("runs", "--json").stdout)["runs"][0]
     assert listing["operator"] == "ann" and listing["change_id"] == "CHG-1"
     assert listing["status"] == "succeeded"
 
@@ -175,7 +175,7 @@ def test_a_run_row_deleted_from_the_table_is_still_listed_flagged(
     for table in ("host_steps", "run_hosts", "gates"):
         query(db, f"DELETE FROM {table} WHERE run_id = :id", id=finished)
     query(db, "DELETE FROM runs WHERE id = :id", id=finished)
-    listing = json.loads(runbook_exec("runs", "--json").stdout)
+    listing = json.loads(runbook_exec("runs", "--json").stdout)["runs"]
     hidden = next(r for r in listing if r["run_id"] == finished)
     assert not hidden["verified"] and "no row in the table" in " ".join(hidden["flags"])
 

@@ -131,13 +131,13 @@ def test_deploy_switches_every_host_and_the_app_answers_the_new_version(
         assert (
             f"version = 1.1.0\nlisten = 127.0.0.1:{hosts.host(name).app_port}" in conf.read_text()
         )
-    record = json.loads(runbook_exec("releases", "--json").stdout)
+    record = json.loads(runbook_exec("releases", "--json").stdout)["releases"]
     assert {(r["host"], r["live"], r["previous"]) for r in record} == {
         (name, "1.1.0", "1.0.0") for name in HOSTS
     }
     # Which bytes went live is in the record, with each switch: the artifact's SHA-256.
     artifact = hashlib.sha256((site / "artifacts" / "app-1.1.0.tar.gz").read_bytes())
-    run_id = json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"]
+    run_id = json.loads(runbook_exec("runs", "--json").stdout)["runs"][0]["run_id"]
     shown = json.loads(runbook_exec("show", run_id, "--json").stdout)
     assert {(w["host"], w["to"], w["artifact_sha256"]) for w in shown["release_switches"]} == {
         (name, "1.1.0", artifact.hexdigest()) for name in HOSTS
@@ -185,7 +185,9 @@ def test_switching_back_is_not_a_deploy_so_previous_keeps_going_back(
         extra=("-e", "bake_time=0s"),
     )
     assert bad.returncode == 1
-    record = {r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)}
+    record = {
+        r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)["releases"]
+    }
     # The canary went 1.1.0 -> 2.0.0 -> back to 1.1.0: its previous is 1.0.0, not 2.0.0.
     assert (record["host1"]["live"], record["host1"]["previous"]) == ("1.1.0", "1.0.0")
     assert runbook_exec("run", "runbooks/switch.yml").returncode == 0
@@ -204,7 +206,7 @@ def test_gray_release_waits_for_approval_between_batches(
         extra=("-e", "bake_time=100ms", "--no-input"),
     )
     assert done.returncode == 3, done.stdout + done.stderr
-    run_id = json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"]
+    run_id = json.loads(runbook_exec("runs", "--json").stdout)["runs"][0]["run_id"]
     assert live(hosts, "host1") == "1.1.0" and live(hosts, "host2") == "1.0.0"
     for _ in range(2):  # batches of 1, 1 and 2 hosts: two gates
         assert runbook_exec("approve", run_id).returncode == 0
@@ -259,9 +261,9 @@ def test_rolling_restart_never_has_two_batches_down_at_once(
     assert done.returncode == 0, done.stdout + done.stderr
     run_id = json.loads(done.stdout)["run_id"]
     steps = json.loads(runbook_exec("show", run_id, "--json").stdout)["host_steps"]
-    down: dict[int, tuple[float, float]] = {}
+    down: dict[int, tuple[str, str]] = {}  # RFC 3339 UTC times compare as they sort
     for step in steps:
-        start, end = down.get(step["batch"], (float("inf"), 0.0))
+        start, end = down.get(step["batch"], ("9999", "0000"))
         if step["step_name"] == "Restart":
             start = min(start, step["started_at"])
         if step["step_name"] == "Health":
@@ -300,7 +302,7 @@ def test_releases_check_finds_a_link_changed_by_hand(
         "releases", "-i", hosts.inventory, "--check", "--json", "--known-hosts", hosts.known_hosts
     )
     assert drifted.returncode == 1
-    rows = {r["host"]: r for r in json.loads(drifted.stdout)}
+    rows = {r["host"]: r for r in json.loads(drifted.stdout)["releases"]}
     assert rows["host3"]["drift"] and rows["host3"]["found"] == "1.0.0"
     assert not rows["host1"]["drift"]
 
@@ -326,7 +328,9 @@ def test_previous_falls_back_to_the_disk_for_a_host_deployed_by_hand(
     done = runbook_exec("run", path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert all(live(hosts, n) == "a" for n in HOSTS)
-    shown = runbook_exec("show", json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"])
+    shown = runbook_exec(
+        "show", json.loads(runbook_exec("runs", "--json").stdout)["runs"][0]["run_id"]
+    )
     assert "chose from what is on disk" in shown.stdout
 
 
@@ -355,7 +359,7 @@ def test_a_release_name_is_one_path_component(runbook_exec: Run, site: Path, hos
         assert done.returncode == 2, done.stdout + done.stderr
         assert f"release name {shown} is not one path component" in done.stderr
     assert all(live(hosts, n) == "1.0.0" for n in HOSTS)
-    assert json.loads(runbook_exec("runs", "--json").stdout)[0]["status"] == "succeeded"
+    assert json.loads(runbook_exec("runs", "--json").stdout)["runs"][0]["status"] == "succeeded"
 
 
 def test_activating_the_live_release_changes_nothing_and_keeps_previous(
@@ -365,9 +369,11 @@ def test_activating_the_live_release_changes_nothing_and_keeps_previous(
         deployed(runbook_exec, site, version)
     again = deploy(runbook_exec, site, "2.0.0")
     assert again.returncode == 0, again.stdout + again.stderr
-    record = {r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)}
+    record = {
+        r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)["releases"]
+    }
     assert {(r["live"], r["previous"]) for r in record.values()} == {("2.0.0", "1.0.0")}
-    run_id = json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"]
+    run_id = json.loads(runbook_exec("runs", "--json").stdout)["runs"][0]["run_id"]
     shown = json.loads(runbook_exec("show", run_id, "--json").stdout)
     activate = [s for s in shown["host_steps"] if s["step_name"] == "Activate"]
     assert all("2.0.0 is already live" in s["stdout"] for s in activate)
@@ -387,7 +393,9 @@ def test_rollback_of_a_deploy_that_reached_one_host_changes_that_host_only(
     assert done.returncode == 0, done.stdout + done.stderr
     assert [live(hosts, n) for n in HOSTS] == ["2.0.0"] * len(HOSTS)
     assert [serving(hosts, n) for n in HOSTS] == ["2.0.0"] * len(HOSTS)  # restarted, healthy
-    record = {r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)}
+    record = {
+        r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)["releases"]
+    }
     assert {(r["live"], r["previous"]) for r in record.values()} == {("2.0.0", "1.0.0")}
 
 
@@ -397,7 +405,7 @@ def test_rollback_yml_undoes_the_last_deploy_on_exactly_the_hosts_it_switched(
     for version in ("1.0.0", "2.0.0"):
         deployed(runbook_exec, site, version)
     deployed(runbook_exec, site, "3.0.0", extra=("--limit", "host1"))
-    deploy_3 = json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"]
+    deploy_3 = json.loads(runbook_exec("runs", "--json").stdout)["runs"][0]["run_id"]
     planned = runbook_exec("plan", "runbooks/rollback.yml", "-i", hosts.inventory)
     assert "what was live before the last run that deployed a release" in planned.stdout
     done = runbook_exec("run", "runbooks/rollback.yml", "-m", "3.0.0 is slow", "--json")
@@ -444,7 +452,7 @@ def test_a_half_extracted_release_is_never_activated(
     # The re-run with the whole artifact unpacks again instead of trusting what is there.
     deployed(runbook_exec, site, "2.0.0")
     assert [serving(hosts, n) for n in HOSTS] == ["2.0.0"] * len(HOSTS)
-    run_id = json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"]
+    run_id = json.loads(runbook_exec("runs", "--json").stdout)["runs"][0]["run_id"]
     steps = json.loads(runbook_exec("show", run_id, "--json").stdout)["host_steps"]
     digest = hashlib.sha256(good.read_bytes()).hexdigest()  # the artifact deployed
     uploads = [s["stdout"] for s in steps if s["step_name"] == "Upload"]

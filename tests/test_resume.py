@@ -67,7 +67,7 @@ def step_status(runbook_exec: Run, host: str, step: str) -> str | None:
 
 def latest_run(runbook_exec: Run) -> dict[str, object]:
     done = runbook_exec("runs", "--json")
-    return json.loads(done.stdout)[0]  # type: ignore[no-any-return]
+    return json.loads(done.stdout)["runs"][0]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("db_url", BACKENDS, indirect=True)

@@ -39,6 +39,41 @@ def summary(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+def test_every_json_output_has_a_schema_and_one_time_format(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    """What scripts parse: `schema` first, every time RFC 3339 UTC with milliseconds."""
+    import re
+
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+    path = write("rb.yml", header("  - shell: echo hi\n"))
+    done = runbook_exec("run", path, "--json")
+    outputs = {
+        "run": summary(done),
+        "runs": json.loads(runbook_exec("runs", "--json").stdout),
+        "show": show(runbook_exec, str(summary(done)["run_id"])),
+        "releases": json.loads(runbook_exec("releases", "--json").stdout),
+        "plan": json.loads(runbook_exec("plan", path, *hosts.cli_args()[:2], "--json").stdout),
+    }
+    times: list[str] = []
+
+    def walk(value: object, key: str = "") -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif key in ("started", "finished", "at", "started_at", "finished_at", "since"):
+            assert value is None or (isinstance(value, str) and stamp.match(value)), (key, value)
+            times.append(str(value))
+
+    for name, output in outputs.items():
+        assert next(iter(output)) == "schema" and output["schema"] == 1, name
+        walk(output)
+    assert len([t for t in times if t != "None"]) >= 4
+
+
 @pytest.fixture
 def web_server() -> Iterator[str]:
     """A local HTTP server answering /health with 200 "healthy" and anything else with 503."""
@@ -313,7 +348,7 @@ def test_bad_input_is_refused_before_anything_runs(runbook_exec: Run, write: Wri
     done = runbook_exec("run", write("rb.yml", header("  - shel: x\n")))
     assert done.returncode == 2 and "did you mean 'shell'" in done.stderr
     done = runbook_exec("runs", "--json")
-    assert json.loads(done.stdout) == []
+    assert json.loads(done.stdout) == {"schema": 1, "runs": []}
 
 
 def test_run_makes_every_check_check_makes_before_any_step(
@@ -335,7 +370,7 @@ def test_run_makes_every_check_check_makes_before_any_step(
         assert "steps[1].upload.src" in output and "no-such-file.tar.gz" in output
         assert "steps[2].playbook" in output
     assert not any(marker(hosts, h, "first").exists() for h in ("host1", "host2"))
-    assert json.loads(runbook_exec("runs", "--json").stdout) == []
+    assert json.loads(runbook_exec("runs", "--json").stdout)["runs"] == []
 
 
 def test_a_port_that_is_not_a_number_is_bad_input(
@@ -347,7 +382,7 @@ def test_a_port_that_is_not_a_number_is_bad_input(
     done = runbook_exec("run", write("rb.yml", header("  - shell: touch {{ lab_root }}/x\n")))
     assert done.returncode == 2, done.stdout + done.stderr
     assert "host host2: ansible_port 'notaport' is not a port number" in done.stderr
-    assert json.loads(runbook_exec("runs", "--json").stdout) == []
+    assert json.loads(runbook_exec("runs", "--json").stdout)["runs"] == []
     assert not marker(hosts, "host1", "x").exists()
 
 

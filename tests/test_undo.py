@@ -41,7 +41,7 @@ def live(hosts: SshLab, name: str) -> str:
 
 
 def last_run(runbook_exec: Run) -> str:
-    return str(json.loads(runbook_exec("runs", "--json").stdout)[0]["run_id"])
+    return str(json.loads(runbook_exec("runs", "--json").stdout)["runs"][0]["run_id"])
 
 
 def test_rollback_of_a_run_puts_back_exactly_the_hosts_it_switched(
@@ -73,7 +73,9 @@ def test_rollback_of_a_run_puts_back_exactly_the_hosts_it_switched(
     undoing = last_run(runbook_exec)
     shown = json.loads(runbook_exec("show", undoing, "--json").stdout)
     assert shown["status"] == "succeeded" and {s["host"] for s in shown["host_steps"]} == {"host1"}
-    record = {r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)}
+    record = {
+        r["host"]: r for r in json.loads(runbook_exec("releases", "--json").stdout)["releases"]
+    }
     assert (record["host1"]["live"], record["host1"]["previous"]) == ("2", "1")
 
     # Undoing it again finds host1 on 2 already: nothing to do, nothing run.

@@ -81,10 +81,11 @@ class ConsoleRecorder(EventSink):
         about a millisecond a line, which adds up over thousands of host-steps)."""
         if self.quiet:
             return
-        stamp = time.strftime("%H:%M:%S")
-        if self.live is None:
+        if self.live is None:  # a log: the date and the zone too (UTC, as the record)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self.console.file.write(f"{stamp} {text}\n")
-        else:
+        else:  # a person at a terminal: the time of day where they are
+            stamp = time.strftime("%H:%M:%S")
             self.console.print(f"{stamp} {text}", style=style, markup=False, soft_wrap=True)
 
     def batch_started(self, batch: int, hosts: Sequence[str]) -> None:

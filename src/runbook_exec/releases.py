@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import HostKeyError
 from .inventory import Host
+from .jsonout import rfc3339
 from .record.values import SwitchRecord, previous_of
 from .transports.base import Unreachable
 from .transports.ssh import SshOptions, connect
@@ -41,7 +42,7 @@ class LiveRelease:
             "root": self.root,
             "live": self.live,
             "previous": self.previous,
-            "since": self.since,
+            "since": rfc3339(self.since),
             "run_id": self.run_id,
             "found": self.found,
             "problem": self.problem,

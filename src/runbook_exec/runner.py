@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import json
 import os
 import secrets
 import signal
@@ -374,12 +373,13 @@ def _options_record(options: RunOptions) -> dict[str, Any]:
 
 
 def summary_json(outcome: Outcome) -> str:
-    return json.dumps(
+    from .jsonout import dumps
+
+    return dumps(
         {
             "run_id": outcome.run_id,
             "status": outcome.status,
             "exit_code": outcome.exit_code,
             "hosts": outcome.hosts,
-        },
-        indent=2,
+        }
     )

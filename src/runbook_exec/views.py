@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .durations import format_duration
 from .errors import Problem
+from .jsonout import rfc3339
 from .plan import Plan, PlannedGate, PlannedStep
 from .record import Flag, HostStepRecord, RunDetails, TaskRecord
 from .steps import STEP_CLASSES
@@ -133,12 +134,7 @@ def _when(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
 
 
-def _iso(timestamp: float | None) -> str | None:
-    """UTC with milliseconds, as the audit trail writes it: 2026-11-23T08:40:03.123Z."""
-    if timestamp is None:
-        return None
-    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
-    return f"{whole}.{round(timestamp * 1000) % 1000:03d}Z"
+_iso = rfc3339
 
 
 def run_summary(details: RunDetails) -> dict[str, Any]:

@@ -153,7 +153,9 @@ def plan(
         runbook, inventory, extra_vars or [], limit, operator_name(operator), verify=check_mode
     )
     if as_json:
-        typer.echo(prepared.plan.to_json())
+        from ..jsonout import dumps
+
+        typer.echo(dumps(prepared.plan.to_dict()))
     else:
         print_plan(out(), prepared.plan)
         print_previous(db, prepared.plan)

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import InputError, Problem
+from ..jsonout import dumps
 from .options import (
     DEFAULT_DB,
     AcceptNewOpt,
@@ -278,7 +278,7 @@ def runs(
 
     records = Service.open(db).runs(limit)
     if as_json:
-        typer.echo(json.dumps([run_summary(r) for r in records], indent=2))
+        typer.echo(dumps({"runs": [run_summary(r) for r in records]}))
     else:
         print_runs(out(), records)
 
@@ -297,7 +297,7 @@ def show(
 
     details = Service.open(db).run(run_id)
     if as_json:
-        typer.echo(json.dumps(run_json(details), indent=2, default=str))
+        typer.echo(dumps(run_json(details)))
     else:
         print_run(out(), details)
 
@@ -330,7 +330,7 @@ def releases(
     hosts = {h.name: h for h in select_hosts(inventory, "all", limit)} if inventory else None
     live = Service.open(db).releases(hosts, check=check_hosts, known_hosts=known_hosts)
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in live.rows], indent=2))
+        typer.echo(dumps({"releases": [r.to_dict() for r in live.rows]}))
     else:
         from ..views import print_flags, print_releases
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EXIT_AUDIT, RunbookExecError
+from ..jsonout import rfc3339
 
 
 class RecordAltered(RunbookExecError):
@@ -138,8 +139,8 @@ class HostStepRecord:
             "output_sha256": self.output_sha256,
             "output": self.output,
             "attempts": self.attempts,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
             "duration_ms": self.duration_ms,
             "event": self.event,
         }
