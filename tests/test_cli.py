@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from runbook_exec.testing.lab import SshLab
+from runbook_exec.testing.lab import SshLab, sample_release
+
+REPO = Path(__file__).resolve().parent.parent
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 Write = Callable[[str, str], Path]
@@ -188,3 +192,26 @@ def test_an_unreachable_database_is_named_without_its_password(cli: Cli) -> None
         done.stderr
     )
     assert "s3cret-pw" not in done.stdout + done.stderr
+
+
+def test_the_readmes_check_and_plan_run_as_written_on_the_shipped_folders(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The first commands a new user copies: in a folder with the shipped runbooks,
+    playbooks and inventory, and a release in dist/, they work as the README prints them."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## What a user does", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    lines = [
+        ln
+        for ln in block.splitlines()
+        if ln.startswith(("runbook-exec check", "runbook-exec plan"))
+    ]
+    assert len(lines) == 2, block
+    for name in ("runbooks", "playbooks", "inventory"):
+        shutil.copytree(REPO / name, tmp_path / name)
+    (tmp_path / "dist").mkdir()
+    shutil.copy(sample_release(tmp_path / "build", "1.4.2"), tmp_path / "dist" / "app-1.4.2.tar.gz")
+    for line in lines:
+        done = cli(*shlex.split(line)[1:])
+        assert done.returncode == 0, line + "\n" + done.stdout + done.stderr
+    assert "web3.example.com" in cli(*shlex.split(lines[1])[1:]).stdout

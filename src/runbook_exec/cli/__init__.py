@@ -91,7 +91,8 @@ def check(
     and the syntax of referenced playbooks. Prints every problem, not only the first.
     Exit 0 when all is well, 2 otherwise.
 
-    Example: runbook-exec check runbooks/deploy.yml -i inventory/staging.ini -e version=1.4.2
+    Example: `runbook-exec check runbooks/deploy.yml -i inventory/ -e version=1.4.2
+    -e artifact=dist/app-1.4.2.tar.gz`
     """
     from ..prepare import check as check_runbook
     from ..store.audit import operator_name
@@ -141,7 +142,8 @@ def plan(
     failure. The same inputs always give the same plan. Local files and playbook syntax are
     not looked at here: `check` does, and so does `run` before it connects anywhere.
 
-    Example: runbook-exec plan runbooks/deploy.yml -i inventory/staging.ini -e version=1.4.2
+    Example: `runbook-exec plan runbooks/deploy.yml -i inventory/ -e version=1.4.2
+    -e artifact=dist/app-1.4.2.tar.gz`
     """
     from ..prepare import prepare
     from ..store.audit import operator_name

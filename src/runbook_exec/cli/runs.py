@@ -84,7 +84,7 @@ def run(
     terminal) or saves the run and exits 3. Ctrl-C stops starting new work and leaves the
     run resumable (exit 130). Exit 0 only when every host succeeded; 1 when any host failed.
 
-    Example: `runbook-exec run runbooks/deploy.yml -i inventory/hosts.ini -e version=1.4.2
+    Example: `runbook-exec run runbooks/deploy.yml -i inventory/ -e version=1.4.2
     --change-id CHG-1042 -m "Q4 release"`
     """
     from ..durations import parse_duration

@@ -44,7 +44,7 @@ def cancel(
     --rollback, the rollback steps run now on the hosts the run changed; a rollback that
     is interrupted is carried on by `resume RUN_ID`, and only the rollback.
 
-    Example: runbook-exec cancel 20261201-101500-a1b2c3 --rollback -m "wrong artifact"
+    Example: `runbook-exec cancel 20261201-101500-a1b2c3 --rollback -m "wrong artifact"`
     """
     from ..service import Service
 
@@ -94,7 +94,7 @@ def rollback(
     --force; hosts already back are left alone. A run that has not ended is refused:
     `cancel RUN_ID --rollback` is the way for those.
 
-    Example: runbook-exec rollback 20261201-101500-a1b2c3 -m "error rate up"
+    Example: `runbook-exec rollback 20261201-101500-a1b2c3 -m "error rate up"`
     """
     from ..service import Service
     from ..views import print_plan
