@@ -98,6 +98,11 @@ def test_good_runbook_loads_with_digest(write: Callable[[str, str], Path]) -> No
             id="bad duration",
         ),
         pytest.param(
+            GOOD + "    delay: 5\n",
+            "rb.yml:6: steps[0] (Hello).delay: 5 has no unit; write 5s, 5m or 5ms",
+            id="duration without a unit",
+        ),
+        pytest.param(
             GOOD + "on_failure: rollback\n",
             "rb.yml:6: on_failure: is 'rollback' but the runbook has no `rollback` steps",
             id="rollback without steps",

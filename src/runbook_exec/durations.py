@@ -10,24 +10,34 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
 def parse_duration(text: str | int | float) -> float:
-    """Seconds in `text`; a bare number is seconds. Raises ValueError with a readable message."""
+    """Seconds in `text`: 30s, 5m, 1h30m, 500ms. A number needs its unit (`wait: 5` could
+    mean seconds or minutes), except 0. Raises ValueError with a readable message."""
     if isinstance(text, bool):
         raise ValueError(f"{text!r} is not a duration")
     if isinstance(text, int | float):
-        if not math.isfinite(text):
-            raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 5m, 1h30m or 500ms")
-        if text < 0:
-            raise ValueError(f"duration {text!r} is negative")
-        return float(text)
+        return _bare(float(text), f"{text:g}")
     spec = text.strip().replace(" ", "")
     try:
-        return parse_duration(float(spec))
+        number = float(spec)
     except ValueError:
         pass
+    else:
+        return _bare(number, spec)
     parts = _PART.findall(spec)
     if not parts or "".join(number + unit for number, unit in parts) != spec:
         raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 5m, 1h30m or 500ms")
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
+
+
+def _bare(number: float, shown: str) -> float:
+    """A number without a unit: only 0 means the same in every unit."""
+    if not math.isfinite(number):
+        raise ValueError(f"{shown!r} is not a duration; write e.g. 30s, 5m, 1h30m or 500ms")
+    if number < 0:
+        raise ValueError(f"duration {shown} is negative")
+    if number != 0:
+        raise ValueError(f"{shown} has no unit; write {shown}s, {shown}m or {shown}ms")
+    return 0.0
 
 
 def format_duration(seconds: float) -> str:

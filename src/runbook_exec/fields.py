@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+)
 
 from .durations import parse_duration
 
@@ -18,10 +25,24 @@ def _templated(value: str) -> str:
     return value
 
 
-def _duration(value: Any) -> Any:
-    if isinstance(value, str) and "{{" not in value:
-        return parse_duration(value)
+def _duration(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, str) and "{{" in value:
+        return value
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        if (info.context or {}).get("rendered"):
+            # A step as rendered: its values are seconds already (a duration parameter
+            # renders as one, and so does a field validated before)
+            return parse_duration(f"{value}s") if _number(value) else parse_duration(value)
+        return parse_duration(value)  # as written: a bare number needs its unit
     return value
+
+
+def _number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 Templated = Annotated[str, AfterValidator(_templated)]

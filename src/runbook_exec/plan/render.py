@@ -104,8 +104,9 @@ class Renderer:
             field = f"strategy.between_batches[{index}]"
             try:
                 wait = gate.wait
-                if isinstance(wait, str):
-                    wait = parse_duration(_hide(render(wait, names)))
+                if isinstance(wait, str):  # rendered: a duration parameter is seconds
+                    text = _hide(render(wait, names)).strip()
+                    wait = parse_duration(f"{text}s" if _seconds(text) else text)
                 approve = _hide(render(gate.approve, names)) if gate.approve else None
             except (TemplateProblem, ValueError) as exc:
                 self._problem(loc, field, str(exc), "(all)")
@@ -333,7 +334,7 @@ def render_action(
         return step
     try:
         whole = step.model_dump(mode="python", exclude_unset=True, by_alias=True)
-        validated = type(step).model_validate({**whole, **rendered})
+        validated = type(step).model_validate({**whole, **rendered}, context={"rendered": True})
     except ValidationError as exc:
         reported: set[tuple[str | int, ...]] = set()
         for error in exc.errors(include_url=False):
@@ -401,3 +402,12 @@ def _data_path(data: Any, loc: Sequence[str | int]) -> tuple[str | int, ...]:
 
 def _join(first: str, second: str) -> str:
     return f"{first}; {second}" if first else second
+
+
+def _seconds(text: str) -> bool:
+    """Whether a rendered duration is a bare number, which a template means as seconds."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
