@@ -24,6 +24,8 @@ BIN = Path(sys.executable).parent
 os.environ["RUNBOOK_EXEC_NO_WARM"] = "1"
 # Audit keys made for new stores go to a folder of the suite's own, not the user's.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="rbx-test-config-")
+# So do stores opened without --db (the default is per user, not per folder).
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="rbx-test-state-")
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +108,12 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
             text=True,
             cwd=cwd or tmp_path,
             timeout=120,
-            env={**os.environ, "COLUMNS": "200", **(env or {})},
+            env={
+                **os.environ,
+                "COLUMNS": "200",
+                "XDG_STATE_HOME": str(tmp_path / ".state"),  # each test its own default store
+                **(env or {}),
+            },
         )
 
     return _run

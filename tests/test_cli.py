@@ -215,3 +215,34 @@ def test_the_readmes_check_and_plan_run_as_written_on_the_shipped_folders(
         done = cli(*shlex.split(line)[1:])
         assert done.returncode == 0, line + "\n" + done.stdout + done.stderr
     assert "web3.example.com" in cli(*shlex.split(lines[1])[1:]).stdout
+
+
+def test_state_lives_in_one_private_place_and_settings_come_from_a_file(
+    cli: Cli, tmp_path: Path
+) -> None:
+    home = {"XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    work = tmp_path / "work"
+    work.mkdir()
+    assert cli("runs", env=home, cwd=work).returncode == 0
+    store = tmp_path / "state" / "runbook-exec" / "state.db"
+    assert store.stat().st_mode & 0o777 == 0o600
+    assert store.parent.stat().st_mode & 0o777 == 0o700
+    missing = cli("show", "nope", env=home, cwd=tmp_path)  # from another folder: same store
+    assert missing.returncode == 2 and f"in the state store {store}" in missing.stderr
+    # A workspace that has its own store keeps it.
+    (work / ".runbook-exec").mkdir()
+    cli("runs", "--db", f"sqlite:///{work / '.runbook-exec' / 'state.db'}", env=home, cwd=work)
+    pinned = cli("show", "nope", env=home, cwd=work)
+    assert "in the state store .runbook-exec/state.db" in pinned.stderr
+
+    (work / "hosts.ini").write_text("h1 ansible_host=127.0.0.1 ansible_port=1\n")
+    (work / "rb.yml").write_text("name: x\ntargets: all\nsteps:\n  - shell: 'true'\n")
+    (tmp_path / "cfg" / "runbook-exec").mkdir(parents=True)
+    (tmp_path / "cfg" / "runbook-exec" / "config.toml").write_text('operator = "from-home"\n')
+    (work / "runbook-exec.toml").write_text('inventory = "hosts.ini"\noperator = "from-work"\n')
+    planned = cli("plan", "rb.yml", "--json", env=home, cwd=work)  # no -i: the file's
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout)["hosts"] == 1
+    (work / "runbook-exec.toml").write_text("inventory = 'hosts.ini'\nfork = 3\n")
+    bad = cli("plan", "rb.yml", env=home, cwd=work)
+    assert bad.returncode == 2 and "runbook-exec.toml: fork: unknown setting" in bad.stderr

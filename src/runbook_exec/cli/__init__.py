@@ -195,7 +195,13 @@ def main(argv: list[str] | None = None) -> Any:
 
     remove_leftovers()  # what killed commands left in their scratch folders
     try:
-        return app(args=argv, standalone_mode=True)
+        from typer.main import get_command
+
+        from ..settings import default_map, load
+
+        settings = load()
+        defaults = default_map(get_command(app), settings) if settings else None
+        return app(args=argv, standalone_mode=True, default_map=defaults)
     except KeyboardInterrupt:
         err().print("interrupted")
         sys.exit(EXIT_INTERRUPTED)

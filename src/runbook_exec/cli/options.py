@@ -13,7 +13,14 @@ from ..errors import InputError, Problem
 if TYPE_CHECKING:
     from ..executor import RunOptions
 
-DEFAULT_DB = "sqlite:///.runbook-exec/state.db"
+DEFAULT_DB = ""  # resolved when the command runs: settings.default_db()
+
+
+def _db(value: str) -> str:
+    from ..settings import default_db
+
+    return value or default_db()
+
 
 DbOpt = Annotated[
     str,
@@ -21,8 +28,12 @@ DbOpt = Annotated[
         "--db",
         envvar="RUNBOOK_EXEC_DB",
         metavar="URL",
-        help="State store: sqlite:///PATH or postgresql://USER@HOST/DB. "
-        "Default: SQLite in .runbook-exec/state.db here; RUNBOOK_EXEC_DB overrides.",
+        callback=_db,
+        show_default=False,
+        help="State store: sqlite:///PATH or postgresql://USER@HOST/DB. Default: "
+        "./.runbook-exec/state.db if the working directory has one, else "
+        "~/.local/state/runbook-exec/state.db ($XDG_STATE_HOME); `db` in runbook-exec.toml "
+        "sets it, RUNBOOK_EXEC_DB overrides.",
     ),
 ]
 OperatorOpt = Annotated[

@@ -98,7 +98,10 @@ class Record:
         row = self.store.get_run(run_id)
         if first is None:
             if row is None:
-                raise NotFound(f"no run {run_id!r} in the state store (see `runbook-exec runs`)")
+                raise NotFound(
+                    f"no run {run_id!r} in the state store {self.store.where} (see "
+                    "`runbook-exec runs`; --db or RUNBOOK_EXEC_DB name another store)"
+                )
             raise RecordAltered(
                 f"run {run_id} is in the runs table, but no audit event records it (inserted, "
                 "or its events removed); nothing from it is shown or used"

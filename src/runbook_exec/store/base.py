@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ class StoreBase:
 
     def __init__(self, engine: Engine, keys: KeyRing | None = None) -> None:
         self.engine = engine
+        self.where = str(engine.url)  # for messages: the file, or the URL without password
         self.keys = keys if keys is not None else KeyRing.load()
         self._local = threading.local()
 
@@ -37,11 +39,7 @@ class StoreBase:
     def open(cls, url: str, keys: KeyRing | None = None) -> Self:
         url = engine_url(url)
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            path = Path(url.removeprefix("sqlite:///"))
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create {path.parent}: {exc.strerror}") from None
+            _private_file(Path(url.removeprefix("sqlite:///")))
         try:
             engine = create_engine(url, future=True, pool_pre_ping=url.startswith("postgresql"))
         except ImportError:
@@ -57,6 +55,9 @@ class StoreBase:
             # read first and then writes fails at once if another writer got in between.
             event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         store = cls(engine, keys)
+        store.where = (
+            _safe_url(url).removeprefix("sqlite:///").replace("postgresql+psycopg", "postgresql")
+        )
         store.migrate()
         return store
 
@@ -162,6 +163,19 @@ def _serialize(connection: Connection, key: int) -> None:
     one of them would lose a whole group commit to the primary key."""
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
+
+
+def _private_file(path: Path) -> None:
+    """The SQLite file made (or kept) for its owner only: it holds commands' output. Its
+    folder is made 0700; SQLite gives its -wal and -shm files the file's mode."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot create the state store {path}: {exc.strerror}") from None
 
 
 def engine_url(url: str) -> str:
