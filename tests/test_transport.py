@@ -240,3 +240,27 @@ def test_commands_outside_a_run_take_no_lock(lab: SshLab) -> None:
     earlier, unmarked = asyncio.run(scenario())
     assert earlier.ok and unmarked.stdout == "free\n"
     assert unmarked.duration < earlier.duration
+
+
+def test_an_http_check_answered_by_something_else_fails_saying_so() -> None:
+    """A port taken by another service (here, one that speaks SSH): a failed check that
+    says what answered, not an internal error."""
+    import socket
+    import threading
+
+    from runbook_exec.transports.http import check_http
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    port = server.getsockname()[1]
+    done = asyncio.run(check_http({"url": f"http://127.0.0.1:{port}/health"}, 5))
+    server.close()
+    assert done.rc == 1 and "not an HTTP answer (BadStatusLine: SSH-2.0" in done.stderr

@@ -290,10 +290,21 @@ def _keygen(path: Path) -> None:
     )
 
 
+_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and never handed out before in this process: an sshd binds its port
+    a moment after it is chosen, and an app port only when a deploy starts the app, so the
+    kernel could offer either again to the next host (an app's health check then reached
+    an sshd)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def _wait_ready(host: LabHost) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import ssl
 import time
 import urllib.error
@@ -37,6 +38,9 @@ def _fetch(spec: Mapping[str, Any], timeout: float) -> tuple[int | None, bytes, 
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return None, b"", f"{spec['url']}: {reason}"
+    except http.client.HTTPException as exc:  # something answered, but not in HTTP
+        said = str(exc).strip()[:100]
+        return None, b"", f"{spec['url']}: not an HTTP answer ({type(exc).__name__}: {said})"
 
 
 async def check_http(spec: Mapping[str, Any], timeout: float) -> CommandResult:
