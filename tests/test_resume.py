@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -401,3 +402,58 @@ def test_resume_reaches_the_hosts_as_planned_or_says_what_changed(
     assert (hosts.host("host3").root / "done").exists()
     exported = runbook_exec("audit", "export").stdout
     assert "run.replanned" in exported and "host3: key_file" in exported
+
+
+def test_on_a_terminal_the_live_view_names_running_and_failed_hosts_and_ends_with_what_next(
+    runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path
+) -> None:
+    """Captured from a real pseudo-terminal: a row per running host with its step and
+    elapsed time, a row per failed host, and after the run the commands that say more."""
+    import os
+    import pty
+    import select
+    import sys
+
+    runbook = (
+        "name: view\ntargets: app\nstrategy: {max_fail_percentage: 50}\nsteps:\n"
+        '  - name: Slow\n    shell: "sleep 3; [ {{ inventory_hostname }} != host2 ]"\n'
+        "  - name: After\n    shell: sleep 1\n"  # the failed row stays in view meanwhile
+    )
+    controller, terminal = pty.openpty()
+    command = [
+        str(Path(sys.executable).with_name("runbook-exec")),
+        "run",
+        str(write("view.yml", runbook)),
+        *hosts.cli_args(),
+        "--db",
+        runbook_exec.db,  # type: ignore[attr-defined]
+    ]
+    process = subprocess.Popen(
+        command,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        cwd=tmp_path,
+        env={**runbook_exec.env, "COLUMNS": "120"},  # type: ignore[attr-defined]
+    )
+    os.close(terminal)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(controller, 65536)
+            except OSError:
+                break
+    process.wait(timeout=30)
+    with contextlib.suppress(OSError):
+        seen += os.read(controller, 65536)
+    os.close(controller)
+    shown = seen.decode(errors="replace")
+    assert process.returncode == 1, shown
+    assert "▶" in shown and "host3" in shown and "Slow" in shown, shown
+    assert any(f"{n}s" in shown for n in (1, 2, 3)), shown  # elapsed time on a running row
+    assert "✗" in shown and "host2" in shown
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    assert f"details: `runbook-exec show {run_id}`" in shown

@@ -27,6 +27,7 @@ from .events import (
 )
 
 OUTPUT_LINES = 12
+HOST_ROWS = 8  # running and failed hosts shown by name in the live view; the rest counted
 STATUS_STYLE = {
     "ok": "green",
     "skipped": "dim",
@@ -54,6 +55,9 @@ class ConsoleRecorder(EventSink):
         self.quiet = quiet
         self.current = 0
         self.steps: dict[tuple[str, int], dict[str, Any]] = {}
+        self.running: dict[str, tuple[str, float]] = {}  # host -> (step, since: monotonic)
+        self.failed: dict[str, str] = {}  # host -> "step: why"
+        self.switched: dict[str, list[str]] = {}  # host -> ["/srv/app 1.0 → 2.0"]
         self.live = self._new_live() if live else None
 
     def _new_live(self) -> Live:
@@ -102,6 +106,9 @@ class ConsoleRecorder(EventSink):
             (section, index), {"name": name, "hosts": 0, "done": Counter(), "section": section}
         )
         entry["hosts"] += len(hosts)
+        now = time.monotonic()
+        for host in hosts:
+            self.running[host] = (name, now)
         if self.live is None:
             where = "rollback " if section == "rollback" else ""
             count = f"{len(hosts)} host{'s' if len(hosts) != 1 else ''}"
@@ -111,6 +118,9 @@ class ConsoleRecorder(EventSink):
         entry = self.steps.get((result.section, result.index))
         if entry is not None:
             entry["done"][result.status] += 1
+        self.running.pop(result.host, None)
+        if result.status in STEP_FAILED and not result.ignored:
+            self.failed[result.host] = f"{result.name}: {result.message}"
         if result.status in STEP_FAILED:
             ignored = " (ignored)" if result.ignored else ""
             self._line(
@@ -155,6 +165,8 @@ class ConsoleRecorder(EventSink):
         was = f" (was {switch.from_version})" if switch.from_version else ""
         pruned = f"; pruned {', '.join(switch.pruned)}" if switch.pruned else ""
         made = f"; artifact sha256 {switch.artifact_sha256[:12]}…" if switch.artifact_sha256 else ""
+        change = f"{switch.root} {switch.from_version or '(none)'} → {switch.to_version}"
+        self.switched.setdefault(host, []).append(change)
         self._line(
             f"  {host}: {switch.root}/current → {switch.to_version}{was}{pruned}{made}", "cyan"
         )
@@ -181,10 +193,31 @@ class ConsoleRecorder(EventSink):
             state = "✓" if finished >= entry["hosts"] else "…"
             label = ("↩ " if entry["section"] == "rollback" else "") + entry["name"]
             table.add_row(state, Text(label), f"{finished}/{entry['hosts']}", marks)
+        hosts = Table.grid(padding=(0, 2))
+        now = time.monotonic()
+        running = sorted(self.running.items(), key=lambda item: item[1][1])
+        for host, (step, since) in running[:HOST_ROWS]:
+            hosts.add_row("▶", Text(host), Text(step), f"{now - since:.0f}s")
+        if len(running) > HOST_ROWS:
+            hosts.add_row("", Text(f"… {len(running) - HOST_ROWS} more running"), "", "")
+        for host, why in list(self.failed.items())[:HOST_ROWS]:
+            hosts.add_row(Text("✗", "red"), Text(host, "red"), Text(why[:80]), "")
+        if len(self.failed) > HOST_ROWS:
+            hosts.add_row("", Text(f"… {len(self.failed) - HOST_ROWS} more failed", "red"), "", "")
         # Text, not markup: the view is drawn again inside each console.print(markup=False)
         # of a line above it, where markup in a plain string would be printed as it is.
         batch = f" · batch {self.current}/{len(self.batches)}"
-        return Group(Text.assemble((f"run {self.run_id}", "bold"), batch), table)
+        return Group(Text.assemble((f"run {self.run_id}", "bold"), batch), table, hosts)
+
+
+def print_changes(console: Console, run_id: str, switched: dict[str, list[str]]) -> None:
+    """After a run: what it changed where, and the commands that say more or undo it."""
+    for host, changes in switched.items():
+        for change in changes:
+            console.print(f"  {escape(host)}: {escape(change)}")
+    console.print(f"details: `runbook-exec show {run_id}`")
+    if switched:
+        console.print(f"to undo it: `runbook-exec rollback {run_id}`")
 
 
 def print_outcome(

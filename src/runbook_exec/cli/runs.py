@@ -176,7 +176,7 @@ def _carry_out(as_json: bool, no_input: bool, batches: Any, go: Any) -> None:
     with its code."""
     import asyncio
 
-    from ..live import ConsoleRecorder, print_outcome
+    from ..live import ConsoleRecorder, print_changes, print_outcome
     from ..runner import summary_json
 
     console = Console(highlight=False, soft_wrap=True, stderr=as_json)
@@ -204,6 +204,8 @@ def _carry_out(as_json: bool, no_input: bool, batches: Any, go: Any) -> None:
         for shown in views:
             shown.stop()
     print_outcome(console, outcome.run_id, outcome.status, outcome.hosts, outcome.exit_code)
+    switched = {h: c for shown in views for h, c in shown.switched.items()}
+    print_changes(console, outcome.run_id, switched)
     if as_json:
         typer.echo(summary_json(outcome))
     raise typer.Exit(outcome.exit_code)
