@@ -227,3 +227,61 @@ def test_plan_check_mode_shows_what_a_playbook_would_change_and_changes_nothing(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "would change" in done.stdout and "Leave a mark" in done.stdout
     assert all(mark(hosts, f"host{i}") == "" for i in range(1, 5))
+
+
+def test_a_control_master_left_by_another_ansible_run_is_never_reused(
+    runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path
+) -> None:
+    """Someone's `ansible` run left a ControlPersist master to host1 (trusting the host by
+    its own known_hosts); a playbook step of ours, with a known_hosts that does not know
+    host1, must check the key itself and refuse, not ride that connection."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**runbook_exec.env, "HOME": str(home)}  # type: ignore[attr-defined]
+    ssh_args = (
+        "-o ControlMaster=auto -o ControlPersist=60s "
+        f"-o UserKnownHostsFile={hosts.known_hosts} -o StrictHostKeyChecking=yes"
+    )
+    theirs = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ansible")),
+            "host1",
+            "-i",
+            str(hosts.inventory),
+            "-m",
+            "ping",
+        ],
+        env={**env, "ANSIBLE_SSH_ARGS": ssh_args},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert theirs.returncode == 0, theirs.stdout + theirs.stderr
+    assert list((home / ".ansible" / "cp").iterdir()), "no control master was left"
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    write("playbooks/mark.yml", MARK)
+    book = write(
+        "runbooks/one.yml", runbook(PLAYBOOK_STEP).replace("targets: app", "targets: host1")
+    )
+    ours = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("runbook-exec")),
+            "run",
+            str(book),
+            "-i",
+            str(hosts.inventory),
+            "--known-hosts",
+            str(empty),
+            "--db",
+            runbook_exec.db,
+        ],  # type: ignore[attr-defined]
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert ours.returncode != 0, ours.stdout + ours.stderr
+    assert "host key is known" in ours.stdout + ours.stderr, ours.stdout
+    assert mark(hosts, "host1") == ""

@@ -43,6 +43,14 @@ def private_folder(purpose: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def process_folder(purpose: str) -> Path:
+    """A folder only this user can enter, kept for the life of this process (for what
+    several steps share, such as Ansible's SSH control sockets)."""
+    folder = _process_folder() / purpose
+    _make_private(folder)
+    return folder
+
+
 def remove_leftovers() -> None:
     """Remove the scratch folders of processes that have ended; a live one's are kept. Cheap
     enough for every command's start: one listing, and a signal 0 per folder."""

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..events import TaskResult
 from ..masking import Secrets
-from ..scratch import private_folder
+from ..scratch import private_folder, process_folder
 
 RESULT_LIMIT = 4096
 PRINTED_LIMIT = 1000  # lines of ansible-playbook's output kept (in memory) to explain a failure
@@ -67,8 +67,13 @@ def one_task_play(name: str, module: str, args: Mapping[str, Any]) -> list[dict[
 
 
 def environment(settings: AnsibleSettings) -> dict[str, str]:
+    """What Ansible is told. Its SSH control sockets live in this process's own folder: a
+    master left by someone's earlier ansible run (ControlPersist, in ~/.ansible/cp) would
+    otherwise be reused, and our known_hosts never consulted."""
     checking = "accept-new" if settings.accept_new_host_keys else "yes"
     return {
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(process_folder("ansible-cp")),
+        "ANSIBLE_SSH_CONTROL_PATH": "%(directory)s/%%C",  # in that folder, whatever is set
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_SSH_ARGS": (
