@@ -427,3 +427,51 @@ def test_ssh_config_gives_what_the_inventory_leaves_out(
     done = runbook_exec("run", runbook, "-i", inventory, env={"HOME": str(home)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert (target.root / "alias").read_text() == "hi\n"
+
+
+def test_ansible_cfg_decides_inventory_user_key_and_become_as_for_ansible(
+    runbook_exec: Run, hosts: SshLab, tmp_path: Path
+) -> None:
+    """A site's ansible.cfg: `inventory =`, remote_user, private_key_file and
+    [privilege_escalation] become — and an inventory that names none of them."""
+    import sys
+
+    become = os.geteuid() == 0 and shutil.which("sudo") is not None
+    if become:
+        hosts.allow_sudo()
+    site = tmp_path / "site"
+    site.mkdir()
+    target = hosts.host("host3")
+    (site / "hosts.ini").write_text(
+        f"[app]\nweb-a ansible_host=127.0.0.1 ansible_port={target.port}\n"
+    )
+    (site / "ansible.cfg").write_text(
+        "[defaults]\ninventory = hosts.ini\n"
+        f"remote_user = {hosts.user}\nprivate_key_file = {hosts.client_key}\n"
+        + ("[privilege_escalation]\nbecome = True\n" if become else "")
+    )
+    (site / "rb.yml").write_text(
+        f"name: cfg\ntargets: app\nsteps:\n  - shell: id -u > {target.root}/who-cfg\n"
+        "  - module:\n      name: ansible.builtin.shell\n"
+        f"      args: {{cmd: id -u > {target.root}/who-module}}\n"
+    )
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("runbook-exec")),
+            "run",
+            "rb.yml",
+            "--known-hosts",
+            str(hosts.known_hosts),
+            "--db",
+            runbook_exec.db,
+        ],  # type: ignore[attr-defined]
+        capture_output=True,
+        text=True,
+        cwd=site,
+        env=runbook_exec.env,  # type: ignore[attr-defined]  # ./ansible.cfg, found as Ansible does
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = "0" if become else str(os.geteuid())
+    assert (target.root / "who-cfg").read_text().strip() == expected
+    assert (target.root / "who-module").read_text().strip() == expected

@@ -100,7 +100,10 @@ class Service:
         recorded = self.record.releases()
         rows = live.recorded(recorded.switches, set(hosts) if hosts is not None else None)
         if check and hosts is not None:
-            options = SshOptions((known_hosts or default_known_hosts()).resolve())
+            from .ansiblecfg import ansible_defaults
+
+            known = (known_hosts or default_known_hosts()).resolve()
+            options = SshOptions(known, ansible=ansible_defaults())
             rows = asyncio.run(live.check(rows, hosts, options))
         return LiveReleases(rows, recorded.flags)
 

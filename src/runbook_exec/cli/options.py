@@ -57,14 +57,29 @@ def out() -> Console:
 RunbookArg = Annotated[
     Path, typer.Argument(help="The runbook YAML file.", show_default=False, metavar="RUNBOOK")
 ]
+
+
+def _inventory(value: list[Path] | None) -> list[Path] | None:
+    """No -i (nor `inventory` in runbook-exec.toml): the inventory Ansible is configured
+    with (ansible.cfg `inventory =`, ANSIBLE_INVENTORY), as ansible-playbook would use."""
+    if value:
+        return value
+    from ..ansiblecfg import ansible_defaults
+
+    configured = [Path(p) for p in ansible_defaults().inventory]
+    return configured or value
+
+
 InventoryOpt = Annotated[
     list[Path] | None,
     typer.Option(
         "--inventory",
         "-i",
         metavar="INVENTORY",
+        callback=_inventory,
         help="Ansible inventory: INI or YAML file, or a directory with group_vars/host_vars. "
-        "Repeatable.",
+        "Repeatable. Default: the one Ansible is configured with (ansible.cfg `inventory =`, "
+        "ANSIBLE_INVENTORY), or `inventory` in runbook-exec.toml.",
     ),
 ]
 ExtraVarsOpt = Annotated[

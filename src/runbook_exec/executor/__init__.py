@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..ansiblecfg import ansible_defaults
 from ..errors import HostKeyError
 from ..events import EventSink, HostStatus, HostStepResult, RunStatus, Section, StepStatus
 from ..inventory import Host
@@ -105,6 +106,7 @@ class Executor:
             context.options.connect_timeout,
             context.options.output_limit,
             self.secrets,
+            ansible_defaults(),
         )
         base = {**context.params.values, "run": {"id": context.run_id, "operator": self.operator}}
         self.names = {h.name: HostVars(h.template_vars(), base) for h in context.hosts}

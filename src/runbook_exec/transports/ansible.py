@@ -70,8 +70,15 @@ def environment(settings: AnsibleSettings) -> dict[str, str]:
     """What Ansible is told. Its SSH control sockets live in this process's own folder: a
     master left by someone's earlier ansible run (ControlPersist, in ~/.ansible/cp) would
     otherwise be reused, and our known_hosts never consulted."""
+    from ..ansiblecfg import ansible_defaults
+
     checking = "accept-new" if settings.accept_new_host_keys else "yes"
+    # ansible-playbook runs in a scratch folder: the ansible.cfg it would have found from
+    # the working directory is named to it.
+    config = ansible_defaults().config_file
+    found = {"ANSIBLE_CONFIG": config} if config and "ANSIBLE_CONFIG" not in os.environ else {}
     return {
+        **found,
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(process_folder("ansible-cp")),
         "ANSIBLE_SSH_CONTROL_PATH": "%(directory)s/%%C",  # in that folder, whatever is set
         "ANSIBLE_PIPELINING": "True",

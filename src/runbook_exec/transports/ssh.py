@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncssh
 
+from ..ansiblecfg import AnsibleDefaults
 from ..errors import HostKeyError
 from ..inventory import Host
 from ..masking import Secrets
@@ -50,6 +51,7 @@ class SshOptions:
     connect_timeout: float = 10.0
     output_limit: int = 64 * 1024
     secrets: Secrets = field(default_factory=Secrets)
+    ansible: AnsibleDefaults = field(default_factory=AnsibleDefaults)  # ansible.cfg, ANSIBLE_*
 
 
 class OutputCapture:
@@ -167,9 +169,13 @@ class SshSession:
         return f"echo $${asks}; exec sh -c {shlex.quote(script)}"
 
     def _become_user(self) -> str | None:
-        if not self.host.become:
+        """Whom commands run as through sudo, if anyone: the inventory's ansible_become
+        (and ansible_become_user) if it says, else Ansible's configuration."""
+        config = self.options.ansible
+        said = "ansible_become" in self.host.vars
+        if not (self.host.become if said else config.become):
             return None
-        return str(self.host.vars.get("ansible_become_user") or "root")
+        return str(self.host.vars.get("ansible_become_user") or config.become_user or "root")
 
     def _learn_login_shell(self, answer: list[str]) -> None:
         """From the probe's answer ($0, the shell's binary, /bin/sh's binary): the login
@@ -228,14 +234,19 @@ async def connect(host: Host, options: SshOptions) -> SshSession:
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
         "encryption_algs": ENCRYPTION_ALGS,
     }
-    # What the inventory says wins; what it leaves out comes from ~/.ssh/config (Port,
-    # User, HostName, IdentityFile, ProxyJump), as with OpenSSH and Ansible, then defaults.
-    if host.port:
-        kwargs["port"] = host.port
-    if host.user:
-        kwargs["username"] = host.user
-    if host.key_file:
-        kwargs["client_keys"] = [host.key_file]
+    # What the inventory says wins, then Ansible's configuration (ansible.cfg, ANSIBLE_*);
+    # what both leave out comes from ~/.ssh/config (Port, User, HostName, IdentityFile,
+    # ProxyJump), as with OpenSSH and Ansible, then defaults.
+    config = options.ansible
+    port = host.port or config.remote_port
+    user = host.user or config.remote_user
+    key_file = host.key_file or config.private_key_file
+    if port:
+        kwargs["port"] = port
+    if user:
+        kwargs["username"] = user
+    if key_file:
+        kwargs["client_keys"] = [key_file]
     known = _known_hosts(options.known_hosts)
     try:
         connection = await asyncssh.connect(host.address, known_hosts=known, **kwargs)
