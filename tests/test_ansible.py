@@ -285,3 +285,26 @@ def test_a_control_master_left_by_another_ansible_run_is_never_reused(
     assert ours.returncode != 0, ours.stdout + ours.stderr
     assert "host key is known" in ours.stdout + ours.stderr, ours.stdout
     assert mark(hosts, "host1") == ""
+
+
+def test_module_args_that_differ_per_host_are_refused_before_anything_runs(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    step = (
+        "  - name: Note\n    module:\n      name: ansible.builtin.copy\n"
+        "      args: {content: x, dest: '{{ lab_root }}/noted'}\n"  # lab_root differs per host
+    )
+    path = write("per-host.yml", runbook(step))
+    checked = runbook_exec("check", path, "-i", hosts.inventory)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert "per-host.yml:9: steps[0] (Note): renders differently on different hosts" in (
+        checked.stderr
+    )
+    done = runbook_exec("run", path)
+    assert done.returncode == 2 and "renders differently" in done.stderr
+    assert not (hosts.host("host1").root / "noted").exists()
+    assert json.loads(runbook_exec("runs", "--json").stdout)["runs"] == []
+    # Left for Ansible to template on each host, it is one set of args, and runs.
+    raw = step.replace("'{{ lab_root }}/noted'", "'{% raw %}{{ lab_root }}{% endraw %}/noted'")
+    assert runbook_exec("run", write("raw.yml", runbook(raw))).returncode == 0
+    assert (hosts.host("host4").root / "noted").exists()

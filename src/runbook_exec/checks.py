@@ -46,6 +46,43 @@ def local_files(runbook_file: RunbookFile, plan: Plan | None) -> Iterator[tuple[
                         yield field, loc, value
 
 
+def per_host_ansible_args(runbook_file: RunbookFile, plan: Plan | None) -> list[Problem]:
+    """A playbook or module step whose vars or args render differently on hosts of one
+    batch: Ansible runs it once for them all, with one set, so it would fail on every host
+    at run time. Refused before anything runs."""
+    from .executor.ansible import PER_HOST_ARGS, ansible_call_key
+    from .steps import Scope
+
+    if plan is None:
+        return []
+    found = []
+    for step in (*plan.steps, *plan.rollback):
+        rendered = step.hosts
+        kinds = {r.step.scope for r in rendered.values() if r.step is not None}
+        if Scope.HOSTS not in kinds:
+            continue
+        for number, batch in enumerate(plan.batches, 1):
+            keys = {
+                ansible_call_key(r.step)
+                for host in batch
+                if (r := rendered.get(host)) is not None
+                and r.step is not None
+                and not r.render_at_run_time
+            }
+            if len(keys) > 1:
+                found.append(
+                    Problem(
+                        f"{PER_HOST_ARGS} (batch {number}: {', '.join(batch[:5])}"
+                        f"{', …' if len(batch) > 5 else ''})",
+                        runbook_file.display_path,
+                        runbook_file.line_of((step.section, step.index)),
+                        runbook_file.step_field(step.section, step.index),
+                    )
+                )
+                break
+    return found
+
+
 def braced_whens(runbook_file: RunbookFile) -> list[Problem]:
     """Warnings, not problems: each `when:` written as a template (`"{{ x }}"`), which is
     read as the expression inside it."""

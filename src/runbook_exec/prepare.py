@@ -124,6 +124,7 @@ def _beyond_the_plan(runbook_file: RunbookFile, plan: Plan | None) -> list[Probl
     anything connects: the local files the steps need, what the controller needs to run
     each kind, and every playbook's syntax."""
     return [
+        *checks.per_host_ansible_args(runbook_file, plan),
         *checks.missing_files(runbook_file, plan),
         *checks.requirements(runbook_file),
         *checks.playbook_syntax(runbook_file),

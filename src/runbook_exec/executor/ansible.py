@@ -39,13 +39,9 @@ class AnsibleStep:
                 self.ex.finish(number, action)
             else:
                 actions[host] = action
-        shared = {json.dumps(_ansible_fields(a.action()), sort_keys=True) for a in actions.values()}
+        shared = {ansible_call_key(a) for a in actions.values()}
         if len(shared) > 1:
-            why = (
-                "renders differently on different hosts, but Ansible takes one set of vars "
-                "and args per run: put host-specific values in the inventory or the playbook, "
-                "or wrap them in {% raw %}…{% endraw %} so that Ansible templates them per host"
-            )
+            why = PER_HOST_ARGS
             for host in actions:
                 self.ex.finish(
                     number,
@@ -187,6 +183,19 @@ class AnsibleStep:
             attempts=attempts,
             ignored=status != StepStatus.OK and step.ignore_errors,
         )
+
+
+PER_HOST_ARGS = (
+    "renders differently on different hosts, but Ansible takes one set of vars and args per "
+    "run: put host-specific values in the inventory or the playbook, or wrap them in "
+    "{% raw %}…{% endraw %} so that Ansible templates them per host"
+)
+
+
+def ansible_call_key(step: StepBase) -> str:
+    """What must be the same on every host of one ansible-playbook run (not `creates` or
+    `unless`, which are checked per host)."""
+    return json.dumps(_ansible_fields(step.action()), sort_keys=True, default=str)
 
 
 def _ansible_fields(action: Mapping[str, Any]) -> dict[str, Any]:
