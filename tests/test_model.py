@@ -182,6 +182,11 @@ def test_all_problems_are_reported_not_only_the_first(write: Callable[[str, str]
     text = GOOD + "    timeot: 3s\n  - shel: x\nstrategy:\n  batches: [0]\n"
     found = problems_of(write("rb.yml", text))
     assert len(found) == 3, found
+    # Template syntax too, in the same pass as wrong fields (not only on the next try).
+    text = text.replace("strategy:", "  - shell: 'echo {{ broken'\nstrategy:")
+    found = problems_of(write("rb.yml", text))
+    assert len(found) == 4, found
+    assert any(p.startswith("rb.yml:8: steps[2].shell: template syntax") for p in found), found
 
 
 def test_anchors_aliases_and_merge_keys_work(write: Callable[[str, str], Path]) -> None:

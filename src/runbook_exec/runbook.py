@@ -7,6 +7,7 @@ import functools
 import hashlib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,50 @@ def _validated(path: Path, shown: str, text: str, data: Any, source: SourceMap) 
     try:
         runbook = Runbook.model_validate(data)
     except ValidationError as exc:
-        raise RunbookError(_problems(exc, source, data)) from None
+        problems = _problems(exc, source, data)
+        known = {(p.line, p.field) for p in problems}
+        more = [p for p in _template_problems(data, source) if (p.line, p.field) not in known]
+        raise RunbookError(problems + more) from None
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return RunbookFile(path, shown, text, digest, runbook, source)
+
+
+def _template_problems(data: Mapping[str, Any], source: SourceMap) -> list[Problem]:
+    """Template syntax in the steps as written, for a runbook whose fields are wrong too:
+    `check` reports both in one pass instead of the templates only on the next try."""
+    from .templating import TemplateProblem, names_used
+
+    problems = []
+
+    def walk(value: Any, loc: Loc) -> None:
+        if isinstance(value, str):
+            expression = loc[-1] == "when"
+            text = value.strip().removeprefix("{{").removesuffix("}}") if expression else value
+            try:
+                names_used(text, expression=expression)
+            except TemplateProblem as exc:
+                problems.append(Problem(str(exc), source.path, source.line_of(loc), _dotted(loc)))
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                if key != "assert":  # expressions, checked once the model holds
+                    walk(item, (*loc, str(key)))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, (*loc, index))
+
+    for section in ("steps", "rollback"):
+        steps = data.get(section)
+        if isinstance(steps, list):
+            walk(steps, (section,))
+    return problems
+
+
+def _dotted(loc: Loc) -> str:
+    """("steps", 2, "shell") as steps[2].shell."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
 
 
 def _problems(exc: ValidationError, source: SourceMap, data: Any) -> list[Problem]:
