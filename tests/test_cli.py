@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -246,3 +247,72 @@ def test_state_lives_in_one_private_place_and_settings_come_from_a_file(
     (work / "runbook-exec.toml").write_text("inventory = 'hosts.ini'\nfork = 3\n")
     bad = cli("plan", "rb.yml", env=home, cwd=work)
     assert bad.returncode == 2 and "runbook-exec.toml: fork: unknown setting" in bad.stderr
+
+
+def test_a_wheel_from_a_copy_of_the_tree_writes_nothing_there_and_init_makes_a_workspace(
+    tmp_path: Path,
+) -> None:
+    """`pip install .` from a read-only tree: the build writes nothing into it; the wheel
+    carries the examples, and `init` makes a workspace that `plan` works in."""
+    tree = tmp_path / "tree"
+    skip = shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", "*.egg-info", ".runbook-exec", "build", "dist", ".*cache"
+    )
+    shutil.copytree(REPO, tree, ignore=skip)
+    before = sorted(str(p) for p in tree.rglob("*"))
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(tree),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    assert sorted(str(p) for p in tree.rglob("*")) == before  # nothing written into the tree
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # The dependencies are this environment's (not its editable copy of runbook-exec).
+    ours = next(Path(p) for p in sys.path if p.endswith("site-packages"))
+    (next(venv.glob("lib/python*/site-packages")) / "deps.pth").write_text(f"{ours}\n")
+    (wheel,) = wheels.glob("runbook_exec-*.whl")
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    tool = str(venv / "bin" / "runbook-exec")
+    env = {**os.environ, "RUNBOOK_EXEC_NO_WARM": "1", "XDG_STATE_HOME": str(tmp_path / "state")}
+    made = subprocess.run(
+        [tool, "init", "site"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "site" / "runbooks" / "deploy.yml").is_file()
+    planned = subprocess.run(
+        [tool, "plan", "runbooks/restart.yml"],
+        cwd=tmp_path / "site",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "web1.example.com" in planned.stdout
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import runbook_exec; print(runbook_exec.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert str(venv) in where.stdout  # the wheel's copy ran, not the source tree

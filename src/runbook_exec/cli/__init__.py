@@ -20,7 +20,7 @@ from ..errors import (
     Problem,
     RunbookExecError,
 )
-from . import runs, undo
+from . import init, runs, undo
 from .audit import audit_app
 from .helptext import plain_metavars
 from .options import (
@@ -179,6 +179,7 @@ for command in (
     runs.show,
     runs.releases,
     runs.unlock,
+    init.init,
 ):
     app.command()(command)
 app.add_typer(audit_app, name="audit")
