@@ -89,7 +89,11 @@ def prepare_file(
     params = hosts = None
     try:
         given = parse_extra_vars(list(extra_vars))
+        declared = runbook_file.runbook.params
         for name, value in (given_values or {}).items():
+            param = declared.get(name)
+            if param is not None and param.type == "duration" and _number(value):
+                value = f"{value}s"  # recorded as seconds; as written, a number needs its unit
             given.setdefault(name, GivenValue(value, "the run's record"))
         params = resolve_params(runbook_file, given, environ or os.environ, Path.cwd())
     except InputError as exc:
@@ -198,3 +202,7 @@ def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, Playb
         return results
 
     return asyncio.run(all_steps())
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
