@@ -28,6 +28,8 @@ CASES = [
     ('x=1; [ "$x" = 1 ] && echo set', 0, "set\n", ""),
     # nothing of the guard around it is left for the command to see
     ("set | grep -c '^rbx_'; command -v rbx_kill || echo none", 0, "0\nnone\n", ""),
+    # signals as sh -c leaves them: SIGINT is not ignored (as it is in a background job)
+    ("sh -c 'kill -INT $$; exit 0'; echo $?", 0, "130\n", ""),
 ]
 
 
@@ -264,3 +266,52 @@ def test_an_http_check_answered_by_something_else_fails_saying_so() -> None:
     done = asyncio.run(check_http({"url": f"http://127.0.0.1:{port}/health"}, 5))
     server.close()
     assert done.rc == 1 and "not an HTTP answer (BadStatusLine: SSH-2.0" in done.stderr
+
+
+def test_a_command_is_its_own_shell_and_what_it_starts_in_the_background_is_its_own(
+    hosts: SshLab,
+) -> None:
+    """`$$` is the shell running the command (so `echo $$ > pidfile; exec daemon` names the
+    daemon); a job a command starts in the background and leaves running is not ended when
+    the command ends (a daemon started with nohup, say)."""
+    host = lab_host(hosts, "host1")
+
+    async def scenario() -> CommandResult:
+        session = await connect(host, SshOptions(hosts.known_hosts))
+        try:
+            mark = Mark("r1", "steps.0", 1)
+            await session.run("sleep 107 >/dev/null 2>&1 &", 30, mark)
+            return await session.run("echo $$; exec sh -c 'echo $$'", 30, mark)
+        finally:
+            await session.close()
+
+    same = asyncio.run(scenario())
+    first, second = same.stdout.split()
+    assert first == second, same.stdout
+    time.sleep(0.5)
+    assert running("sleep 107"), "a job the command left running was ended with it"
+    subprocess.run(["pkill", "-f", "^sleep 107$"], check=False)
+
+
+def test_a_command_that_waits_its_turn_never_starts_once_its_controller_gave_up(
+    hosts: SshLab,
+) -> None:
+    log = hosts.host("host2").root / "log"
+    host = lab_host(hosts, "host2")
+
+    async def scenario() -> CommandResult:
+        first, second = [await connect(host, SshOptions(hosts.known_hosts)) for _ in range(2)]
+        try:
+            earlier = asyncio.ensure_future(first.run(logged(log, 5), 60, Mark("r1", "s.0", 1)))
+            while not events(log):
+                await asyncio.sleep(0.05)
+            late = await second.run(logged(log, 0), 2, Mark("r2", "s.0", 1))  # gives up
+            await earlier
+            return late
+        finally:
+            await asyncio.gather(first.close(), second.close())
+
+    late = asyncio.run(scenario())
+    assert late.timed_out
+    time.sleep(1)
+    assert [w for w, _ in events(log)] == ["start", "end"]  # r2's command never ran

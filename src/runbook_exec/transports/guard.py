@@ -4,27 +4,31 @@ controller and two attempts at a step never run there at once.
 The login shell is the session and process-group leader sshd made it (no terminal is
 allocated). It prints its pid, keeps the channel's stdin aside, and then:
 
-- looks for a command still running on the host for this login: its wrapper and watchdog
-  keep ~/.cache/runbook-exec/<host>-<port>.lock open as fd 9, and wrote their pids, run, step and
-  attempt into it. "Still running" is one of those two pids holding that very file open
-  (/proc/PID/fd/9), which a reused pid cannot fake. An attempt of the same run waits a few
-  seconds for its predecessor to go, then ends it (TERM, then KILL): only an attempt whose
-  controller is gone can still be there (a crash, a timeout, a connection that dropped
-  without a word). A command of another run waits its turn.
-- runs the command in the background with stdin from /dev/null and fd 9 closed;
 - starts a watchdog that blocks reading the channel's stdin. The controller never writes
-  there and never sends EOF, so the read returns only when the channel closes: the
-  controller died, gave up on the command (timeout, a second Ctrl-C) or lost the
-  connection. The watchdog then ends the whole process group — TERM, a grace period, KILL —
-  holding the lock file open until it is done, so the next attempt waits for all of it.
+  there and never sends EOF, so the read returns only when the channel closes. If the
+  command is still running then, its controller died, gave up on it (timeout, a second
+  Ctrl-C) or lost the connection: the watchdog ends the whole process group — TERM, up to
+  2 s while the command is still there, KILL. If the command had ended, the watchdog just
+  goes: what the command started in the background and left running is its own (a job
+  that keeps the command's output open holds the step until its timeout, as with ssh).
   A TERM to the group (a later attempt ending this one) sets it off the same way.
+- looks for a command still running on the host for this login: its wrapper (and, while
+  ending it, its watchdog) keep ~/.cache/runbook-exec/<host>-<port>.lock open as fd 9, and
+  wrote their pids, run, step and attempt into it. "Still running" is one of those two pids
+  holding that very file open (/proc/PID/fd/9), which a reused pid cannot fake. An attempt
+  of the same run waits a few seconds for its predecessor to go, then ends it (TERM, then
+  KILL): only an attempt whose controller is gone can still be there (a crash, a timeout,
+  a connection that dropped without a word). A command of another run (another store's)
+  waits its turn; two that start at the same instant are not kept apart.
+  The watchdog runs already while it waits, so a controller that gives up meanwhile ends
+  the wait too, and the command never starts.
+- runs the command in the foreground, as `sh -c` does (its own `$$`, default signals),
+  with stdin from /dev/null; the wrapper catches TERM only to outlive its command, so the
+  watchdog can give the command its grace period.
 
-The script's own names start with `rbx_` and are unset before the command runs, so the
-command sees what `sh -c` would give it. All of it is shell built-ins (a fork for the
-command and one for the watchdog), so it costs the host about half a millisecond a command.
-Processes that leave the group (`setsid`, a service manager) are not the command's to end.
-Without /proc (not Linux) the watchdog still works and the check for a running predecessor
-is skipped.
+Besides the two forks, all of it is shell built-ins: it costs the host about a millisecond
+a command. Without /proc (not Linux) the watchdog still works and the check for a running
+predecessor is skipped.
 """
 
 from __future__ import annotations
@@ -50,57 +54,30 @@ class Mark:
 # (dash has no `--`, and procps' /bin/kill reads `-TERM -123` as signal 123's neighbours).
 SCRIPT = """\
 exec 3<&0 </dev/null
-rbx_mark=
+rbx_lock=
 {kill}
 if [ -d /proc/$$ ]; then
   rbx_alive() {{ [ -d "/proc/$1" ]; }}
 else
   rbx_alive() {{ rbx_kill -0 "$1"; }}
 fi
+trap : TERM
 if [ -n "{lock}" ] && [ -d /proc/$$/fd ]; then
   rbx_lock="$HOME/.cache/runbook-exec/{lock}.lock"
   [ -d "${{rbx_lock%/*}}" ] || mkdir -p "${{rbx_lock%/*}}" 2>/dev/null
-  if {{ command exec 9>>"$rbx_lock"; }} 2>/dev/null; then
-    rbx_held() {{
-      read -r rbx_pg rbx_wd rbx_run rbx_step rbx_try <"$rbx_lock" 2>/dev/null &&
-        [ "$rbx_pg" != $$ ] && {{
-          [ "/proc/$rbx_pg/fd/9" -ef "$rbx_lock" ] || [ "/proc/$rbx_wd/fd/9" -ef "$rbx_lock" ]
-        }}
-    }}
-    rbx_gone() {{
-      rbx_n=0
-      while rbx_held; do
-        [ $rbx_n -ge $1 ] && return 1
-        sleep 0.1 || sleep 1; rbx_n=$((rbx_n + 1))
-      done
-    }}
-    if rbx_held && ! rbx_gone {wait}; then
-      if [ "$rbx_run" = {run} ]; then
-        echo "runbook-exec: ending attempt $rbx_try of $rbx_step, still running here" \\
-          "(process group $rbx_pg)" >&2
-        rbx_kill -TERM -"$rbx_pg"
-        rbx_gone {wait} || {{ rbx_kill -KILL -"$rbx_pg"; rbx_gone 600; }}
-      else
-        echo "runbook-exec: waiting for run $rbx_run to finish $rbx_step here" \\
-          "(process group $rbx_pg)" >&2
-        while rbx_held; do sleep 0.1 || sleep 1; done
-      fi
-    fi
-    rbx_mark="{run} {step} {attempt}"
-  fi
+  {{ command exec 9>>"$rbx_lock"; }} 2>/dev/null || rbx_lock=
 fi
 (
-  exec 3<&- 9>&-
-  unset rbx_mark rbx_lock rbx_pg rbx_wd rbx_run rbx_step rbx_try rbx_n
-  unset -f rbx_kill rbx_alive rbx_held rbx_gone
-  eval {command}
-) &
-rbx_cmd=$!
-(
+  exec 9>&-
   rbx_end() {{
-    trap '' TERM; rbx_kill -TERM -$$
+    trap '' TERM
+    rbx_alive $$ || exit 0  # it ended by itself: jobs it left running are its own
+    if [ -n "$rbx_lock" ]; then
+      exec 9>>"$rbx_lock"  # the command may still run: hold the host until it is gone
+    fi
+    rbx_kill -TERM -$$
     rbx_i=0
-    while [ $rbx_i -lt {ticks} ] && rbx_alive "$rbx_cmd"; do
+    while [ $rbx_i -lt {ticks} ] && rbx_alive $$; do
       sleep 0.1 || sleep 1; rbx_i=$((rbx_i + 1))
     done
     rbx_kill -KILL -$$
@@ -108,10 +85,36 @@ rbx_cmd=$!
   trap rbx_end TERM; read -r _ <&3; rbx_end
 ) >/dev/null 2>&1 &
 rbx_wd=$!
-[ -n "$rbx_mark" ] && echo "$$ $rbx_wd $rbx_mark" >"$rbx_lock"
-wait "$rbx_cmd"; rbx_rc=$?
-kill -KILL "$rbx_wd" 2>/dev/null; wait "$rbx_wd" 2>/dev/null
-exit $rbx_rc
+if [ -n "$rbx_lock" ]; then
+  rbx_held() {{
+    read -r rbx_pg rbx_hw rbx_run rbx_step rbx_try <"$rbx_lock" 2>/dev/null &&
+      [ "$rbx_pg" != $$ ] && {{
+        [ "/proc/$rbx_pg/fd/9" -ef "$rbx_lock" ] || [ "/proc/$rbx_hw/fd/9" -ef "$rbx_lock" ]
+      }}
+  }}
+  rbx_gone() {{
+    rbx_n=0
+    while rbx_held; do
+      [ $rbx_n -ge $1 ] && return 1
+      sleep 0.1 || sleep 1; rbx_n=$((rbx_n + 1))
+    done
+  }}
+  if rbx_held && ! rbx_gone {wait}; then
+    if [ "$rbx_run" = {run} ]; then
+      echo "runbook-exec: ending attempt $rbx_try of $rbx_step, still running here" \\
+        "(process group $rbx_pg)" >&2
+      rbx_kill -TERM -"$rbx_pg"
+      rbx_gone {wait} || {{ rbx_kill -KILL -"$rbx_pg"; rbx_gone 600; }}
+    else
+      echo "runbook-exec: waiting for run $rbx_run to finish $rbx_step here" \\
+        "(process group $rbx_pg)" >&2
+      while rbx_held; do sleep 0.1 || sleep 1; done
+    fi
+  fi
+  echo "$$ $rbx_wd {run} {step} {attempt}" >"$rbx_lock"
+fi
+(exec 3<&- 9>&- && exec sh -c {command})
+exit $?
 """
 
 PLAIN_KILL = 'rbx_kill() { kill "$@" 2>/dev/null; }'
