@@ -51,6 +51,19 @@ def process_folder(purpose: str) -> Path:
     return folder
 
 
+def socket_folder(purpose: str) -> Path:
+    """`process_folder(purpose)`, or, when that path is too long for a unix socket under
+    it (108 bytes, less a socket's name; a long TMPDIR), a private folder of this process
+    in /tmp, removed when it exits."""
+    folder = process_folder(purpose)
+    if len(str(folder)) <= 60:
+        return folder
+    short = Path("/tmp") / f"rbx-{os.getuid()}-{os.getpid()}-{purpose}"
+    _make_private(short)
+    atexit.register(shutil.rmtree, short, ignore_errors=True)
+    return short
+
+
 def remove_leftovers() -> None:
     """Remove the scratch folders of processes that have ended; a live one's are kept. Cheap
     enough for every command's start: one listing, and a signal 0 per folder."""

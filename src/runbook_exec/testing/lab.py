@@ -167,7 +167,7 @@ class SshLab:
             start_new_session=True,
         )
         log.close()
-        return LabHost(name, port, host_dir, process, app_port=_free_port())
+        return LabHost(name, port, host_dir, process, app_port=_app_port())
 
     def _write_known_hosts(self) -> None:
         lines = []
@@ -291,6 +291,29 @@ def _keygen(path: Path) -> None:
 
 
 _GIVEN: set[int] = set()
+
+
+def _app_port() -> int:
+    """A port for a host's app, below the range the kernel gives outgoing connections (the
+    app binds it only when a deploy starts it; meanwhile an ssh or database client could
+    have been given the same number as its own end), free now, never handed out before."""
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    while True:
+        port = random.randrange(10000, max(low, 10001))
+        if port in _GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
 
 
 def _free_port() -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..events import TaskResult
 from ..masking import Secrets
-from ..scratch import private_folder, process_folder
+from ..scratch import private_folder, socket_folder
 
 RESULT_LIMIT = 4096
 PRINTED_LIMIT = 1000  # lines of ansible-playbook's output kept (in memory) to explain a failure
@@ -79,8 +79,9 @@ def environment(settings: AnsibleSettings) -> dict[str, str]:
     found = {"ANSIBLE_CONFIG": config} if config and "ANSIBLE_CONFIG" not in os.environ else {}
     return {
         **found,
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(process_folder("ansible-cp")),
-        "ANSIBLE_SSH_CONTROL_PATH": "%(directory)s/%%C",  # in that folder, whatever is set
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(socket_folder("ansible-cp")),
+        # Ansible's own short name for each socket, in that folder, whatever a user set
+        "ANSIBLE_SSH_CONTROL_PATH": "",
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_SSH_ARGS": (
