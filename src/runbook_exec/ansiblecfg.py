@@ -84,11 +84,11 @@ def _read() -> AnsibleDefaults:
 
 
 def _fingerprint() -> str:
-    from importlib.metadata import version
+    from .inventory import ansible_version
 
     digest = hashlib.sha256()
     settings = sorted((k, v) for k, v in os.environ.items() if k.startswith("ANSIBLE_"))
-    digest.update(json.dumps([version("ansible-core"), settings, os.getcwd()]).encode())
+    digest.update(json.dumps([ansible_version(), settings, os.getcwd()]).encode())
     for raw in (os.environ.get("ANSIBLE_CONFIG", ""), *_CANDIDATES):
         path = Path(raw).expanduser() if raw else None
         try:

@@ -8,6 +8,7 @@ is imported only when an inventory is loaded, and its warnings are captured here
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -210,12 +211,29 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RUNBOOK_EXEC_CACHE", Path(base) / "runbook-exec"))
 
 
-def _fingerprint(sources: Sequence[str | Path], pattern: str, limit: str | None) -> str | None:
+@functools.lru_cache(maxsize=1)
+def ansible_version() -> str:
+    """ansible-core's version, read from its release.py: importing `ansible` or
+    `importlib.metadata` for it would cost some 35 ms a command."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ansible")
+    if spec is not None and spec.origin:
+        try:
+            text = (Path(spec.origin).parent / "release.py").read_text()
+        except OSError:
+            text = ""
+        if found := re.search(r"__version__ = ['\"]([^'\"]+)", text):
+            return found.group(1)
     from importlib.metadata import version
 
+    return version("ansible-core")
+
+
+def _fingerprint(sources: Sequence[str | Path], pattern: str, limit: str | None) -> str | None:
     digest = hashlib.sha256()
     settings = sorted((k, v) for k, v in os.environ.items() if k.startswith("ANSIBLE_"))
-    digest.update(json.dumps([version("ansible-core"), settings, pattern, limit]).encode())
+    digest.update(json.dumps([ansible_version(), settings, pattern, limit]).encode())
     files: list[Path] = []
     if limit and limit.startswith("@"):
         files.append(Path(limit[1:]))
