@@ -229,19 +229,20 @@ def test_commands_outside_a_run_take_no_lock(lab: SshLab) -> None:
     """What `releases --check` asks a host does not wait behind a run's command."""
     host = lab_host(lab, "web3")
 
-    async def scenario() -> tuple[CommandResult, CommandResult]:
+    async def scenario() -> tuple[CommandResult, CommandResult, bool]:
         first, second = [await connect(host, SshOptions(lab.known_hosts)) for _ in range(2)]
         try:
             earlier = asyncio.ensure_future(first.run("sleep 3", 60, Mark("r1", "steps.0", 1)))
             await asyncio.sleep(0.5)
             unmarked = await second.run("echo free", 60)
-            return await earlier, unmarked
+            overtook = not earlier.done()  # it answered while the run's command still ran
+            return await earlier, unmarked, overtook
         finally:
             await asyncio.gather(first.close(), second.close())
 
-    earlier, unmarked = asyncio.run(scenario())
+    earlier, unmarked, overtook = asyncio.run(scenario())
     assert earlier.ok and unmarked.stdout == "free\n"
-    assert unmarked.duration < earlier.duration
+    assert overtook
 
 
 def test_an_http_check_answered_by_something_else_fails_saying_so() -> None:
