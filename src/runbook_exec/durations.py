@@ -29,6 +29,23 @@ def parse_duration(text: str | int | float) -> float:
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
 
 
+def as_seconds(value: str | int | float) -> float:
+    """A duration that was rendered or recorded, not written: a bare number is seconds
+    (what a duration parameter renders as, and how the record keeps one)."""
+    return parse_duration(f"{value}s" if is_number(value) else value)
+
+
+def is_number(value: object) -> bool:
+    """A number, or text that is one ("0.1"); never a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _bare(number: float, shown: str) -> float:
     """A number without a unit: only 0 means the same in every unit."""
     if not math.isfinite(number):

@@ -14,7 +14,7 @@ from pydantic import (
     ValidationInfo,
 )
 
-from .durations import parse_duration
+from .durations import as_seconds, parse_duration
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -32,17 +32,9 @@ def _duration(value: Any, info: ValidationInfo) -> Any:
         if (info.context or {}).get("rendered"):
             # A step as rendered: its values are seconds already (a duration parameter
             # renders as one, and so does a field validated before)
-            return parse_duration(f"{value}s") if _number(value) else parse_duration(value)
+            return as_seconds(value)
         return parse_duration(value)  # as written: a bare number needs its unit
     return value
-
-
-def _number(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 Templated = Annotated[str, AfterValidator(_templated)]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import checks
+from .durations import is_number
 from .errors import InputError, Problem
 from .inventory import Host, select_hosts
 from .params import GivenValue, ResolvedParams, parse_extra_vars, resolve_params
@@ -92,7 +93,7 @@ def prepare_file(
         declared = runbook_file.runbook.params
         for name, value in (given_values or {}).items():
             param = declared.get(name)
-            if param is not None and param.type == "duration" and _number(value):
+            if param is not None and param.type == "duration" and is_number(value):
                 value = f"{value}s"  # recorded as seconds; as written, a number needs its unit
             given.setdefault(name, GivenValue(value, "the run's record"))
         params = resolve_params(runbook_file, given, environ or os.environ, Path.cwd())
@@ -202,7 +203,3 @@ def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, Playb
         return results
 
     return asyncio.run(all_steps())
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

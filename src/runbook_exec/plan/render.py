@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..durations import parse_duration
+from ..durations import as_seconds
 from ..errors import Problem
 from ..inventory import Host
 from ..masking import MASK
@@ -105,8 +105,7 @@ class Renderer:
             try:
                 wait = gate.wait
                 if isinstance(wait, str):  # rendered: a duration parameter is seconds
-                    text = _hide(render(wait, names)).strip()
-                    wait = parse_duration(f"{text}s" if _seconds(text) else text)
+                    wait = as_seconds(_hide(render(wait, names)).strip())
                 approve = _hide(render(gate.approve, names)) if gate.approve else None
             except (TemplateProblem, ValueError) as exc:
                 self._problem(loc, field, str(exc), "(all)")
@@ -402,12 +401,3 @@ def _data_path(data: Any, loc: Sequence[str | int]) -> tuple[str | int, ...]:
 
 def _join(first: str, second: str) -> str:
     return f"{first}; {second}" if first else second
-
-
-def _seconds(text: str) -> bool:
-    """Whether a rendered duration is a bare number, which a template means as seconds."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
