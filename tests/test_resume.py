@@ -71,6 +71,40 @@ def latest_run(runbook_exec: Run) -> dict[str, object]:
     return json.loads(done.stdout)["runs"][0]  # type: ignore[no-any-return]
 
 
+def on_a_terminal(
+    command: list[str], cwd: Path, env: dict[str, str], answer: bytes | None = None
+) -> tuple[int, bytes, bool]:
+    """Run `command` on a real pseudo-terminal until it exits: its exit code, all it wrote
+    there, and whether `answer` was typed (once, at the first `[y/N]` prompt)."""
+    import os
+    import pty
+    import select
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        command, stdin=terminal, stdout=terminal, stderr=terminal, cwd=cwd, env=env
+    )
+    os.close(terminal)
+    seen = b""
+    answered = False
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(controller, 65536)
+            except OSError:
+                break
+        if answer is not None and not answered and b"[y/N]" in seen:
+            os.write(controller, answer)
+            answered = True
+    process.wait(timeout=30)
+    with contextlib.suppress(OSError):
+        seen += os.read(controller, 65536)
+    os.close(controller)
+    return process.returncode, seen, answered
+
+
 @pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
 def test_kill_9_in_batch_2_then_resume_runs_every_step_once_per_host(
     runbook_exec: Run, write: Write, hosts: SshLab
@@ -251,13 +285,9 @@ def test_runs_and_show_tell_who_did_what_and_why(
 def test_on_a_terminal_the_gate_asks_and_records_who_said_yes(
     runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path
 ) -> None:
-    import os
-    import pty
-    import select
     import sys
 
     path = write("rb.yml", GATED)
-    controller, terminal = pty.openpty()
     command = [
         str(Path(sys.executable).with_name("runbook-exec")),
         "run",
@@ -271,32 +301,14 @@ def test_on_a_terminal_the_gate_asks_and_records_who_said_yes(
         "--operator",
         "carol",  # type: ignore[attr-defined]
     ]
-    process = subprocess.Popen(
+    code, seen, answered = on_a_terminal(
         command,
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
-        cwd=tmp_path,
-        env={**runbook_exec.env, "COLUMNS": "120"},  # type: ignore[attr-defined]
+        tmp_path,
+        {**runbook_exec.env, "COLUMNS": "120"},
+        answer=b"y\n",  # type: ignore[attr-defined]
     )
-    os.close(terminal)
-    seen = b""
-    deadline = time.monotonic() + 60
-    answered = False
-    while process.poll() is None and time.monotonic() < deadline:
-        ready, _, _ = select.select([controller], [], [], 0.2)
-        if ready:
-            try:
-                seen += os.read(controller, 65536)
-            except OSError:
-                break
-        if not answered and b"[y/N]" in seen:
-            os.write(controller, b"y\n")
-            answered = True
-    process.wait(timeout=30)
-    os.close(controller)
     assert answered, seen.decode(errors="replace")
-    assert process.returncode == 0, seen.decode(errors="replace")
+    assert code == 0, seen.decode(errors="replace")
     assert b"[bold]" not in seen and b"[/]" not in seen  # the live view's markup, rendered
     assert all((hosts.host(h).root / "done").exists() for h in ("host2", "host3", "host4"))
     run_id = str(latest_run(runbook_exec)["run_id"])
@@ -409,9 +421,6 @@ def test_on_a_terminal_the_live_view_names_running_and_failed_hosts_and_ends_wit
 ) -> None:
     """Captured from a real pseudo-terminal: a row per running host with its step and
     elapsed time, a row per failed host, and after the run the commands that say more."""
-    import os
-    import pty
-    import select
     import sys
 
     runbook = (
@@ -419,7 +428,6 @@ def test_on_a_terminal_the_live_view_names_running_and_failed_hosts_and_ends_wit
         '  - name: Slow\n    shell: "sleep 3; [ {{ inventory_hostname }} != host2 ]"\n'
         "  - name: After\n    shell: sleep 1\n"  # the failed row stays in view meanwhile
     )
-    controller, terminal = pty.openpty()
     command = [
         str(Path(sys.executable).with_name("runbook-exec")),
         "run",
@@ -428,30 +436,13 @@ def test_on_a_terminal_the_live_view_names_running_and_failed_hosts_and_ends_wit
         "--db",
         runbook_exec.db,  # type: ignore[attr-defined]
     ]
-    process = subprocess.Popen(
+    code, seen, _ = on_a_terminal(
         command,
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
-        cwd=tmp_path,
-        env={**runbook_exec.env, "COLUMNS": "120"},  # type: ignore[attr-defined]
+        tmp_path,
+        {**runbook_exec.env, "COLUMNS": "120"},  # type: ignore[attr-defined]
     )
-    os.close(terminal)
-    seen = b""
-    deadline = time.monotonic() + 60
-    while process.poll() is None and time.monotonic() < deadline:
-        ready, _, _ = select.select([controller], [], [], 0.2)
-        if ready:
-            try:
-                seen += os.read(controller, 65536)
-            except OSError:
-                break
-    process.wait(timeout=30)
-    with contextlib.suppress(OSError):
-        seen += os.read(controller, 65536)
-    os.close(controller)
     shown = seen.decode(errors="replace")
-    assert process.returncode == 1, shown
+    assert code == 1, shown
     assert "▶" in shown and "host3" in shown and "Slow" in shown, shown
     assert any(f"{n}s" in shown for n in (1, 2, 3)), shown  # elapsed time on a running row
     assert "✗" in shown and "host2" in shown
