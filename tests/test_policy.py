@@ -35,6 +35,7 @@ class Kept(EventSink):
     def __init__(self) -> None:
         self.results: list[HostStepResult] = []
         self.statuses: dict[str, str] = {}
+        self.messages: dict[str, str | None] = {}
         self.notes: list[str] = []
         self.plan: Plan | None = None  # the plan the run carried out
 
@@ -43,6 +44,7 @@ class Kept(EventSink):
 
     def host_status(self, host: str, status: HostStatus, message: str | None = None) -> None:
         self.statuses[host] = status
+        self.messages[host] = message
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -147,6 +149,39 @@ rollback:
     assert fake.commands("h4") == []
     assert "h4" not in kept.statuses  # its batch never started
     assert {kept.statuses[h] for h in ("h1", "h2", "h3")} == {"rolled_back"}
+
+
+def test_hosts_where_every_rollback_step_skipped_say_there_was_nothing_to_undo(
+    tmp_path: Path,
+) -> None:
+    from rich.console import Console
+
+    from runbook_exec.live import print_outcome
+
+    body = """\
+strategy: {batches: [1]}
+on_failure: rollback
+steps:
+  - shell: "deploy {{ inventory_hostname }}"
+    register: deployed
+rollback:
+  - shell: "undo {{ inventory_hostname }}"
+    when: inventory_hostname == 'h2'
+"""
+    status, fake, kept = run(tmp_path, body, answer=fails_on("h3", command="deploy"))
+    assert status == "rolled_back"
+    assert [c for _, c in fake.sent if c.startswith("undo")] == ["undo h2"]
+    assert {h: kept.statuses[h] for h in ("h1", "h2", "h3")} == dict.fromkeys(
+        ("h1", "h2", "h3"), "rolled_back"
+    )
+    idle = {h for h, m in kept.messages.items() if m and m.startswith("nothing to undo")}
+    assert idle == {"h1", "h3"}
+    console = Console(record=True, width=200)
+    hosts = {**kept.statuses, "h4": "not_reached"}
+    print_outcome(console, "RUN", status, hosts, 1, idle)
+    assert "(1 not reached, 3 rolled back; of those rolled back, 2 had nothing to undo)" in (
+        console.export_text()
+    )
 
 
 def test_an_unreachable_host_fails_and_counts_against_the_batch(tmp_path: Path) -> None:

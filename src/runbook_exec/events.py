@@ -41,6 +41,10 @@ STEP_FAILED = frozenset({StepStatus.FAILED, StepStatus.TIMEOUT, StepStatus.UNREA
 record tests the same way, `"timeout" in STEP_FAILED`."""
 
 
+# A host's message when it is rolled back although no rollback step did anything there.
+NOTHING_TO_UNDO = "nothing to undo: every rollback step was skipped here"
+
+
 class HostStatus(StrEnum):
     """Where one host of a run stands."""
 

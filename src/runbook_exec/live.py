@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -17,6 +17,7 @@ from rich.text import Text
 from .errors import EXIT_AUDIT, EXIT_FAILED
 from .events import (
     HOST_FAILED,
+    NOTHING_TO_UNDO,
     STEP_FAILED,
     EventSink,
     HostStatus,
@@ -58,6 +59,7 @@ class ConsoleRecorder(EventSink):
         self.running: dict[str, tuple[str, float]] = {}  # host -> (step, since: monotonic)
         self.failed: dict[str, str] = {}  # host -> "step: why"
         self.switched: dict[str, list[str]] = {}  # host -> ["/srv/app 1.0 → 2.0"]
+        self.undid_nothing: set[str] = set()  # rolled back with every rollback step skipped
         self.live = self._new_live() if live else None
 
     def _new_live(self) -> Live:
@@ -139,7 +141,10 @@ class ConsoleRecorder(EventSink):
 
     def host_status(self, host: str, status: HostStatus, message: str | None = None) -> None:
         if status in (HostStatus.ROLLED_BACK, HostStatus.ROLLBACK_FAILED):
-            self._line(f"  {host}: {status.replace('_', ' ')}", "yellow")
+            if message == NOTHING_TO_UNDO:
+                self.undid_nothing.add(host)
+            said = f" ({message})" if message else ""
+            self._line(f"  {host}: {status.replace('_', ' ')}{said}", "yellow")
 
     def gate(
         self,
@@ -221,8 +226,15 @@ def print_changes(console: Console, run_id: str, switched: dict[str, list[str]])
 
 
 def print_outcome(
-    console: Console, run_id: str, status: str, hosts: dict[str, str], exit_code: int
+    console: Console,
+    run_id: str,
+    status: str,
+    hosts: dict[str, str],
+    exit_code: int,
+    undid_nothing: Collection[str] = (),
 ) -> None:
+    """The run's end in one line (hosts counted by status; of the hosts rolled back, those
+    where nothing was undone), then what to do next."""
     counts = Counter(hosts.values())
     if status == RunStatus.SUCCEEDED:
         style = "green"
@@ -231,6 +243,9 @@ def print_outcome(
     else:
         style = "yellow"  # waiting for a decision, refused, or interrupted
     parts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
+    idle = sum(1 for h, s in hosts.items() if h in undid_nothing and s == HostStatus.ROLLED_BACK)
+    if idle:
+        parts += f"; of those rolled back, {idle} had nothing to undo"
     console.print(f"[{style}]run {run_id} {status.replace('_', ' ')}[/{style}] ({parts})")
     bad = [h for h, s in hosts.items() if s in HOST_FAILED]
     if bad:

@@ -203,7 +203,8 @@ def _carry_out(as_json: bool, no_input: bool, batches: Any, go: Any) -> None:
     finally:
         for shown in views:
             shown.stop()
-    print_outcome(console, outcome.run_id, outcome.status, outcome.hosts, outcome.exit_code)
+    idle = {h for shown in views for h in shown.undid_nothing}
+    print_outcome(console, outcome.run_id, outcome.status, outcome.hosts, outcome.exit_code, idle)
     switched = {h: c for shown in views for h, c in shown.switched.items()}
     print_changes(console, outcome.run_id, switched)
     if as_json:

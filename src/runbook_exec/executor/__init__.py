@@ -17,7 +17,15 @@ from pathlib import Path
 
 from ..ansiblecfg import ansible_defaults
 from ..errors import HostKeyError
-from ..events import EventSink, HostStatus, HostStepResult, RunStatus, Section, StepStatus
+from ..events import (
+    NOTHING_TO_UNDO,
+    EventSink,
+    HostStatus,
+    HostStepResult,
+    RunStatus,
+    Section,
+    StepStatus,
+)
 from ..inventory import Host
 from ..params import ResolvedParams
 from ..plan import Plan, render_action
@@ -203,11 +211,22 @@ class Executor:
                 return outcome
             for host in hosts:
                 failures |= host in failed
-                self.recorder.host_status(
-                    host,
-                    HostStatus.ROLLBACK_FAILED if host in failed else HostStatus.ROLLED_BACK,
-                )
+                if host in failed:
+                    self.recorder.host_status(host, HostStatus.ROLLBACK_FAILED)
+                elif self._undid_nothing(host):
+                    self.recorder.host_status(host, HostStatus.ROLLED_BACK, NOTHING_TO_UNDO)
+                else:
+                    self.recorder.host_status(host, HostStatus.ROLLED_BACK)
         return RunStatus.ROLLBACK_FAILED if failures else RunStatus.ROLLED_BACK
+
+    def _undid_nothing(self, host: str) -> bool:
+        """Every rollback step was skipped on `host` (say, the release it would put back
+        was never switched there): it is back as it was, but not by anything done now."""
+        finished = self.progress.finished
+        results = [
+            finished.get((Section.ROLLBACK, i, host)) for i in range(len(self.book.rollback))
+        ]
+        return all(r is not None and r.status == StepStatus.SKIPPED for r in results)
 
     async def _section(
         self, section: str, steps: Sequence[StepBase], number: int, batch: Sequence[str]
