@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import Callable
@@ -55,3 +56,41 @@ def assert_nowhere_in_store(url: str, secret: bytes) -> None:
         assert secret not in dump.stdout, "in a row of the PostgreSQL database"
     found = [f for f in files if f.exists() and secret in f.read_bytes()]
     assert not found, f"the secret is in {found}"
+
+
+def on_a_terminal(
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    answer: bytes | None = None,
+    prompt: bytes = b"[y/N]",
+) -> tuple[int, bytes, bool]:
+    """Run `command` on a real pseudo-terminal until it exits: its exit code, all it wrote
+    there, and whether `answer` was typed (once, at the first `prompt`)."""
+    import os
+    import pty
+    import select
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        command, stdin=terminal, stdout=terminal, stderr=terminal, cwd=cwd, env=env
+    )
+    os.close(terminal)
+    seen = b""
+    answered = False
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(controller, 65536)
+            except OSError:
+                break
+        if answer is not None and not answered and prompt in seen:
+            os.write(controller, answer)
+            answered = True
+    process.wait(timeout=30)
+    with contextlib.suppress(OSError):
+        seen += os.read(controller, 65536)
+    os.close(controller)
+    return process.returncode, seen, answered

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from conftest import BACKENDS, BACKENDS_AND_WARM
-from helpers import assert_nowhere_in_store, query, wait_until
+from helpers import assert_nowhere_in_store, on_a_terminal, query, wait_until
 from runbook_exec.testing.lab import SshLab
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -69,40 +68,6 @@ def step_status(runbook_exec: Run, host: str, step: str) -> str | None:
 def latest_run(runbook_exec: Run) -> dict[str, object]:
     done = runbook_exec("runs", "--json")
     return json.loads(done.stdout)["runs"][0]  # type: ignore[no-any-return]
-
-
-def on_a_terminal(
-    command: list[str], cwd: Path, env: dict[str, str], answer: bytes | None = None
-) -> tuple[int, bytes, bool]:
-    """Run `command` on a real pseudo-terminal until it exits: its exit code, all it wrote
-    there, and whether `answer` was typed (once, at the first `[y/N]` prompt)."""
-    import os
-    import pty
-    import select
-
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        command, stdin=terminal, stdout=terminal, stderr=terminal, cwd=cwd, env=env
-    )
-    os.close(terminal)
-    seen = b""
-    answered = False
-    deadline = time.monotonic() + 60
-    while process.poll() is None and time.monotonic() < deadline:
-        ready, _, _ = select.select([controller], [], [], 0.2)
-        if ready:
-            try:
-                seen += os.read(controller, 65536)
-            except OSError:
-                break
-        if answer is not None and not answered and b"[y/N]" in seen:
-            os.write(controller, answer)
-            answered = True
-    process.wait(timeout=30)
-    with contextlib.suppress(OSError):
-        seen += os.read(controller, 65536)
-    os.close(controller)
-    return process.returncode, seen, answered
 
 
 @pytest.mark.parametrize("db_url", BACKENDS, indirect=True)

@@ -32,6 +32,7 @@ class AnsibleDefaults:
     become: bool = False
     become_user: str = "root"
     become_method: str = "sudo"
+    become_password_file: str | None = None
     inventory: tuple[str, ...] = field(default_factory=tuple)  # set, or /etc/ansible/hosts
     config_file: str | None = None
 
@@ -78,9 +79,31 @@ def _read() -> AnsibleDefaults:
         become=bool(value("DEFAULT_BECOME")[0]),
         become_user=str(value("DEFAULT_BECOME_USER")[0] or "root"),
         become_method=str(value("DEFAULT_BECOME_METHOD")[0] or "sudo"),
+        become_password_file=value("BECOME_PASSWORD_FILE")[0] or None,
         inventory=tuple(inventory),
         config_file=C.CONFIG_FILE,
     )
+
+
+def become_password_from_file(path: str) -> str:
+    """The password in Ansible's `become_password_file`: the file's first line, or, when
+    the file is executable, what it prints (as Ansible reads it). Unreadable: bad input."""
+    import subprocess
+
+    from .errors import InputError, Problem
+
+    file = Path(path).expanduser()
+    try:
+        if os.access(file, os.X_OK) and file.is_file():
+            text = subprocess.run(
+                [str(file)], capture_output=True, text=True, check=True, timeout=60
+            ).stdout
+        else:
+            text = file.read_text().strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        why = f"cannot read it: {getattr(exc, 'strerror', None) or exc}"
+        raise InputError(Problem(why, str(file), field="become_password_file")) from None
+    return text.strip("\r\n")
 
 
 def _fingerprint() -> str:

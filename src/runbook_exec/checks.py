@@ -281,3 +281,31 @@ def connections(hosts: Sequence[Host]) -> list[Problem]:
                 )
             break
     return problems
+
+
+def become_methods(runbook_file: RunbookFile, hosts: Sequence[Host]) -> list[Problem]:
+    """Hosts that become another user by a method other than sudo, for a runbook with steps
+    that run commands over our own SSH (which becomes through sudo only; Ansible's steps
+    use any method Ansible knows)."""
+    from .ansiblecfg import ansible_defaults
+
+    book = runbook_file.runbook
+    if not any(step.runs_commands for step in (*book.steps, *book.rollback)):
+        return []
+    config = ansible_defaults()
+    problems = []
+    for host in hosts:
+        becomes = host.become if "ansible_become" in host.vars else config.become
+        method = str(host.vars.get("ansible_become_method") or config.become_method)
+        if becomes and method != "sudo":
+            where = "inventory" if "ansible_become_method" in host.vars else "ansible.cfg"
+            problems.append(
+                Problem(
+                    f"host {host.name}: become method {method!r} (from its {where}) is not "
+                    "supported by steps that run commands (shell, script, upload, release, "
+                    "wait_for, creates/unless): they become through sudo; playbook and "
+                    "module steps use any method",
+                    field=f"inventory {host.name}.ansible_become_method",
+                )
+            )
+    return problems

@@ -65,6 +65,12 @@ class Host:
         value = self.vars.get("ansible_become", False)
         return value if isinstance(value, bool) else str(value).lower() in ("true", "yes", "1")
 
+    @property
+    def become_password(self) -> str | None:
+        """The inventory's ansible_become_password (or ansible_become_pass), if it gives one."""
+        value = self.vars.get("ansible_become_password", self.vars.get("ansible_become_pass"))
+        return str(value) if value not in (None, "") else None
+
     def template_vars(self) -> dict[str, Any]:
         """The names a template sees for this host, with Ansible's magic names filled in."""
         names = dict(self.vars)

@@ -55,6 +55,11 @@ class Secrets:
         self.forms = tuple(sorted(forms, key=lambda form: (-len(form), form)))
         self.raw = tuple(form.encode("utf-8") for form in self.forms)
 
+    def adding(self, values: Iterable[str]) -> Secrets:
+        """These secrets and `values` too."""
+        more = [v for v in values if v and v not in self.texts]
+        return Secrets([*self.texts, *more]) if more else self
+
     def text(self, text: str) -> str:
         if not self.forms:
             return text

@@ -105,6 +105,7 @@ def prepare_file(
         try:
             hosts = select_hosts(inventory, runbook_file.runbook.targets, limit)
             problems.extend(checks.connections(hosts))
+            problems.extend(checks.become_methods(runbook_file, hosts))
         except InputError as exc:
             problems.extend(exc.problems)
     problems.extend(checks.template_syntax(runbook_file))
@@ -159,6 +160,7 @@ def check(
         try:
             hosts = select_hosts([str(p) for p in inventory], runbook_file.runbook.targets, limit)
             problems.extend(checks.connections(hosts))
+            problems.extend(checks.become_methods(runbook_file, hosts))
         except InputError as exc:
             problems.extend(exc.problems)
     problems.extend(checks.template_syntax(runbook_file))
@@ -186,7 +188,8 @@ def check_mode(prepared: Prepared, options: RunOptions) -> list[tuple[str, Playb
         options.accept_new_host_keys,
         options.forks,
         options.timeout,
-        prepared.params.secrets,
+        prepared.params.secrets.adding([options.become_password or ""]),
+        options.become_password,
     )
     hosts = [h.name for h in prepared.hosts]
 

@@ -180,6 +180,7 @@ def resume(
     approver: Approver | None,
     environ: Mapping[str, str] | None = None,
     replan: bool = False,
+    become_password: str | None = None,
 ) -> Outcome:
     """Carry on a run from its record: finished host-steps are not run again. Everything is
     taken from the run's verified events; a table that disagrees refuses (exit 4). Hosts
@@ -201,14 +202,15 @@ def resume(
             changes=changed,
             connections={host: dict(c) for host, c in prepared.plan.connections.items()},
         )
-    stored_options = recorded_options(run, store)
+    given = options or recorded_options(run, store)
+    options = replace(given, become_password=become_password or given.become_password)
     return _execute(
         store,
         record,
         run,
         prepared,
         run.operator,
-        options or stored_options,
+        options,
         view,
         approver,
         replace(RunState.of(details), roll_back=run.rolling_back),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -168,6 +168,7 @@ class Service:
         view: ViewFactory,
         approver: Approver | None,
         replan: bool = False,
+        become_password: str | None = None,
     ) -> Outcome:
         """Carry on a run from its verified record; what finished is not run again. With
         `replan`, hosts are reached as the inventory says now, not as planned."""
@@ -181,6 +182,7 @@ class Service:
             view=view,
             approver=approver,
             replan=replan,
+            become_password=become_password,
         )
 
     def decide(self, run_id: str, approved: bool, comment: str | None) -> Decision:
@@ -323,6 +325,7 @@ class Service:
         options: RunOptions | None,
         view: ViewFactory,
         approver: Approver | None,
+        become_password: str | None = None,
     ) -> Outcome:
         """Start the run `prepare_rollback` made: recorded as undoing `undo.run_id`, under
         the same change id, and resumable as any run. Without `options`, those the undone
@@ -330,7 +333,8 @@ class Service:
         from .runner import recorded_options, start
 
         run = self.record.run(undo.run_id, outputs=False).run
-        options = options or recorded_options(run, self.store)
+        given = options or recorded_options(run, self.store)
+        options = replace(given, become_password=become_password or given.become_password)
         return start(
             self.store,
             prepared,

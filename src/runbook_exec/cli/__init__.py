@@ -25,6 +25,7 @@ from .audit import audit_app
 from .helptext import plain_metavars
 from .options import (
     DEFAULT_DB,
+    AskBecomePassOpt,
     DbOpt,
     ExtraVarsOpt,
     InventoryOpt,
@@ -32,6 +33,7 @@ from .options import (
     LimitOpt,
     OperatorOpt,
     RunbookArg,
+    become_password,
     err,
     out,
     print_previous,
@@ -133,6 +135,7 @@ def plan(
         ),
     ] = False,
     known_hosts: KnownHostsOpt = None,
+    ask_become_pass: AskBecomePassOpt = False,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Show what a run would do, host by host, without connecting anywhere.
@@ -165,7 +168,8 @@ def plan(
         from ..prepare import check_mode as in_check_mode
         from ..views import print_check_mode
 
-        print_check_mode(out(), in_check_mode(prepared, run_options(known_hosts)))
+        options = run_options(known_hosts, become_password=become_password(ask_become_pass))
+        print_check_mode(out(), in_check_mode(prepared, options))
 
 
 for command in (

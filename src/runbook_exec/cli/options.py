@@ -154,6 +154,47 @@ def run_options(known_hosts: Path | None, **options: Any) -> RunOptions:
     return RunOptions(known_hosts=path, **options)
 
 
+AskBecomePassOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ask-become-pass",
+        "-K",
+        help="Ask for the password sudo needs on the hosts, as ansible-playbook -K does. "
+        "Without it: RUNBOOK_EXEC_BECOME_PASSWORD, else Ansible's become_password_file. A "
+        "host's ansible_become_password wins. Never recorded: give it again to resume.",
+    ),
+]
+BECOME_PASSWORD_VARIABLE = "RUNBOOK_EXEC_BECOME_PASSWORD"
+
+
+def become_password(ask: bool) -> str | None:
+    """The become password for this run: asked on the terminal (-K), else from the
+    environment, else from Ansible's become_password_file; None if none is given."""
+    import os
+    import sys
+
+    if ask:
+        if not sys.stdin.isatty():
+            why = f"-K asks on a terminal and there is none; set {BECOME_PASSWORD_VARIABLE}"
+            raise InputError(Problem(why, field="--ask-become-pass"))
+        import getpass
+
+        password: str | None = getpass.getpass("BECOME password: ")
+        where = "--ask-become-pass"
+    else:
+        password, where = os.environ.get(BECOME_PASSWORD_VARIABLE) or None, "environment"
+        if password is None:
+            from ..ansiblecfg import ansible_defaults, become_password_from_file
+
+            file = ansible_defaults().become_password_file
+            if file:
+                password, where = become_password_from_file(file), "become_password_file"
+    if password is not None and ("\n" in password or "\r" in password):
+        why = "a become password is one line (it holds a line break)"
+        raise InputError(Problem(why, field=where))
+    return password
+
+
 def print_previous(db: str, plan: Any) -> None:
     """After a plan: what `activate: previous` means on each host, from the record (if the
     store exists; a plan never creates one)."""

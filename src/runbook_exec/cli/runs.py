@@ -16,6 +16,7 @@ from ..jsonout import dumps
 from .options import (
     DEFAULT_DB,
     AcceptNewOpt,
+    AskBecomePassOpt,
     ConnectTimeoutOpt,
     DbOpt,
     ExtraVarsOpt,
@@ -26,6 +27,7 @@ from .options import (
     OperatorOpt,
     RunbookArg,
     TimeoutOpt,
+    become_password,
     duration_option,
     out,
     print_previous,
@@ -69,6 +71,7 @@ def run(
     ] = 65536,
     known_hosts: KnownHostsOpt = None,
     accept_new_host_keys: AcceptNewOpt = False,
+    ask_become_pass: AskBecomePassOpt = False,
     no_input: NoInputOpt = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan and stop; connects nowhere.")
@@ -115,6 +118,7 @@ def run(
         print_plan(out(), prepared.plan)
         print_previous(db, prepared.plan)
         return
+    options.become_password = become_password(ask_become_pass)
     service = Service.open(db, who)
     _carry_out(
         as_json,
@@ -142,6 +146,7 @@ def resume(
             "planned; the change is recorded.",
         ),
     ] = False,
+    ask_become_pass: AskBecomePassOpt = False,
     no_input: NoInputOpt = False,
     as_json: JsonOpt = False,
     db: DbOpt = DEFAULT_DB,
@@ -150,24 +155,33 @@ def resume(
 
     Host-steps that finished are not run again; a host-step that started and never finished
     (the controller died while it ran) runs again. Secret parameters are read again from
-    their environment variables. Hosts are reached as planned: if the inventory now gives
+    their environment variables, and a become password is given again (-K or the
+    environment): neither is recorded. Hosts are reached as planned: if the inventory now gives
     one another address, port or user, the resume is refused, naming the change (--replan
     accepts it). The same run id, one continuous record.
     """
     from ..service import Service
 
-    _resume(Service.open(db, operator), run_id, as_json, no_input, replan)
+    service = Service.open(db, operator)
+    _resume(service, run_id, as_json, no_input, become_password(ask_become_pass), replan)
 
 
 def _resume(
-    service: Service, run_id: str, as_json: bool, no_input: bool, replan: bool = False
+    service: Service,
+    run_id: str,
+    as_json: bool,
+    no_input: bool,
+    password: str | None,
+    replan: bool = False,
 ) -> None:
     batches = service.run(run_id, outputs=False).run.batches
     _carry_out(
         as_json,
         no_input,
         batches,
-        lambda view, approver: service.resume(run_id, view=view, approver=approver, replan=replan),
+        lambda view, approver: service.resume(
+            run_id, view=view, approver=approver, replan=replan, become_password=password
+        ),
     )
 
 
@@ -232,6 +246,7 @@ def reject(
     run_id: RunIdArg,
     comment: CommentOpt = None,
     operator: OperatorOpt = None,
+    ask_become_pass: AskBecomePassOpt = False,
     no_input: NoInputOpt = False,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
@@ -240,7 +255,7 @@ def reject(
     With `on_failure: rollback`, the rollback steps run now on the hosts the run changed
     (newest batch first), as if a batch had failed; otherwise the run ends as rejected.
     """
-    _decide(run_id, False, comment, operator, db, no_input)
+    _decide(run_id, False, comment, operator, db, no_input, ask_become_pass)
 
 
 def _decide(
@@ -250,6 +265,7 @@ def _decide(
     operator: str | None,
     db: str,
     no_input: bool = False,
+    ask_become_pass: bool = False,
 ) -> None:
     from ..service import Service
 
@@ -261,7 +277,7 @@ def _decide(
         )
     elif decision.roll_back:
         out().print(f"rejected by {who}: {decision.message}; rolling back the hosts it changed")
-        _resume(service, run_id, False, no_input)
+        _resume(service, run_id, False, no_input, become_password(ask_become_pass))
     else:
         out().print(f"rejected by {who}: {decision.message}; run {run_id} ends here")
 

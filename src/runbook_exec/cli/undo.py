@@ -12,9 +12,11 @@ from rich.markup import escape
 
 from .options import (
     DEFAULT_DB,
+    AskBecomePassOpt,
     DbOpt,
     KnownHostsOpt,
     OperatorOpt,
+    become_password,
     out,
     run_options,
 )
@@ -35,6 +37,7 @@ def cancel(
         ),
     ] = False,
     operator: OperatorOpt = None,
+    ask_become_pass: AskBecomePassOpt = False,
     no_input: NoInputOpt = False,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
@@ -52,7 +55,7 @@ def cancel(
     decision = service.cancel(run_id, comment, rollback=rollback)
     if decision.roll_back:
         out().print(f"{decision.message}; rolling back the hosts it changed")
-        _resume(service, run_id, False, no_input)
+        _resume(service, run_id, False, no_input, become_password(ask_become_pass))
     else:
         nothing = " (it changed no host: nothing to roll back)" if rollback else ""
         out().print(f"run {run_id} {decision.message}{nothing}; its hosts are free")
@@ -81,6 +84,7 @@ def rollback(
     ] = False,
     operator: OperatorOpt = None,
     known_hosts: KnownHostsOpt = None,
+    ask_become_pass: AskBecomePassOpt = False,
     no_input: NoInputOpt = False,
     as_json: JsonOpt = False,
     db: DbOpt = DEFAULT_DB,
@@ -112,11 +116,18 @@ def rollback(
         print_plan(console, prepared.plan)
         return
     options = run_options(known_hosts) if known_hosts else None  # else the undone run's
+    password = become_password(ask_become_pass)
     _carry_out(
         as_json,
         no_input,
         prepared.plan.batches,
         lambda view, approver: service.rollback(
-            undo, prepared, reason=reason, options=options, view=view, approver=approver
+            undo,
+            prepared,
+            reason=reason,
+            options=options,
+            view=view,
+            approver=approver,
+            become_password=password,
         ),
     )

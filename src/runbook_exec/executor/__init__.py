@@ -56,6 +56,9 @@ class RunOptions:
     output_limit: int = 64 * 1024
     known_hosts: Path = field(default_factory=default_known_hosts)
     accept_new_host_keys: bool = False
+    # For sudo (-K, RUNBOOK_EXEC_BECOME_PASSWORD, ansible.cfg's become_password_file): never
+    # recorded, so a resume is given it again.
+    become_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,8 @@ class Executor:
         self.roll_back = state.roll_back
         self.sessions: dict[str, asyncio.Future[Session]] = {}
         self.forks = asyncio.Semaphore(max(1, context.options.forks))
-        self.secrets = context.params.secrets
+        passwords = [context.options.become_password, *(h.become_password for h in context.hosts)]
+        self.secrets = context.params.secrets.adding(p for p in passwords if p)
         self.ssh = SshOptions(
             context.options.known_hosts,
             context.options.accept_new_host_keys,
@@ -115,6 +119,7 @@ class Executor:
             context.options.output_limit,
             self.secrets,
             ansible_defaults(),
+            context.options.become_password,
         )
         base = {**context.params.values, "run": {"id": context.run_id, "operator": self.operator}}
         self.names = {h.name: HostVars(h.template_vars(), base) for h in context.hosts}

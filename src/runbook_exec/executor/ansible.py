@@ -128,6 +128,7 @@ class AnsibleStep:
             self.ex.options.forks,
             step.timeout or self.ex.options.timeout,
             self.ex.secrets,
+            self.ex.options.become_password,
         )
 
         def on_task(result: TaskResult) -> None:

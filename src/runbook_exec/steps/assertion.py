@@ -37,6 +37,7 @@ def _shorthand(value: Any) -> Any:
 
 class AssertStep(StepBase):
     kind = "assert"
+    over_ssh = False
     assert_: Annotated[AssertSpec, BeforeValidator(_shorthand)] = Field(alias="assert")
 
     def expressions(self) -> Iterator[tuple[FieldPath, str]]:

@@ -66,6 +66,7 @@ class StepBase(Strict):
 
     kind: ClassVar[str]
     scope: ClassVar[Scope] = Scope.HOST
+    over_ssh: ClassVar[bool] = True  # a HOST kind that runs its commands over our SSH
 
     name: str | None = None
     when: str | None = None
@@ -136,6 +137,12 @@ class StepBase(Strict):
         """What Ansible runs for a kind of scope HOSTS: a playbook (a file, or a play as
         data) and the options `run_playbook` takes with it."""
         raise NotImplementedError(f"{self.kind} steps are not run by Ansible")
+
+    @property
+    def runs_commands(self) -> bool:
+        """Whether the step runs commands over our own SSH (not Ansible's): its kind's, or
+        its `creates`/`unless` guard."""
+        return (self.scope is Scope.HOST and self.over_ssh) or bool(self.creates or self.unless)
 
     async def run(self, host: HostContext) -> CommandResult:
         """Carry out this rendered step on one host and say what happened."""

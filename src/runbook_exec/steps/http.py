@@ -24,6 +24,7 @@ class HttpSpec(Strict):
 
 class HttpStep(StepBase):
     kind = "http"
+    over_ssh = False
     http: HttpSpec
 
     @classmethod

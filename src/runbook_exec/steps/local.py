@@ -14,6 +14,7 @@ from .base import HostContext, StepBase
 
 class LocalStep(StepBase):
     kind = "local"
+    over_ssh = False
     local: str | Annotated[list[str], Field(min_length=1)]
 
     @classmethod

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LAB_USER = "rbx-test"
-SUDOERS = Path("/etc/sudoers.d/rbx-test")
+SUDOERS = Path("/etc/sudoers.d")
 SSHD = "/usr/sbin/sshd"
 READY_TIMEOUT = 20.0
 
@@ -92,7 +92,7 @@ class SshLab:
         self.client_key = self.base / "client_key"
         self.known_hosts = self.base / "known_hosts"
         self.inventory = self.base / "inventory.ini"
-        self.granted_sudo = False
+        self.sudoers: Path | None = None  # the rule allow_sudo wrote
 
     def start(
         self,
@@ -191,16 +191,21 @@ class SshLab:
             lines += ["", f"[{group}]", *members]
         self.inventory.write_text("\n".join(lines) + "\n")
 
-    def allow_sudo(self) -> None:
-        """Let the lab's dedicated user run anything through `sudo -n` (root only), so
-        `ansible_become` can be tried for real."""
-        if os.geteuid() != 0 or self.user != LAB_USER:
-            raise RuntimeError("allow_sudo needs root and the dedicated lab user")
+    def allow_sudo(self, password: str | None = None) -> None:
+        """Let the lab's dedicated login user run anything through sudo (root only): with
+        no password, or with `password`, which becomes the user's own. The rule is a file
+        of this lab's, so labs of other test processes keep theirs."""
+        if os.geteuid() != 0 or not self.user.startswith("rbx-"):
+            raise RuntimeError("allow_sudo needs root and a dedicated lab user")
         if shutil.which("sudo") is None:
             raise RuntimeError("sudo is not installed")
-        SUDOERS.write_text(f"{LAB_USER} ALL=(ALL) NOPASSWD: ALL\n")
-        os.chmod(SUDOERS, 0o440)
-        self.granted_sudo = True
+        if password is not None:
+            subprocess.run(["chpasswd"], input=f"{self.user}:{password}\n".encode(), check=True)
+        tag = "" if password is not None else "NOPASSWD: "
+        # sudo skips files in sudoers.d whose names hold a dot
+        self.sudoers = SUDOERS / f"{self.user}-{os.getpid()}-{self.base.name}"
+        self.sudoers.write_text(f"{self.user} ALL=(ALL) {tag}ALL\n")
+        os.chmod(self.sudoers, 0o440)
 
     def host(self, name: str) -> LabHost:
         return next(h for h in self.hosts if h.name == name)
@@ -237,9 +242,9 @@ class SshLab:
     def remove(self) -> None:
         stop_apps(self)
         self.stop()
-        if self.granted_sudo:
-            SUDOERS.unlink(missing_ok=True)
-            self.granted_sudo = False
+        if self.sudoers is not None:
+            self.sudoers.unlink(missing_ok=True)
+            self.sudoers = None
         shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> SshLab:

@@ -59,6 +59,9 @@ class AnsibleSettings:
     forks: int
     timeout: float
     secrets: Secrets = field(default_factory=Secrets)
+    # as --become-password-file (what -K is to ansible-playbook): a host's own
+    # ansible_become_password still wins
+    become_password: str | None = field(default=None, repr=False)
 
 
 def one_task_play(name: str, module: str, args: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -141,6 +144,10 @@ async def run_playbook(
                 cmdline += ["--extra-vars", f"@{given}"]
             if vault_password_file is not None:
                 cmdline += ["--vault-password-file", str(vault_password_file)]
+            if settings.become_password is not None:
+                raw = settings.become_password.encode() + b"\n"
+                secret = feeds.enter_context(_Feed(workdir / "become", raw))
+                cmdline += ["--become-password-file", str(secret)]
             # With `binary` given, ansible-runner passes no playbook itself: it goes last.
             cmdline.append(str(playbook.resolve()))
             envvars = {**environment(settings), "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp")}
@@ -214,7 +221,8 @@ def _run_ansible_runner(
 
 
 class _Feed:
-    """A named pipe that hands `value`, as JSON, to the first process that reads it, and is
+    """A named pipe that hands `value` (bytes as they are, anything else as JSON) to the
+    first process that reads it, and is
     then removed. What passes through it is never on disk, so a kill -9 leaves nothing
     behind (ansible-runner hands an SSH key to ssh-agent the same way). ansible-playbook
     reads its extra vars and its playbook once each; were a second read ever made, it would
@@ -222,7 +230,7 @@ class _Feed:
 
     def __init__(self, path: Path, value: Any) -> None:
         self.path = path
-        self.data = json.dumps(value).encode()
+        self.data = value if isinstance(value, bytes) else json.dumps(value).encode()
         self.closing = False
         self.thread = threading.Thread(target=self._serve, name=f"feed {path.name}", daemon=True)
 

@@ -27,6 +27,12 @@ allocated). It prints its pid, keeps the channel's stdin aside, and then:
   from /dev/null; the wrapper catches TERM only to outlive its command, so the watchdog
   can give the command its grace period.
 
+With become, the command runs as `sudo -u USER -- sh -c COMMAND`. A become password is the
+first line the controller writes on the channel: the wrapper reads it into a variable it
+never exports, and hands it to sudo on a pipe from the built-in printf, so it is never on a
+command line, in an environment or in a file; the command itself starts with stdin from
+/dev/null, so it cannot read what sudo did not.
+
 Besides the two forks, all of it is shell built-ins: it costs the host about a millisecond
 a command. Without /proc (not Linux) the watchdog still works and the check for a running
 predecessor is skipped.
@@ -36,7 +42,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 GRACE_TICKS = 20  # tenths of a second between TERM and KILL
 WAIT_BEFORE_ENDING = 50  # tenths of a second an attempt waits for its predecessor to go
@@ -54,8 +60,9 @@ class Mark:
 # The script is sh; `kill -TERM -PGID` is the spelling dash, bash and busybox all read
 # (dash has no `--`, and procps' /bin/kill reads `-TERM -123` as signal 123's neighbours).
 SCRIPT = """\
-exec 3<&0 </dev/null
+{password}exec 3<&0 </dev/null
 rbx_lock=
+{sudo}
 {kill}
 if [ -d /proc/$$ ]; then
   rbx_alive() {{ [ -d "/proc/$1" ]; }}
@@ -123,24 +130,53 @@ exit $?
 # and saves the host an exec (a millisecond a command).
 OWN_SHELL = ("$$", "${$}", "PPID", "$0", "${0}")
 IN_SUBSHELL = (
-    "unset rbx_lock rbx_wd rbx_pg rbx_hw rbx_run rbx_step rbx_try rbx_n; "
-    "unset -f rbx_kill rbx_alive rbx_held rbx_gone; eval {command}"
+    "unset rbx_lock rbx_wd rbx_pg rbx_hw rbx_run rbx_step rbx_try rbx_n rbx_pw; "
+    "unset -f rbx_sudo rbx_kill rbx_alive rbx_held rbx_gone; eval {command}"
 )
+READ_PASSWORD = "IFS= read -r rbx_pw || exit 125\n"
+SUDO = 'rbx_sudo() { sudo -n "$@"; }'
+SUDO_WITH_PASSWORD = "rbx_sudo() { printf '%s\\n' \"$rbx_pw\" | sudo -S -p '' \"$@\"; }"
 
 PLAIN_KILL = 'rbx_kill() { kill "$@" 2>/dev/null; }'
 # As the user the command became (through the same sudo), then as the login user: in that
 # order, since the second may end the caller itself. Says whether either reached a process.
 BECOME_KILL = (
-    'rbx_kill() {{ sudo -n -u {user} sh -c \'kill "$@"\' sh "$@" 2>/dev/null; rbx_s=$?; '
+    'rbx_kill() {{ rbx_sudo -u {user} sh -c \'kill "$@"\' sh "$@" 2>/dev/null; rbx_s=$?; '
     'kill "$@" 2>/dev/null || return $rbx_s; }}'
 )
 
 
-def guarded(command: str, host: str, mark: Mark | None, become_user: str | None) -> str:
-    """The script that runs `command` on `host` under the lock and the watchdog."""
-    kill = PLAIN_KILL if become_user is None else BECOME_KILL.format(user=shlex.quote(become_user))
+@dataclass(frozen=True)
+class Become:
+    """Whom the command runs as, through sudo; with the password sudo asks for, if any
+    (written as the channel's first line: see `Become.first_line`)."""
+
+    user: str
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def first_line(self) -> bytes:
+        """What the controller writes on the channel before anything else (nothing when no
+        password is needed)."""
+        return b"" if self.password is None else self.password.encode() + b"\n"
+
+
+def guarded(command: str, host: str, mark: Mark | None, become: Become | None) -> str:
+    """The script that runs `command` on `host` under the lock and the watchdog, as
+    `become` says."""
+    with_password = become is not None and become.password is not None
+    if become is None:
+        kill, body = PLAIN_KILL, _body(command)
+    else:
+        user = shlex.quote(become.user)
+        kill = BECOME_KILL.format(user=user)
+        # The command's stdin is the password's pipe until it says otherwise.
+        text = f"exec </dev/null; {command}" if with_password else command
+        body = f"rbx_sudo -u {user} -- sh -c {shlex.quote(text)}"
     run, step, attempt = (mark.run_id, mark.step, mark.attempt) if mark else ("-", "-", 0)
     return SCRIPT.format(
+        password=READ_PASSWORD if with_password else "",
+        sudo=SUDO_WITH_PASSWORD if with_password else SUDO,
         kill=kill,
         lock=lock_name(host) if mark else "",
         wait=WAIT_BEFORE_ENDING,
@@ -148,7 +184,7 @@ def guarded(command: str, host: str, mark: Mark | None, become_user: str | None)
         step=_word(step),
         attempt=int(attempt),
         ticks=GRACE_TICKS,
-        body=_body(command),
+        body=body,
     )
 
 

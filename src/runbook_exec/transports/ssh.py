@@ -27,7 +27,7 @@ from ..errors import HostKeyError
 from ..inventory import Host
 from ..masking import Secrets
 from .base import CommandResult, Unreachable
-from .guard import Mark, guarded
+from .guard import Become, Mark, guarded
 
 # AES-GCM first: asyncssh hands it to OpenSSL whole, where chacha20-poly1305 costs a Python
 # call per packet (measured: about 30% less client CPU on the 50-host benchmark). Every
@@ -52,6 +52,8 @@ class SshOptions:
     output_limit: int = 64 * 1024
     secrets: Secrets = field(default_factory=Secrets)
     ansible: AnsibleDefaults = field(default_factory=AnsibleDefaults)  # ansible.cfg, ANSIBLE_*
+    # -K or RUNBOOK_EXEC_BECOME_PASSWORD; a host's ansible_become_password wins
+    become_password: str | None = field(default=None, repr=False)
 
 
 class OutputCapture:
@@ -151,14 +153,11 @@ class SshSession:
         # Whether the login shell is /bin/sh itself: learnt from the first command.
         self.login_shell_is_sh: bool | None = None
 
-    def _wrapped(self, command: str, mark: Mark | None) -> str:
+    def _wrapped(self, command: str, mark: Mark | None, become: Become | None) -> str:
         """What the login shell is asked to run: print its pid (the process group's), then
         the guard script around `command`. When the login shell is /bin/sh itself, it runs
         the script as it is, without another exec; other shells exec sh. The first command
         also asks what the login shell is."""
-        become = self._become_user()
-        if become is not None:
-            command = f"sudo -n -u {shlex.quote(become)} -- sh -c {shlex.quote(command)}"
         script = guarded(command, f"{self.host.name}-{self.host.port or 22}", mark, become)
         if self.login_shell_is_sh:
             return f"echo $$\n{script}"
@@ -168,14 +167,17 @@ class SshSession:
         asks = probe if self.login_shell_is_sh is None else ""
         return f"echo $${asks}; exec sh -c {shlex.quote(script)}"
 
-    def _become_user(self) -> str | None:
-        """Whom commands run as through sudo, if anyone: the inventory's ansible_become
-        (and ansible_become_user) if it says, else Ansible's configuration."""
+    def _become(self) -> Become | None:
+        """Whom commands run as through sudo, if anyone, and with which password: the
+        inventory's ansible_become (ansible_become_user, ansible_become_password) if it
+        says, else Ansible's configuration; the password given to the run (-K) between."""
         config = self.options.ansible
         said = "ansible_become" in self.host.vars
         if not (self.host.become if said else config.become):
             return None
-        return str(self.host.vars.get("ansible_become_user") or config.become_user or "root")
+        user = str(self.host.vars.get("ansible_become_user") or config.become_user or "root")
+        password = self.host.become_password or self.options.become_password
+        return Become(user, password)
 
     def _learn_login_shell(self, answer: list[str]) -> None:
         """From the probe's answer ($0, the shell's binary, /bin/sh's binary): the login
@@ -188,7 +190,8 @@ class SshSession:
     async def run(self, command: str, timeout: float, mark: Mark | None = None) -> CommandResult:
         """Run `command` with `sh -c` semantics (via the login shell), within `timeout`.
         `mark` says which run, step and attempt it is, for the host's command lock."""
-        wrapped = self._wrapped(command, mark)
+        become = self._become()
+        wrapped = self._wrapped(command, mark, become)
         started = time.monotonic()
         limit = self.options.output_limit
         secrets = self.options.secrets
@@ -196,7 +199,11 @@ class SshSession:
         timed_out = False
         try:
             async with asyncio.timeout(timeout):
-                await self.connection.create_session(lambda: session, wrapped, encoding=None)
+                channel, _ = await self.connection.create_session(
+                    lambda: session, wrapped, encoding=None
+                )
+                if become is not None and become.password is not None:
+                    channel.write(become.first_line)  # never EOF: see guard.py
                 await session.done
         except TimeoutError:
             timed_out = True
