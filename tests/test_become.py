@@ -193,3 +193,31 @@ def test_a_become_method_other_than_sudo_is_refused_for_command_steps(
     )
     checked = become("check", only_ansible, "-i", str(inventory))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_uploads_and_templates_land_where_only_the_become_user_may_write(
+    become: Run, write: Write
+) -> None:
+    """As with Ansible's copy: staged privately as the login user, put in place as root."""
+    import tempfile
+
+    dest = Path(tempfile.mkdtemp(prefix="rbx-sudo-dest-"))  # root's, 0755 below
+    dest.chmod(0o755)
+    try:
+        write("payload.txt", "payload\n")
+        write("conf.j2", "host={{ inventory_hostname }}\n")
+        runbook = write(
+            "files.yml",
+            "name: files\ntargets: sudo1\nsteps:\n"
+            f"  - upload: {{src: payload.txt, dest: {dest}/payload.txt, mode: '0640'}}\n"
+            f"  - template: {{src: conf.j2, dest: {dest}/conf}}\n",
+        )
+        done = become("run", runbook, env={"RUNBOOK_EXEC_BECOME_PASSWORD": PASSWORD})
+        assert done.returncode == 0, done.stdout + done.stderr
+        payload = dest / "payload.txt"
+        assert payload.read_text() == "payload\n"
+        assert (payload.stat().st_uid, payload.stat().st_mode & 0o777) == (0, 0o640)
+        assert (dest / "conf").read_text() == "host=sudo1\n"
+        assert not list(Path("/tmp").glob("rbx-upload-*"))  # nothing staged is left
+    finally:
+        shutil.rmtree(dest)

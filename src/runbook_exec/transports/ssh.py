@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import secrets
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ ENCRYPTION_ALGS = [
 ]
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT_MAX = 3
+UPLOAD_PLACE_TIMEOUT = 600.0  # copying an upload into place as the become user
 
 
 @dataclass(frozen=True)
@@ -219,13 +221,39 @@ class SshSession:
         return captured(rc, session.stdout, session.stderr, started, timed_out)
 
     async def upload(self, local: Path, remote: str, mode: str | None) -> None:
+        """Copy `local` to `remote` over SFTP. With become, as Ansible does: to a private
+        temporary file of the login user's, then copied into place as the become user."""
+        become = self._become()
         try:
             async with self.connection.start_sftp_client() as sftp:
-                await sftp.put(str(local), remote)
-                if mode:
-                    await sftp.chmod(remote, int(mode, 8))
+                if become is None:
+                    await sftp.put(str(local), remote)
+                    if mode:
+                        await sftp.chmod(remote, int(mode, 8))
+                    return
+                # A folder only the login user may enter: what is staged there is private
+                # from the start, and sftp.put keeps its parallel writes.
+                folder = f"/tmp/rbx-upload-{secrets.token_hex(8)}"
+                staged = f"{folder}/file"
+                await sftp.mkdir(folder, asyncssh.SFTPAttrs(permissions=0o700))
+                try:
+                    await sftp.put(str(local), staged)
+                    await self._put_in_place(staged, remote, mode)
+                finally:
+                    with contextlib.suppress(asyncssh.Error, OSError):
+                        await sftp.remove(staged)
+                    with contextlib.suppress(asyncssh.Error, OSError):
+                        await sftp.rmdir(folder)
         except (asyncssh.Error, OSError) as exc:
             raise OSError(f"upload to {remote} failed: {_reason(exc)}") from None
+
+    async def _put_in_place(self, staged: str, remote: str, mode: str | None) -> None:
+        place = f"cp -- {shlex.quote(staged)} {shlex.quote(remote)}"
+        if mode:
+            place += f" && chmod {int(mode, 8):o} {shlex.quote(remote)}"
+        done = await self.run(place, UPLOAD_PLACE_TIMEOUT)
+        if not done.ok:
+            raise OSError(done.stderr.strip()[:300] or f"exit {done.rc}")
 
     async def close(self) -> None:
         self.connection.close()
