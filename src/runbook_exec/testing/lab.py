@@ -255,31 +255,40 @@ class SshLab:
 
 
 def ensure_lab_user(name: str = LAB_USER) -> None:
-    """Create the lab's login user (root only): shell /bin/sh, an empty home, not locked."""
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        home = Path("/var/lib") / name
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--home-dir",
-                str(home),
-                "--no-create-home",
-                "--shell",
-                "/bin/sh",
-                name,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        entry = pwd.getpwnam(name)
+    """Create the lab's login user (root only): shell /bin/sh, an empty home, not locked.
+    Safe when test processes in parallel do it at once."""
+    home = Path("/var/lib") / name
+    for _ in range(50):
+        try:
+            entry = pwd.getpwnam(name)
+            break
+        except KeyError:
+            options = ["--system", "--no-create-home", "--shell", "/bin/sh", "--home-dir"]
+            made = subprocess.run(["useradd", *options, str(home), name], capture_output=True)
+            if made.returncode != 0:
+                time.sleep(0.1)  # another process holds the user database, or made it
+    else:
+        raise RuntimeError(f"cannot create the lab user {name}")
     home = Path(entry.pw_dir)
     home.mkdir(parents=True, exist_ok=True)
     os.chown(home, entry.pw_uid, entry.pw_gid)
     # An account whose password field starts with "!" is locked, and sshd refuses it.
-    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+    for _ in range(50):
+        if not _locked(name):
+            return
+        if subprocess.run(["usermod", "-p", "*", name], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"cannot unlock the lab user {name}")
+
+
+def _locked(name: str) -> bool:
+    """Whether `name`'s password field in /etc/shadow says the account is locked."""
+    for line in Path("/etc/shadow").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return len(fields) < 2 or fields[1].startswith("!")
+    return True
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
@@ -308,8 +317,11 @@ def _app_port() -> int:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
+    # Parallel test processes (pytest-xdist) each draw from a range of their own: an app
+    # port is only bound when a deploy starts the app, so binding cannot tell them apart.
+    start, end = _share(10000, max(low, 10001))
     while True:
-        port = random.randrange(10000, max(low, 10001))
+        port = random.randrange(start, end)
         if port in _GIVEN:
             continue
         with socket.socket() as sock:
@@ -319,6 +331,16 @@ def _app_port() -> int:
                 continue
         _GIVEN.add(port)
         return port
+
+
+def _share(start: int, end: int) -> tuple[int, int]:
+    """This process's part of [start, end), when pytest-xdist runs several."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.isdigit() or count <= 1:
+        return start, end
+    size = (end - start) // count
+    return start + int(worker) * size, start + (int(worker) + 1) * size
 
 
 def _free_port() -> int:
