@@ -111,6 +111,10 @@ class Runbook(Strict):
     strategy: Strategy = Field(default_factory=Strategy)
     steps: list[Step] = Field(min_length=1)
     rollback: list[Step] = Field(default_factory=list)
+    # What people confirm at handover (`handover tick`), shown in the report's checklist.
+    handover: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list
+    )
     # After `rollback`, so that its validator can see whether there are rollback steps.
     on_failure: Literal["stop", "continue", "rollback"] = "stop"
 
@@ -124,6 +128,18 @@ class Runbook(Strict):
                 raise ValueError(
                     f"parameter name '{name}' is taken: templates see {GIVEN_NAMES[name]}"
                 )
+        return value
+
+    @field_validator("handover")
+    @classmethod
+    def _distinct_items(cls, value: list[str]) -> list[str]:
+        seen = set()
+        for item in value:
+            if item.strip() != item or not item.strip():
+                raise ValueError(f"handover item {item!r}: no leading or trailing spaces")
+            if item in seen:
+                raise ValueError(f"handover item {item!r} is listed twice")
+            seen.add(item)
         return value
 
     @field_validator("on_failure")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from .errors import InputError, NotFound, Problem, Refused
 from .events import RUN_ENDED, RunStatus, sinks_for
-from .record import Flag, Record, RecordAltered, RunDetails, RunRecord
+from .record import Flag, Record, RecordAltered, RunDetails, RunRecord, TickRecord
 from .recorders import Auditor
 from .store import LockHolder, Store
 from .store.audit import operator_name
@@ -355,6 +355,35 @@ class Service:
         if found is None:
             raise NotFound("no run on record has deployed a release: nothing to roll back")
         return found
+
+    def handover(self, run_id: str) -> list[tuple[str, TickRecord | None]]:
+        """A run's handover items (its runbook's `handover:`), each with its last tick."""
+        from .report.facts import declared_items
+
+        details = self.record.run(run_id, outputs=False)
+        ticks = {t.item: t for t in details.ticks}
+        return [(item, ticks.get(item)) for item in declared_items(details.run.runbook_text)]
+
+    def tick(self, run_id: str, item: str, comment: str | None) -> str:
+        """Tick one of a run's handover items (its text, or its number in `handover`);
+        recorded as an event naming who, when and why. Returns the item."""
+        details = self.record.run(run_id, outputs=False)
+        details.require_intact("handover tick")
+        items = [name for name, _ in self.handover(run_id)]
+        if not items:
+            raise InputError(
+                Problem(f"run {run_id}'s runbook declares no `handover:` items", field="ITEM")
+            )
+        chosen = item
+        if item not in items and item.isdigit() and 1 <= int(item) <= len(items):
+            chosen = items[int(item) - 1]
+        if chosen not in items:
+            listed = "; ".join(f"{n}. {name}" for n, name in enumerate(items, 1))
+            raise InputError(Problem(f"{item!r} is not one of run {run_id}'s items: {listed}"))
+        Auditor.for_recorded(self.store, details.run, self.operator).append(
+            "handover.ticked", item=chosen, comment=comment
+        )
+        return chosen
 
     def unlock(self, name: str) -> LockHolder:
         """Force a lock open (for a holder known to be gone), with its event; returns who

@@ -20,7 +20,7 @@ from ..errors import (
     Problem,
     RunbookExecError,
 )
-from . import init, runs, undo
+from . import handover, init, runs, undo
 from .audit import audit_app
 from .helptext import plain_metavars
 from .options import (
@@ -183,10 +183,12 @@ for command in (
     runs.show,
     runs.releases,
     runs.unlock,
+    handover.report,
     init.init,
 ):
     app.command()(command)
 app.add_typer(audit_app, name="audit")
+app.add_typer(handover.handover_app, name="handover")
 app.add_typer(
     warm_app,
     name="warm",

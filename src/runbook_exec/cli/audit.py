@@ -63,16 +63,33 @@ def audit_verify(
             help="The Ed25519 public key (PEM, or an ssh-ed25519 line) that signed the checkpoint.",
         ),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            metavar="FILE",
+            help="Check a report from `runbook-exec report` (HTML, Markdown or JSON) against "
+            "the chain (or the --file export): every fact and every character.",
+        ),
+    ] = None,
     operator: OperatorOpt = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Recompute the hash chain: OK with the count, or the first event that does not hold.
 
-    Says why (changed, missing, inserted, reordered). Exit 0 intact, 1 not."""
+    Says why (changed, missing, inserted, reordered). Exit 0 intact, 1 not.
+
+    With --report, checks that report instead: the chain holds up to the report's own event,
+    that event made it, and what it says is exactly what those events say.
+
+    Example: `runbook-exec audit verify --report CHG-1042.html --file trail.jsonl`"""
     from ..store import checkpoints
     from ..store.audit import verify
     from ..store.keys import KeyRing
 
+    if report is not None:
+        _verify_report(report, file, operator, db)
+        return
     point = read_checkpoint(checkpoint) if checkpoint else None
     trusted = checkpoints.load_public_key(public_key) if public_key else None
     store: Store | None = None
@@ -112,6 +129,49 @@ def audit_verify(
             "[yellow]the events before its first key are not keyed[/yellow]: anyone who can "
             "write the database could have recomputed them before the key was set"
         )
+
+
+def _verify_report(path: Path, file: Path | None, operator: str | None, db: str) -> None:
+    from .. import report as reports
+    from ..store.keys import KeyRing
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise InputError(Problem(f"cannot read it: {why}", str(path))) from None
+    store: Store | None = None
+    if file is None:
+        store = _store(db)
+        store.require_key()
+        keys = store.keys
+        rows = store.audit_events()
+    else:
+        keys = KeyRing.load()
+        rows = export_rows(file)
+    try:
+        verdict = reports.verify(text, rows, keys)
+    except InputError as exc:
+        raise InputError([Problem(p.message, str(path)) for p in exc.problems]) from None
+    if store is not None:
+        _record(
+            store, operator, "audit.report_verified", ok=verdict.ok, report_event=verdict.anchor
+        )
+    if not verdict.ok:
+        out().print(f"[red]report NOT verified[/red]: {escape(str(path))}")
+        for finding in verdict.findings:
+            out().print(f"  {escape(finding)}")
+        raise typer.Exit(1)
+    observed = (
+        f"; {verdict.observed} observations from the hosts are not in the record and were "
+        "not checked"
+        if verdict.observed
+        else ""
+    )
+    out().print(
+        f"[green]report OK[/green]: every fact and every line of {escape(str(path))} is what "
+        f"audit events 1–{verdict.anchor} say (chain intact, {verdict.events} events){observed}"
+    )
 
 
 @audit_app.command("export")

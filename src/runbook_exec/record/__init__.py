@@ -14,12 +14,12 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ParamSpec, TypeVar
 
 from ..errors import NotFound
 from ..store import LockHolder, Store, gc_paused
-from ..store.audit import PRUNED, Start, Verified, verify
+from ..store.audit import PRUNED, Start, Verified, sha256_hex, verify
 from ..store.locks import describe_locks
 from . import compare
 from .fold import RunFold
@@ -34,12 +34,14 @@ from .values import (
     RunRecord,
     SwitchRecord,
     TaskRecord,
+    TickRecord,
     previous_of,
 )
 
 __all__ = [
     "Flag",
     "GateRecord",
+    "History",
     "HostRecord",
     "HostStepRecord",
     "LockRecord",
@@ -50,6 +52,8 @@ __all__ = [
     "RunRecord",
     "SwitchRecord",
     "TaskRecord",
+    "TickRecord",
+    "history_of",
 ]
 
 
@@ -63,6 +67,101 @@ class Releases:
     upto: int = 0  # the last event read: the next read goes on from there
     head: str = ""
     key_id: str | None = None
+
+
+@dataclass
+class History:
+    """The whole chain up to an event (`head`), folded: every run (without outputs), every
+    release switch, every audit checkpoint taken. Read from the chain alone (no table), so
+    the same events always give the same history, from the store or from an export."""
+
+    runs: dict[str, RunDetails]
+    switches: list[SwitchRecord]
+    checkpoints: list[tuple[int, float]]  # (seq, at) of each `audit.checkpoint`
+    verified: Verified
+    head: int  # the last event read (0: none)
+    head_hash: str
+    events: dict[int, dict[str, Any]]  # the events outside runs that a reader asked for
+    # Each run's request event (seq, its payload's SHA-256) and a reader of payloads by seq:
+    # the rendered plan lies in the payload, read only for the runs asked about.
+    requests: dict[str, tuple[int, str]] = field(default_factory=dict)
+    payloads: Callable[[Sequence[int]], Mapping[int, str | None]] = lambda seqs: {}
+
+    @property
+    def flags(self) -> list[Flag]:
+        return _chain_flags(self.verified)
+
+    def plans(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """Each run's plan as rendered when it was requested, from its request's payload,
+        checked against the digest the event holds (None: pruned, or it does not match)."""
+        wanted = {run_id: self.requests[run_id] for run_id in run_ids if run_id in self.requests}
+        texts = self.payloads([seq for seq, _ in wanted.values()])
+        plans: dict[str, dict[str, Any] | None] = {}
+        for run_id, (seq, digest) in wanted.items():
+            text = texts.get(seq)
+            if text is None or sha256_hex(text) != digest:
+                plans[run_id] = None
+                continue
+            plan = json.loads(text).get("plan")
+            plans[run_id] = plan if isinstance(plan, dict) else None
+        return plans
+
+
+def history_of(
+    rows: Sequence[Mapping[str, Any]],
+    keys: Any,
+    upto: int | None = None,
+    keep: frozenset[str] = frozenset(),
+    payloads: Callable[[Sequence[int]], Mapping[int, str | None]] | None = None,
+) -> History:
+    """Fold `rows` (the chain from its first event, as the store or an export holds it)
+    up to event `upto` (default: all). Events of the kinds in `keep` that belong to no run
+    are handed back by seq (`History.events`). `payloads` reads events' payloads by seq
+    (default: the rows' own `payload`, as an export holds them)."""
+    from .fold import epoch
+
+    folds: dict[str, RunFold] = {}
+    checkpoints: list[tuple[int, float]] = []
+    kept: dict[int, dict[str, Any]] = {}
+    requests: dict[str, tuple[int, str]] = {}
+
+    def visit(seq: int, body: Mapping[str, Any]) -> None:
+        run_id = body.get("run_id")
+        kind = body.get("type")
+        if kind == "run.requested" and run_id is not None and body.get("payload_sha256"):
+            requests.setdefault(str(run_id), (seq, str(body["payload_sha256"])))
+        if run_id is not None:
+            fold = folds.get(str(run_id))
+            if fold is None:
+                fold = folds[str(run_id)] = RunFold(str(run_id))
+            fold.add(seq, body)
+        elif kind == "audit.checkpoint":
+            checkpoints.append((seq, epoch(body.get("at"))))
+        if run_id is None and kind in keep:
+            kept[seq] = dict(body)
+
+    within = [r for r in rows if upto is None or int(r["seq"]) <= upto]
+    verified = verify(within, keys, visit=visit)
+    runs = {}
+    for run_id, fold in folds.items():
+        if fold.first is not None:
+            runs[run_id] = fold.details(None, [])
+    switches = sorted((s for d in runs.values() for s in d.switches), key=lambda s: s.event)
+    last = within[-1] if within else None
+    if payloads is None:
+        held = {int(r["seq"]): r.get("payload") for r in within if r.get("payload")}
+        payloads = lambda seqs: {seq: held.get(seq) for seq in seqs}  # noqa: E731
+    return History(
+        runs,
+        switches,
+        checkpoints,
+        verified,
+        int(last["seq"]) if last else 0,
+        str(last.get("hash") or "") if last else "",
+        kept,
+        requests,
+        payloads,
+    )
 
 
 P = ParamSpec("P")
@@ -163,6 +262,13 @@ class Record:
             )
         listed.sort(key=lambda d: (d.run.requested_at, d.run.id), reverse=True)
         return listed
+
+    @_gc_paused
+    def history(self, upto: int | None = None, keep: frozenset[str] = frozenset()) -> History:
+        """The whole chain up to event `upto`, folded from the events alone (see
+        `History`): what a report is made of, and checked against."""
+        rows = self.store.audit_range(1, until=upto)
+        return history_of(rows, self.store.keys, upto, keep, self.store.payloads_at)
 
     # --- releases and locks -----------------------------------------------------------------
 

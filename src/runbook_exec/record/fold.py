@@ -20,6 +20,7 @@ from .values import (
     RunRecord,
     SwitchRecord,
     TaskRecord,
+    TickRecord,
 )
 
 ENDING = ("run.finished", "run.stopped")
@@ -58,6 +59,7 @@ class RunFold:
         self.tasks: list[tuple[TaskRecord, tuple[str, str] | None]] = []
         self.switches: list[SwitchRecord] = []
         self.locks: list[LockRecord] = []
+        self.ticks: list[TickRecord] = []
         self.outputs: dict[tuple[str, int, str], tuple[str, str]] = {}  # digest, at
         self.flags: list[Flag] = []
         self.decided: str | None = None  # a person's cancel or reject, kept in the message
@@ -146,6 +148,16 @@ class RunFold:
             )
             digest = body.get("payload_sha256")
             self.tasks.append((task, (str(digest), str(body.get("at"))) if digest else None))
+        elif kind == "handover.ticked":
+            self.ticks.append(
+                TickRecord(
+                    str(body.get("item")),
+                    str(body.get("operator")),
+                    body.get("comment"),
+                    at,
+                    seq,
+                )
+            )
         elif kind == "release.switched":
             release = body.get("release") or {}
             self.switches.append(
@@ -309,6 +321,7 @@ class RunFold:
             list(self.switches),
             list(self.locks),
             flags,
+            list(self.ticks),
         )
 
 

@@ -187,6 +187,17 @@ class TaskRecord:
 
 
 @dataclass(frozen=True)
+class TickRecord:
+    """A handover item ticked by a person (`handover tick`)."""
+
+    item: str
+    by: str
+    comment: str | None
+    at: float
+    event: int
+
+
+@dataclass(frozen=True)
 class LockRecord:
     """Locks a run took, and the process that held them then, as the event says."""
 
@@ -211,6 +222,7 @@ class RunDetails:
     switches: list[SwitchRecord] = field(default_factory=list)
     locks: list[LockRecord] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
+    ticks: list[TickRecord] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:

@@ -217,6 +217,17 @@ class ChainStore(StoreBase):
         )
         return {int(r["seq"]): r["payload"] for r in rows}
 
+    def payloads_at(self, seqs: Sequence[int]) -> dict[int, str | None]:
+        """The payload column of these events, by seq (None: pruned, or removed)."""
+        if not seqs:
+            return {}
+        rows = self._read(
+            select(audit_events.c.seq, audit_events.c.payload).where(
+                audit_events.c.seq.in_(list(seqs))
+            )
+        )
+        return {int(r["seq"]): r["payload"] for r in rows}
+
     def first_event_of(self, run_ids: Sequence[str]) -> int | None:
         """The seq of the oldest event of any of these runs."""
         rows = self._read(
