@@ -316,3 +316,26 @@ def test_a_report_from_a_postgresql_store_verifies(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     missing = runbook_exec("report", "--change-id", "CHG-NONE")
     assert missing.returncode == 2 and "in the state store" in missing.stderr
+
+
+def test_names_from_the_record_never_become_markup() -> None:
+    """A host, runbook or comment is the record's text, never markup: not in the HTML, not
+    in a Markdown ticket or wiki, not out of the embedded data."""
+    from runbook_exec.report.render import _html, _markdown
+
+    hostile = "<img src=x onerror=alert(1)>|</script><script>alert(2)</script>"
+    blocks = [
+        ("h1", "t"),
+        ("p", hostile),
+        ("list", [hostile]),
+        ("table", ["h"], [[hostile]]),
+        ("code", "```\n" + hostile),
+    ]
+    markdown = _markdown(blocks)
+    outside_code = markdown.split("````yaml", 1)[0]
+    assert "<img" not in outside_code and "<script" not in outside_code
+    assert "&lt;img src=x onerror=alert(1)&gt;\\|" in outside_code
+    assert markdown.count("````") == 2  # a fence longer than any run of backticks inside
+    page = _html(blocks, {"lang": "en", "said": hostile})
+    assert page.count("<script") == 1 and "<img" not in page
+    assert "\\u003c/script\\u003e" in page

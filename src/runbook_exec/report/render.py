@@ -270,21 +270,32 @@ def _value(value: Any) -> str:
 # --- Markdown -------------------------------------------------------------------------------
 
 
+def _md_text(text: str) -> str:
+    """Text for Markdown, outside `code` spans: no HTML a ticket or wiki would render
+    (a host or runbook name is the record's, not markup)."""
+    parts = re.split(r"(`[^`]+`)", text)
+    return "".join(
+        p if i % 2 else p.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        for i, p in enumerate(parts)
+    )
+
+
 def _cell(text: Any) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    cell = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return _md_text(cell)
 
 
 def _markdown(blocks: Sequence[Block]) -> str:
     out: list[str] = []
     for kind, *rest in blocks:
         if kind in ("h1", "h2", "h3", "h4"):
-            out += ["#" * int(kind[1]) + " " + rest[0], ""]
+            out += ["#" * int(kind[1]) + " " + _md_text(rest[0]), ""]
         elif kind in ("p", "note"):
-            out += [rest[0], ""]
+            out += [_md_text(rest[0]), ""]
         elif kind == "alert":
-            out += [f"> **{rest[0]}**", ""]
+            out += [f"> **{_md_text(rest[0])}**", ""]
         elif kind == "list":
-            out += [f"- {item}" for item in rest[0]] + [""]
+            out += [f"- {_md_text(item)}" for item in rest[0]] + [""]
         elif kind == "table":
             headers, rows = rest
             out.append("| " + " | ".join(_cell(h) for h in headers) + " |")
