@@ -36,7 +36,27 @@ def site(tmp_path: Path, hosts: SshLab) -> Iterator[Path]:
     (inventory / "hosts.ini").write_text(text)
     shutil.copytree(REPO / "inventory" / "group_vars", inventory / "group_vars")
     hosts.inventory = inventory  # the runbook_exec fixture passes this as -i
+    LABS[tmp_path] = hosts
     yield tmp_path
+    LABS.pop(tmp_path, None)
+
+
+LABS: dict[Path, SshLab] = {}  # each site's hosts, to explain a deploy that failed
+
+
+def apps(hosts: SshLab) -> str:
+    """Each host's sample app as the host has it: its pid file, whether that process runs,
+    its port, and the end of its log."""
+    lines = []
+    for host in hosts.hosts:
+        folder = host.root / "app"
+        pid = (folder / "app.pid").read_text().strip() if (folder / "app.pid").exists() else ""
+        running = bool(pid) and Path(f"/proc/{pid}").exists()
+        log = (folder / "app.log").read_text()[-400:] if (folder / "app.log").exists() else ""
+        lines.append(
+            f"{host.name}: port {host.app_port}, pid {pid or '-'} running={running}: {log!r}"
+        )
+    return "\n".join(lines)
 
 
 def serving(hosts: SshLab, name: str) -> str:
@@ -60,9 +80,11 @@ def releases_of(hosts: SshLab, name: str) -> set[str]:
 
 
 def deployed(runbook_exec: Run, site: Path, version: str, **kwargs: Any) -> None:
-    """A deploy that must succeed; when it does not, the assertion shows why."""
+    """A deploy that must succeed; when it does not, the assertion shows why (and how the
+    hosts' apps stand)."""
     done = deploy(runbook_exec, site, version, **kwargs)
-    assert done.returncode == 0, done.stdout + done.stderr
+    hosts = LABS.get(site)
+    assert done.returncode == 0, done.stdout + done.stderr + (apps(hosts) if hosts else "")
 
 
 def deploy(

@@ -418,9 +418,12 @@ def sample_release(folder: Path, version: str, *, healthy: bool = True) -> Path:
 
 
 def stop_apps(lab: SshLab) -> None:
-    """Stop the sample apps the runbooks started on the lab's hosts."""
+    """Stop the sample apps the runbooks started on the lab's hosts: each one whose pid
+    file names a process that is still that app (its working folder is on this host). An
+    app that died long ago left its pid to be reused, perhaps by another lab's app."""
     for host in lab.hosts:
         pid_file = host.root / "app" / "app.pid"
-        if pid_file.exists():
-            with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
-                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(pid_file.read_text().strip())
+            if Path(f"/proc/{pid}/cwd").resolve().is_relative_to(host.root.resolve()):
+                os.kill(pid, signal.SIGTERM)
