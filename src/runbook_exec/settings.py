@@ -49,10 +49,15 @@ def default_db() -> str:
     return f"sqlite:///{Path(base) / 'runbook-exec' / 'state.db'}"
 
 
+def config_dir() -> Path:
+    """This user's folder of settings and keys: $XDG_CONFIG_HOME/runbook-exec."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return Path(base) / "runbook-exec"
+
+
 def config_files() -> list[Path]:
     """The settings files that apply here, the one that wins last."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
-    return [Path(base) / "runbook-exec" / "config.toml", Path(WORKSPACE_CONFIG)]
+    return [config_dir() / "config.toml", Path(WORKSPACE_CONFIG)]
 
 
 def load() -> dict[str, Any]:

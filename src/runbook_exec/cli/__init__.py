@@ -20,7 +20,7 @@ from ..errors import (
     Problem,
     RunbookExecError,
 )
-from . import handover, init, runs, undo
+from . import handover, init, runs, undo, web
 from .audit import audit_app
 from .helptext import plain_metavars
 from .options import (
@@ -184,11 +184,13 @@ for command in (
     runs.releases,
     runs.unlock,
     handover.report,
+    web.serve,
     init.init,
 ):
     app.command()(command)
 app.add_typer(audit_app, name="audit")
 app.add_typer(handover.handover_app, name="handover")
+app.add_typer(web.users_app, name="users")
 app.add_typer(
     warm_app,
     name="warm",

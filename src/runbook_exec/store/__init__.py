@@ -10,12 +10,12 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from .base import StoreBase, _decode, _encode, engine_url, first_line, gc_paused
 from .chain import ChainStore
 from .locks import LockHolder, LockStore
-from .schema import gates, host_steps, releases, run_hosts, runs, task_results
+from .schema import gates, host_steps, releases, run_hosts, runs, task_results, web_users
 
 __all__ = ["LockHolder", "Store", "StoreBase", "engine_url", "first_line", "gc_paused"]
 
@@ -31,6 +31,29 @@ _HOST_STEP_KEY = (
 
 class Store(ChainStore, LockStore):
     """One database: open it with `Store.open(url)`, which applies pending migrations."""
+
+    # --- web users --------------------------------------------------------------------------
+
+    def put_user(self, name: str, role: str, password_hash: str) -> None:
+        """Add a web user, or change one's role and password."""
+        with self._tx() as tx:
+            tx.execute(delete(web_users).where(web_users.c.name == name))
+            tx.execute(
+                insert(web_users).values(
+                    name=name, role=role, password_hash=password_hash, created_at=time.time()
+                )
+            )
+
+    def remove_user(self, name: str) -> bool:
+        with self._tx() as tx:
+            return bool(tx.execute(delete(web_users).where(web_users.c.name == name)).rowcount)
+
+    def users(self) -> list[dict[str, Any]]:
+        return self._read(select(web_users).order_by(web_users.c.name))
+
+    def user(self, name: str) -> dict[str, Any] | None:
+        rows = self._read(select(web_users).where(web_users.c.name == name))
+        return rows[0] if rows else None
 
     # --- runs -------------------------------------------------------------------------------
 

@@ -250,6 +250,11 @@ class ChainStore(StoreBase):
         rows = self._read(select(func.min(newest.c.seq).label("seq")))
         return int(rows[0]["seq"]) if rows and rows[0]["seq"] is not None else None
 
+    def head_seq(self) -> int:
+        """The seq of the chain's newest event (0: none)."""
+        rows = self._read(select(func.max(audit_events.c.seq).label("seq")))
+        return int(rows[0]["seq"] or 0) if rows else 0
+
     def audit_events(self) -> list[dict[str, Any]]:
         """The whole chain in order. Built from rows as tuples (at 100,000 events SQLAlchemy's
         row mappings would cost as much as verifying them), with the cyclic garbage

@@ -142,6 +142,15 @@ task_results = Table(
 )
 Index("ix_task_results_run", task_results.c.run_id)
 
+web_users = Table(
+    "web_users",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("role", String(20), nullable=False),  # viewer, operator, admin
+    Column("password_hash", Text, nullable=False),  # scrypt$n$r$p$salt$hash, hex
+    Column("created_at", Float, nullable=False),
+)
+
 audit_events = Table(
     "audit_events",
     metadata,

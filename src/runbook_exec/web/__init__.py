@@ -1,0 +1,387 @@
+"""`runbook-exec serve`: the web view over the verified record. Server-rendered pages
+(FastAPI, Jinja2), no front-end build step, nothing fetched from elsewhere.
+
+Every page reads through the record's one read API (`Record`, `Service`); what the record
+cannot verify is shown flagged, never as truth. Only `serve` imports this package: the
+other commands never pay for the web stack.
+
+Pages: sign-in; runs (filters by runbook, operator, change id, host, status and dates;
+paged); a run (who, why, change, runbook and its SHA-256 and text, parameters, inventory
+as planned, a batch × host × step grid, gates, release switches, Ansible tasks); a
+host-step's output; the handover report of a run or of a change; the audit trail (chain
+status, checkpoints, exports).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import InputError, NotFound, Problem, RunbookExecError
+from ..jsonout import rfc3339
+from ..record import History, RecordAltered, RunDetails
+from ..service import Service
+from ..store import Store
+from .auth import SESSION_COOKIE, SESSION_SECONDS, Sessions, SignInLimit, check_password
+
+HERE = Path(__file__).parent
+PAGE_SIZE = 50
+MAX_BODY = 64 * 1024  # a sign-in or a decision: anything bigger is refused (413)
+STATUSES = (
+    "pending", "running", "awaiting_approval", "succeeded", "failed", "rolled_back",
+    "rollback_failed", "rejected", "cancelled", "interrupted", "refused",
+)  # fmt: skip
+FILTERS = ("runbook", "operator", "change", "host", "status", "since", "until")
+
+
+class Web:
+    """What the pages share: the store, the signed sessions, a cache of the chain's
+    history (folded again only when the chain has grown)."""
+
+    def __init__(self, db: str, secret: bytes) -> None:
+        self.db = db
+        self.store = Store.open(db)
+        self.sessions = Sessions(secret)
+        self.limit = SignInLimit()
+        self._history: History | None = None
+
+    def service(self, user: str) -> Service:
+        return Service(self.store, user)
+
+    def history(self) -> History:
+        head = self.store.head_seq()
+        if self._history is None or self._history.head != head:
+            self._history = Service(self.store, "web").record.history(upto=head)
+        return self._history
+
+
+def create_app(db: str, secret: bytes) -> FastAPI:
+    """The web app on the store at `db`; sessions signed with `secret`."""
+    web = Web(db, secret)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals["rfc3339"] = rfc3339
+    app = FastAPI(title="runbook-exec", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    def page(request: Request, name: str, code: int = 200, **context: Any) -> HTMLResponse:
+        user = getattr(request.state, "user", None)
+        nonce = getattr(request.state, "nonce", None)
+        csrf = web.sessions.csrf(nonce) if nonce else ""
+        return templates.TemplateResponse(
+            request, name, {"user": user, "csrf": csrf, **context}, status_code=code
+        )
+
+    def problem(request: Request, status: int, message: str) -> HTMLResponse:
+        return page(request, "error.html", status, status=status, message=message)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        """Bodies of a bounded size; a session for every page but sign-in; no state change
+        without a POST carrying the session's CSRF token; headers that keep pages private."""
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+            return problem(request, 413, "request too large")
+        signed = web.sessions.read(request.cookies.get(SESSION_COOKIE))
+        if signed is not None and web.store.user(signed[0]) is None:
+            signed = None  # removed since
+        request.state.user, request.state.nonce = signed or (None, None)
+        open_paths = ("/login", "/static/")
+        if signed is None and not request.url.path.startswith(open_paths):
+            if request.method == "GET":
+                target = urlencode({"next": request.url.path})
+                return RedirectResponse(f"/login?{target}", status_code=303)
+            return problem(request, 401, "sign in first")
+        response: Response = await call_next(request)
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+            "frame-ancestors 'none'; form-action 'self'"
+        )
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return problem(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> Response:
+        return problem(request, 404, str(exc))
+
+    @app.exception_handler(InputError)
+    async def bad_input(request: Request, exc: InputError) -> Response:
+        return problem(request, 400, "; ".join(str(p) for p in exc.problems))
+
+    @app.exception_handler(RecordAltered)
+    async def altered(request: Request, exc: RecordAltered) -> Response:
+        return problem(request, 409, str(exc))
+
+    @app.exception_handler(RunbookExecError)
+    async def refused(request: Request, exc: RunbookExecError) -> Response:
+        return problem(request, 409, str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> Response:
+        return problem(request, 500, f"internal error ({type(exc).__name__}); see the server log")
+
+    # --- signing in ---------------------------------------------------------------------------
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request, next: str = "/runs") -> HTMLResponse:
+        return page(request, "login.html", next=_local(next), failed=None)
+
+    @app.post("/login")
+    async def login(request: Request) -> Response:
+        form = await _form(request)
+        name, password = form.get("user", ""), form.get("password", "")
+        target = _local(form.get("next", "/runs"))
+        address = request.client.host if request.client else "?"
+        if web.limit.blocked(name, address):
+            return page(
+                request, "login.html", 429, next=target,
+                failed="too many failed sign-ins: wait a few minutes",
+            )  # fmt: skip
+        row = web.store.user(name)
+        if row is None or not check_password(password, str(row["password_hash"])):
+            web.limit.failed(name, address)
+            return page(request, "login.html", 401, next=target, failed="wrong name or password")
+        web.limit.succeeded(name, address)
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            web.sessions.issue(name),
+            max_age=SESSION_SECONDS,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @app.post("/logout")
+    async def logout(request: Request) -> Response:
+        await _checked_form(request, web)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def home() -> Response:
+        return RedirectResponse("/runs", status_code=303)
+
+    @app.get("/runs", response_class=HTMLResponse)
+    def runs(request: Request) -> HTMLResponse:
+        query = {k: v for k, v in request.query_params.items() if k in (*FILTERS, "page")}
+        filters, number = _filters(query)
+        history = web.history()
+        matching = [d for d in _newest_first(history) if _matches(d, filters)]
+        pages = max(1, -(-len(matching) // PAGE_SIZE))
+        shown = matching[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
+        base = {k: v for k, v in filters.items() if v}
+        return page(
+            request,
+            "runs.html",
+            runs=shown,
+            total=len(matching),
+            number=number,
+            pages=pages,
+            filters=filters,
+            statuses=STATUSES,
+            flags=history.flags,
+            link=lambda n: "/runs?" + urlencode({**base, "page": n}),
+        )
+
+    @app.get("/runs/{run_id}", response_class=HTMLResponse)
+    def run(request: Request, run_id: str) -> HTMLResponse:
+        details = web.service(request.state.user).run(run_id, outputs=False)
+        return page(request, "run.html", d=details, grid=_grid(details), flags=details.flags)
+
+    @app.get("/runs/{run_id}/output", response_class=HTMLResponse)
+    def output(request: Request, run_id: str, section: str, index: int, host: str) -> HTMLResponse:
+        details = web.service(request.state.user).run(run_id, outputs=True)
+        step = next(
+            (s for s in details.steps if (s.section, s.index, s.host) == (section, index, host)),
+            None,
+        )
+        if step is None:
+            raise NotFound(f"run {run_id} has no step {section} {index + 1} on {host}")
+        return page(request, "output.html", d=details, step=step, flags=details.flags)
+
+    @app.get("/runs/{run_id}/report", response_class=HTMLResponse)
+    def run_report(request: Request, run_id: str, lang: str = "en") -> HTMLResponse:
+        from ..report import Selection, make
+
+        text = make(web.service(request.state.user), Selection(run_id=run_id), "html", lang)
+        return HTMLResponse(text)
+
+    @app.get("/changes/{change_id}/report", response_class=HTMLResponse)
+    def change_report(request: Request, change_id: str, lang: str = "en") -> HTMLResponse:
+        from ..report import Selection, make
+
+        selection = Selection(change_id=change_id)
+        return HTMLResponse(make(web.service(request.state.user), selection, "html", lang))
+
+    # --- the audit trail ----------------------------------------------------------------------
+
+    @app.get("/audit", response_class=HTMLResponse)
+    def audit(request: Request) -> HTMLResponse:
+        from ..store.audit import verify
+
+        started = time.monotonic()
+        verified = verify(web.store.audit_events(), web.store.keys)
+        history = web.history()
+        return page(
+            request,
+            "audit.html",
+            verified=verified,
+            took=time.monotonic() - started,
+            checkpoints=history.checkpoints,
+            at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+
+    @app.get("/audit/export")
+    def export(
+        request: Request, format: str = "jsonl", run: str = "", change: str = ""
+    ) -> StreamingResponse:
+        from ..recorders import Auditor
+        from ..store.export import export_csv, export_lines
+
+        if format not in ("jsonl", "csv"):
+            raise InputError(Problem(f"{format!r}: jsonl or csv", field="format"))
+        rows = [
+            r
+            for r in web.store.audit_events()
+            if (not run or r["run_id"] == run) and (not change or r["change_id"] == change)
+        ]
+        filters = {"run": run or None, "change_id": change or None}
+        Auditor.outside_runs(web.store, request.state.user).append(
+            "audit.exported", format=format, filters=filters, by="web"
+        )
+
+        def chunks() -> Iterator[str]:
+            if format == "csv":
+                yield from export_csv(iter(rows))
+                return
+            batch: list[str] = []
+            for line in export_lines(iter(rows)):
+                batch.append(line)
+                if len(batch) >= 5000:
+                    yield "\n".join(batch) + "\n"
+                    batch = []
+            if batch:
+                yield "\n".join(batch) + "\n"
+
+        name = f"runbook-exec-audit.{format}"
+        return StreamingResponse(
+            chunks(),
+            media_type="text/csv" if format == "csv" else "application/x-ndjson",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    return app
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A urlencoded form's fields (the last of each name)."""
+    body = await request.body()
+    try:
+        parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise InputError(Problem("the form is not UTF-8")) from None
+    return {k: v[-1] for k, v in parsed.items()}
+
+
+async def _checked_form(request: Request, web: Web) -> dict[str, str]:
+    form = await _form(request)
+    nonce = request.state.nonce
+    if nonce is None or not web.sessions.csrf_ok(nonce, form.get("csrf")):
+        raise StarletteHTTPException(403, "the form's CSRF token is missing or wrong")
+    return form
+
+
+def _local(target: str) -> str:
+    """Where to go after signing in: a path of this site, never another site."""
+    return target if target.startswith("/") and not target.startswith("//") else "/runs"
+
+
+def _filters(query: Mapping[str, str]) -> tuple[dict[str, str], int]:
+    """The runs page's filters, checked: a bad one is refused (400) naming the field."""
+    filters = {name: query.get(name, "").strip() for name in FILTERS}
+    for name in ("since", "until"):
+        if filters[name]:
+            try:
+                datetime.fromisoformat(filters[name].replace("Z", "+00:00"))
+            except ValueError:
+                why = f"{filters[name]!r} is not a date or time (2026-11-01 or 2026-11-01T08:00)"
+                raise InputError(Problem(why, field=name)) from None
+    if filters["status"] and filters["status"] not in STATUSES:
+        raise InputError(Problem(f"{filters['status']!r} is not a run status", field="status"))
+    raw = query.get("page", "1") or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+        raise InputError(Problem(f"{raw!r} is not a page number", field="page"))
+    return filters, int(raw)
+
+
+def _epoch(text: str) -> float:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _newest_first(history: History) -> list[RunDetails]:
+    return sorted(
+        history.runs.values(), key=lambda d: (d.run.requested_at, d.run.event), reverse=True
+    )
+
+
+def _matches(details: RunDetails, f: Mapping[str, str]) -> bool:
+    import fnmatch
+
+    run = details.run
+    hosts = [h for batch in run.batches for h in batch]
+    return (
+        (not f["runbook"] or f["runbook"].lower() in run.runbook_name.lower())
+        and (not f["operator"] or run.operator == f["operator"])
+        and (not f["change"] or run.change_id == f["change"])
+        and (not f["host"] or any(fnmatch.fnmatchcase(h, f["host"]) for h in hosts))
+        and (not f["status"] or run.status == f["status"])
+        and (not f["since"] or run.requested_at >= _epoch(f["since"]))
+        and (not f["until"] or run.requested_at < _epoch(f["until"]))
+    )
+
+
+def _grid(details: RunDetails) -> list[dict[str, Any]]:
+    """Per batch: its hosts, the steps that ran, and each host-step's status."""
+    names: dict[tuple[str, int], str] = {}
+    cells: dict[tuple[str, str, int], Any] = {}
+    for step in details.steps:
+        names.setdefault((step.section, step.index), step.name)
+        cells[(step.host, step.section, step.index)] = step
+    columns = sorted(names, key=lambda k: (k[0] != "steps", k[1]))
+    status = {h.host: h.status for h in details.hosts}
+    return [
+        {
+            "number": number,
+            "columns": [(s, i, names[(s, i)]) for s, i in columns],
+            "rows": [
+                (host, status.get(host, ""), [cells.get((host, s, i)) for s, i in columns])
+                for host in batch
+            ],
+        }
+        for number, batch in enumerate(details.run.batches, 1)
+    ]

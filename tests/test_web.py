@@ -1,0 +1,221 @@
+"""`runbook-exec serve` in a real browser (Debian's chromium through Playwright), over a
+store of real runs on real hosts: an auditor signs in, filters by change id, opens the
+failed run, finds the failing host-step's output, opens the change's handover report and
+downloads an export that verifies; a tampered row shows its flag; bad requests get clear
+pages and never a traceback; sign-in is limited and forms need their CSRF token."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import chromium_browser, query
+from runbook_exec.testing.lab import SshLab
+
+BIN = Path(sys.executable).parent
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Served:
+    url: str
+    db: str
+    base: Path
+    failed: str  # the run of change CHG-B that failed on host2
+    good: str
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "runbook-exec"), *args, "--db", self.db],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=self.base,
+            timeout=120,
+        )
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A store with three runs on two hosts (CHG-A ok; CHG-B failed on host2 with a telling
+    stderr; one without a change), a viewer `dana`, and the web view on a free port."""
+    import uvicorn
+
+    from runbook_exec.web import create_app
+
+    base = tmp_path_factory.mktemp("web")
+    db = f"sqlite:///{base / 'state.db'}"
+    with SshLab() as lab:
+        lab.start(2, groups={"app": ["host1", "host2"]})
+        runbook = base / "rb.yml"
+        runbook.write_text(
+            "name: web-demo\ntargets: app\nsteps:\n  - name: Greet\n    shell: echo hello from "
+            "{{ inventory_hostname }}\n  - name: Check disk\n    shell: >-\n      "
+            "if [ {{ inventory_hostname }} = host2 ]; then echo 'disk /data is 97% full' >&2; "
+            "exit 3; fi\n"
+        )
+        ids = {}
+        for change in ("CHG-A", "CHG-B", ""):
+            extra = ["--change-id", change] if change else []
+            if change == "CHG-A":
+                extra += ["-l", "host1"]
+            done = subprocess.run(
+                [str(BIN / "runbook-exec"), "run", str(runbook), *lab.cli_args(), "--db", db,
+                 "--json", "--operator", "erin", *extra],
+                capture_output=True, text=True, cwd=base, timeout=120,
+            )  # fmt: skip
+            assert done.returncode in (0, 1), done.stdout + done.stderr
+            ids[change] = json.loads(done.stdout)["run_id"]
+        served = Served("", db, base, ids["CHG-B"], ids["CHG-A"])
+        added = served.cli("users", "add", "dana", "--password-stdin", stdin=PASSWORD + "\n")
+        assert added.returncode == 0, added.stderr
+        port = _port()
+        app = create_app(db, b"k" * 32)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        served.url = f"http://127.0.0.1:{port}"
+        try:
+            yield served
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+def signed_in(browser: Any, served: Served) -> Any:
+    page = browser.new_page()
+    page.goto(served.url + "/runs")
+    assert "/login" in page.url  # no session: to the sign-in page
+    page.fill("input[name=user]", "dana")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/runs")
+    return page
+
+
+def test_an_auditor_finds_the_failing_step_and_the_report_and_exports_proof(
+    served: Served, tmp_path: Path
+) -> None:
+    with chromium_browser() as browser:
+        page = signed_in(browser, served)
+        assert page.locator("table.runs tbody tr").count() == 3
+        if os.environ.get("RBX_DOCS_SCREENSHOTS"):
+            page.set_viewport_size({"width": 1100, "height": 420})
+            page.screenshot(path=str(Path(__file__).parent.parent / "docs" / "web-runs.png"))
+        page.fill("input[name=change]", "CHG-B")
+        page.click("form.filters button")
+        page.wait_for_url("**change=CHG-B**")
+        rows = page.locator("table.runs tbody tr")
+        assert rows.count() == 1 and "failed" in rows.first.inner_text()
+        page.click(f"text={served.failed}")
+        page.wait_for_url(f"**/runs/{served.failed}")
+        assert "erin" in page.locator("dl.facts").inner_text()
+        failed_cell = page.locator("table.grid a.cell.s-failed")
+        assert failed_cell.count() == 1
+        failed_cell.click()
+        page.wait_for_url("**/output?**")
+        assert "Check disk on host2" in page.locator("h1").inner_text()
+        assert "disk /data is 97% full" in page.locator("pre.output").nth(1).inner_text()
+        page.go_back()
+        page.click("text=Handover report")
+        assert page.locator("h1").inner_text() == "Handover report"
+        assert "host2" in page.locator("table").first.inner_text()
+        page.goto(served.url + "/audit")
+        assert "Chain intact" in page.locator("p.ok").inner_text()
+        with page.expect_download() as download:
+            page.click("text=Whole trail, JSONL")
+        trail = tmp_path / "trail.jsonl"
+        download.value.save_as(str(trail))
+    checked = served.cli("audit", "verify", "--file", str(trail))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "audit trail OK" in checked.stdout
+
+
+def test_bad_requests_get_clear_pages_and_no_traceback(served: Served) -> None:
+    with chromium_browser() as browser:
+        page = signed_in(browser, served)
+        for path, status, says in (
+            ("/runs/20990101-000000-abcdef", 404, "no run '20990101-000000-abcdef'"),
+            ("/runs?since=yesterday", 400, "since: 'yesterday' is not a date"),
+            ("/runs?status=happy", 400, "'happy' is not a run status"),
+            ("/runs?page=-1", 400, "'-1' is not a page number"),
+            ("/changes/NOPE/report", 404, "no run of change 'NOPE'"),
+            ("/nowhere", 404, "Not Found"),
+        ):
+            response = page.goto(served.url + path)
+            assert response is not None and response.status == status, path
+            text = page.locator("main").inner_text()
+            assert says in text, (path, text)
+            assert "Traceback" not in page.content()
+        big = page.request.post(served.url + "/logout", data="x" * 100_000)
+        assert big.status == 413
+        no_token = page.request.post(served.url + "/logout", form={"csrf": "forged"})
+        assert no_token.status == 403  # a state change needs the session's own token
+        assert page.goto(served.url + "/runs") is not None and "/runs" in page.url
+
+
+def test_sign_in_is_limited_and_a_removed_user_is_out(served: Served) -> None:
+    served.cli("users", "add", "lee", "--role", "operator", "--password-stdin", stdin=PASSWORD)
+    with chromium_browser() as browser:
+        context = browser.new_context()
+        for _ in range(5):
+            wrong = context.request.post(
+                served.url + "/login", form={"user": "lee", "password": "guess"}
+            )
+            assert wrong.status == 401
+        limited = context.request.post(
+            served.url + "/login", form={"user": "lee", "password": PASSWORD}
+        )
+        assert limited.status == 429  # even the right password, for a while
+        served.cli("users", "add", "temp", "--password-stdin", stdin=PASSWORD + "\n")
+        page = context.new_page()
+        page.goto(served.url + "/login")
+        page.fill("input[name=user]", "temp")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/runs")
+        cookie = next(c for c in context.cookies() if c["name"] == "rbx_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert served.cli("users", "remove", "temp").returncode == 0
+        page.goto(served.url + "/runs")
+        assert "/login" in page.url
+    listed = served.cli("users", "list").stdout
+    assert "dana  viewer" in listed and "lee  operator" in listed and "temp" not in listed
+    events = served.cli("audit", "export").stdout
+    assert '\\"type\\":\\"user.added\\"' in events and '\\"type\\":\\"user.removed\\"' in events
+
+
+def test_a_tampered_row_shows_its_flag(served: Served) -> None:
+    query(served.db, "UPDATE runs SET operator = 'mallory' WHERE id = :id", id=served.good)
+    try:
+        with chromium_browser() as browser:
+            page = signed_in(browser, served)
+            page.goto(f"{served.url}/runs/{served.good}")
+            flags = page.locator("div.flags")
+            assert flags.count() == 1
+            assert "record altered" in flags.inner_text() and "mallory" in flags.inner_text()
+            assert "erin" in page.locator("dl.facts").inner_text()  # what the events say
+            if os.environ.get("RBX_DOCS_SCREENSHOTS"):
+                page.screenshot(path=str(Path(__file__).parent.parent / "docs" / "web-run.png"))
+    finally:
+        query(served.db, "UPDATE runs SET operator = 'erin' WHERE id = :id", id=served.good)
