@@ -6,7 +6,10 @@
 4. gray-release a broken 3.0.0: its health check fails on the canary, which is rolled back
    automatically; no other host ever receives it;
 5. `releases --check`: what is live where, as recorded and as found on the hosts; `runs`;
-   and `audit verify`: the hash chain of every event of all of it is intact.
+   and `audit verify`: the hash chain of every event of all of it is intact;
+6. the handover: a checklist item ticked, the change's report (Markdown here; HTML and
+   Chinese too) and `audit verify --report`, which proves every line of it;
+7. the web view: `serve`, a user signed in, the runs listed.
 
 The state store is the embedded SQLite file, in a temporary folder removed at the end.
 """
@@ -53,6 +56,48 @@ def serving(lab: SshLab) -> str:
         except OSError:
             answers.append(f"{host.name}=down")
     return "  ".join(answers)
+
+
+def web_view(store: list[str]) -> str:
+    """Start `serve` on a free port, add a viewer, sign in as a browser would, and read the
+    runs page: how many runs it lists."""
+    import http.cookiejar
+    import re
+    import socket
+    import time
+    import urllib.parse
+    import urllib.request
+
+    password = "demo-pass-1234"
+    subprocess.run(
+        [CLI, "users", "add", "dana", "--password-stdin", *store],
+        input=password, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    print(f"$ runbook-exec serve --bind 127.0.0.1:{port}", flush=True)
+    server = subprocess.Popen(
+        [CLI, "serve", "--bind", f"127.0.0.1:{port}", *store], cwd=REPO, stdout=subprocess.DEVNULL
+    )
+    try:
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                opener.open(url + "/login", timeout=5)
+                break
+            except OSError:
+                time.sleep(0.1)
+        form = urllib.parse.urlencode({"user": "dana", "password": password, "next": "/runs"})
+        page = opener.open(url + "/login", data=form.encode(), timeout=10).read().decode()
+        listed = len(re.findall(r'<td><a href="/runs/', page))
+        return f"{listed} on {url}/runs (signed in as dana)"
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def main() -> None:
@@ -210,6 +255,43 @@ def main() -> None:
         )
         step("Every run, newest first", "runs", *store)
         step("Is the audit trail of all of it intact?", "audit", "verify", *store)
+
+        step(
+            "Hand the change over: tick a checklist item the runbook declares",
+            "handover",
+            "tick",
+            gray,
+            "Backup verified",
+            "-m",
+            "restored last night's dump to staging",
+            "--operator",
+            "carol",
+            *store,
+        )
+        report = work / "CHG-1002.md"
+        step(
+            "The handover report of change CHG-1002: what changed where, who approved, the "
+            "way back, the checklist (Markdown; HTML by default, --lang zh for Chinese)",
+            "report",
+            "--change-id",
+            "CHG-1002",
+            "-f",
+            "md",
+            "-o",
+            str(report),
+            *store,
+        )
+        print("\n".join(report.read_text().splitlines()[:22]) + "\n…")
+        step(
+            "Prove that every fact and every line of the report is what the record says",
+            "audit",
+            "verify",
+            "--report",
+            str(report),
+            *store,
+        )
+        say("The web view: `runbook-exec serve`, signed in as a viewer")
+        print(f"runs listed: {web_view(store)}")
     shutil.rmtree(work, ignore_errors=True)
     print("\nDemo finished; the lab hosts are stopped and its files removed.")
 
