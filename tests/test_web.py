@@ -219,3 +219,53 @@ def test_a_tampered_row_shows_its_flag(served: Served) -> None:
                 page.screenshot(path=str(Path(__file__).parent.parent / "docs" / "web-run.png"))
     finally:
         query(served.db, "UPDATE runs SET operator = 'erin' WHERE id = :id", id=served.good)
+
+
+def test_metrics_need_a_token_and_say_what_the_record_says(served: Served) -> None:
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape(token: str | None) -> tuple[int, str]:
+        request = urllib.request.Request(served.url + "/metrics")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, ""
+
+    assert scrape(None)[0] == 401 and scrape("rbx_not-a-token")[0] == 401
+    made = served.cli("tokens", "create", "prometheus")
+    assert made.returncode == 0 and made.stdout.startswith("rbx_")
+    token = made.stdout.strip()
+    status, text = scrape(token)
+    assert status == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    runs = "runbook_exec_runs_total"
+    assert samples[(runs, (("outcome", "failed"), ("runbook", "web-demo")))] == 2
+    assert samples[(runs, (("outcome", "succeeded"), ("runbook", "web-demo")))] == 1
+    failures = (
+        "runbook_exec_host_step_failures_total",
+        (("runbook", "web-demo"), ("step", "Check disk")),
+    )
+    assert samples[failures] == 2
+    count = ("runbook_exec_run_duration_seconds_count", (("runbook", "web-demo"),))
+    assert samples[count] == 3
+    assert samples[("runbook_exec_audit_chain_intact", ())] == 1
+    assert samples[("runbook_exec_runs_awaiting_approval", ())] == 0
+    assert (
+        samples[("runbook_exec_audit_events", ())]
+        >= samples[("runbook_exec_audit_last_verified_seq", ())]
+        > 0
+    )
+    assert "prometheus" in served.cli("tokens", "list").stdout
+    assert token not in served.cli("tokens", "list").stdout
+    assert served.cli("tokens", "revoke", "prometheus").returncode == 0
+    assert scrape(token)[0] == 401

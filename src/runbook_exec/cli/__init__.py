@@ -191,6 +191,7 @@ for command in (
 app.add_typer(audit_app, name="audit")
 app.add_typer(handover.handover_app, name="handover")
 app.add_typer(web.users_app, name="users")
+app.add_typer(web.tokens_app, name="tokens")
 app.add_typer(
     warm_app,
     name="warm",

@@ -126,3 +126,73 @@ def users_list(db: DbOpt = DEFAULT_DB) -> None:
 
     for row in Store.open(db).users():
         out().print(f"{escape(row['name'])}  {row['role']}  since {rfc3339(row['created_at'])}")
+
+
+tokens_app = typer.Typer(
+    help="Bearer tokens for scripts and monitoring: the JSON API and /metrics of `serve` "
+    "(send `Authorization: Bearer TOKEN`). A token is shown once; the store keeps its "
+    "SHA-256.",
+    no_args_is_help=True,
+)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="What it is for: prometheus.")],
+    role: RoleOpt = "viewer",
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Make a token (a new one replaces the old of that name); prints it once; recorded.
+
+    Example: `runbook-exec tokens create prometheus > /etc/prometheus/runbook-exec.token`
+    """
+    import hashlib
+    import secrets
+
+    from ..recorders import Auditor
+    from ..store import Store
+    from ..store.audit import operator_name
+    from ..web.auth import ROLES
+
+    if role not in ROLES:
+        raise InputError(Problem(f"{role!r}: one of {', '.join(ROLES)}", field="--role"))
+    if not name.strip() or len(name) > 200 or any(c.isspace() for c in name):
+        raise InputError(Problem(f"{name!r}: a name is 1-200 characters, no spaces", field="NAME"))
+    token = "rbx_" + secrets.token_urlsafe(32)
+    store = Store.open(db)
+    store.require_key()
+    store.put_token(name, role, hashlib.sha256(token.encode()).hexdigest())
+    Auditor.outside_runs(store, operator_name(operator)).append(
+        "token.created", token=name, role=role
+    )
+    typer.echo(token)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    operator: OperatorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Revoke a token: refused from its next request on; recorded."""
+    from ..errors import NotFound
+    from ..recorders import Auditor
+    from ..store import Store
+    from ..store.audit import operator_name
+
+    store = Store.open(db)
+    if not store.remove_token(name):
+        raise NotFound(f"no token {name!r} in the state store {store.where}")
+    Auditor.outside_runs(store, operator_name(operator)).append("token.revoked", token=name)
+    out().print(f"token {escape(name)} revoked")
+
+
+@tokens_app.command("list")
+def tokens_list(db: DbOpt = DEFAULT_DB) -> None:
+    """The tokens' names and roles (never the tokens)."""
+    from ..jsonout import rfc3339
+    from ..store import Store
+
+    for row in Store.open(db).tokens():
+        out().print(f"{escape(row['name'])}  {row['role']}  since {rfc3339(row['created_at'])}")

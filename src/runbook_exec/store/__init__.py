@@ -15,7 +15,16 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from .base import StoreBase, _decode, _encode, engine_url, first_line, gc_paused
 from .chain import ChainStore
 from .locks import LockHolder, LockStore
-from .schema import gates, host_steps, releases, run_hosts, runs, task_results, web_users
+from .schema import (
+    api_tokens,
+    gates,
+    host_steps,
+    releases,
+    run_hosts,
+    runs,
+    task_results,
+    web_users,
+)
 
 __all__ = ["LockHolder", "Store", "StoreBase", "engine_url", "first_line", "gc_paused"]
 
@@ -53,6 +62,29 @@ class Store(ChainStore, LockStore):
 
     def user(self, name: str) -> dict[str, Any] | None:
         rows = self._read(select(web_users).where(web_users.c.name == name))
+        return rows[0] if rows else None
+
+    # --- API tokens (kept as SHA-256 digests) -----------------------------------------------
+
+    def put_token(self, name: str, role: str, digest: str) -> None:
+        with self._tx() as tx:
+            tx.execute(delete(api_tokens).where(api_tokens.c.name == name))
+            tx.execute(
+                insert(api_tokens).values(
+                    name=name, role=role, token_sha256=digest, created_at=time.time()
+                )
+            )
+
+    def remove_token(self, name: str) -> bool:
+        with self._tx() as tx:
+            return bool(tx.execute(delete(api_tokens).where(api_tokens.c.name == name)).rowcount)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        columns = (api_tokens.c.name, api_tokens.c.role, api_tokens.c.created_at)
+        return self._read(select(*columns).order_by(api_tokens.c.name))
+
+    def token(self, digest: str) -> dict[str, Any] | None:
+        rows = self._read(select(api_tokens).where(api_tokens.c.token_sha256 == digest))
         return rows[0] if rows else None
 
     # --- runs -------------------------------------------------------------------------------

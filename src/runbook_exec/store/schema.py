@@ -151,6 +151,15 @@ web_users = Table(
     Column("created_at", Float, nullable=False),
 )
 
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("role", String(20), nullable=False),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
 audit_events = Table(
     "audit_events",
     metadata,

@@ -14,6 +14,7 @@ status, checkpoints, exports).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -95,11 +96,24 @@ def create_app(db: str, secret: bytes) -> FastAPI:
         if signed is not None and web.store.user(signed[0]) is None:
             signed = None  # removed since
         request.state.user, request.state.nonce = signed or (None, None)
+        bearer = request.headers.get("authorization", "")
+        if signed is None and bearer.lower().startswith("bearer "):
+            token = web.store.token(hashlib.sha256(bearer[7:].strip().encode()).hexdigest())
+            if token is not None:  # a token is not a browser: no cookie, no CSRF to check
+                request.state.user = f"token:{token['name']}"
+        machine = request.url.path.startswith(("/metrics", "/api/"))
         open_paths = ("/login", "/static/")
-        if signed is None and not request.url.path.startswith(open_paths):
-            if request.method == "GET":
+        if request.state.user is None and not request.url.path.startswith(open_paths):
+            if request.method == "GET" and not machine:
                 target = urlencode({"next": request.url.path})
                 return RedirectResponse(f"/login?{target}", status_code=303)
+            if machine:
+                return Response(
+                    "a bearer token is needed (runbook-exec tokens create)\n",
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                    media_type="text/plain",
+                )
             return problem(request, 401, "sign in first")
         response: Response = await call_next(request)
         response.headers["X-Frame-Options"] = "DENY"
@@ -233,6 +247,19 @@ def create_app(db: str, secret: bytes) -> FastAPI:
 
         selection = Selection(change_id=change_id)
         return HTMLResponse(make(web.service(request.state.user), selection, "html", lang))
+
+    # --- metrics --------------------------------------------------------------------------------
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from .metrics import exposition
+
+        history = web.history()
+        holders, _ = web.service("web").record.lock_holders(web.store.lock_holders())
+        held = sum(len(h.names) for h in holders)
+        return Response(exposition(history, held), media_type=CONTENT_TYPE_LATEST)
 
     # --- the audit trail ----------------------------------------------------------------------
 
