@@ -23,7 +23,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -71,7 +78,14 @@ def create_app(db: str, secret: bytes) -> FastAPI:
     web = Web(db, secret)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["rfc3339"] = rfc3339
-    app = FastAPI(title="runbook-exec", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="runbook-exec",
+        summary="The record of runbook runs, verified: runs, host-steps, outputs, releases, audit.",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/v1/openapi.json",
+    )
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     def page(request: Request, name: str, code: int = 200, **context: Any) -> HTMLResponse:
@@ -82,7 +96,9 @@ def create_app(db: str, secret: bytes) -> FastAPI:
             request, name, {"user": user, "csrf": csrf, **context}, status_code=code
         )
 
-    def problem(request: Request, status: int, message: str) -> HTMLResponse:
+    def problem(request: Request, status: int, message: str, field: str | None = None) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message, "field": field}, status_code=status)
         return page(request, "error.html", status, status=status, message=message)
 
     @app.middleware("http")
@@ -136,7 +152,14 @@ def create_app(db: str, secret: bytes) -> FastAPI:
 
     @app.exception_handler(InputError)
     async def bad_input(request: Request, exc: InputError) -> Response:
-        return problem(request, 400, "; ".join(str(p) for p in exc.problems))
+        field = exc.problems[0].field if exc.problems else None
+        return problem(request, 400, "; ".join(str(p) for p in exc.problems), field)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        field = str((first.get("loc") or ("", "?"))[-1])
+        return problem(request, 400, f"{field}: {first.get('msg', 'not valid')}", field)
 
     @app.exception_handler(RecordAltered)
     async def altered(request: Request, exc: RecordAltered) -> Response:
@@ -152,11 +175,11 @@ def create_app(db: str, secret: bytes) -> FastAPI:
 
     # --- signing in ---------------------------------------------------------------------------
 
-    @app.get("/login", response_class=HTMLResponse)
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_form(request: Request, next: str = "/runs") -> HTMLResponse:
         return page(request, "login.html", next=_local(next), failed=None)
 
-    @app.post("/login")
+    @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         form = await _form(request)
         name, password = form.get("user", ""), form.get("password", "")
@@ -183,7 +206,7 @@ def create_app(db: str, secret: bytes) -> FastAPI:
         )
         return response
 
-    @app.post("/logout")
+    @app.post("/logout", include_in_schema=False)
     async def logout(request: Request) -> Response:
         await _checked_form(request, web)
         response = RedirectResponse("/login", status_code=303)
@@ -196,7 +219,7 @@ def create_app(db: str, secret: bytes) -> FastAPI:
     def home() -> Response:
         return RedirectResponse("/runs", status_code=303)
 
-    @app.get("/runs", response_class=HTMLResponse)
+    @app.get("/runs", response_class=HTMLResponse, include_in_schema=False)
     def runs(request: Request) -> HTMLResponse:
         query = {k: v for k, v in request.query_params.items() if k in (*FILTERS, "page")}
         filters, number = _filters(query)
@@ -218,12 +241,12 @@ def create_app(db: str, secret: bytes) -> FastAPI:
             link=lambda n: "/runs?" + urlencode({**base, "page": n}),
         )
 
-    @app.get("/runs/{run_id}", response_class=HTMLResponse)
+    @app.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
     def run(request: Request, run_id: str) -> HTMLResponse:
         details = web.service(request.state.user).run(run_id, outputs=False)
         return page(request, "run.html", d=details, grid=_grid(details), flags=details.flags)
 
-    @app.get("/runs/{run_id}/output", response_class=HTMLResponse)
+    @app.get("/runs/{run_id}/output", response_class=HTMLResponse, include_in_schema=False)
     def output(request: Request, run_id: str, section: str, index: int, host: str) -> HTMLResponse:
         details = web.service(request.state.user).run(run_id, outputs=True)
         step = next(
@@ -234,23 +257,27 @@ def create_app(db: str, secret: bytes) -> FastAPI:
             raise NotFound(f"run {run_id} has no step {section} {index + 1} on {host}")
         return page(request, "output.html", d=details, step=step, flags=details.flags)
 
-    @app.get("/runs/{run_id}/report", response_class=HTMLResponse)
+    @app.get("/runs/{run_id}/report", response_class=HTMLResponse, include_in_schema=False)
     def run_report(request: Request, run_id: str, lang: str = "en") -> HTMLResponse:
         from ..report import Selection, make
 
         text = make(web.service(request.state.user), Selection(run_id=run_id), "html", lang)
         return HTMLResponse(text)
 
-    @app.get("/changes/{change_id}/report", response_class=HTMLResponse)
+    @app.get("/changes/{change_id}/report", response_class=HTMLResponse, include_in_schema=False)
     def change_report(request: Request, change_id: str, lang: str = "en") -> HTMLResponse:
         from ..report import Selection, make
 
         selection = Selection(change_id=change_id)
         return HTMLResponse(make(web.service(request.state.user), selection, "html", lang))
 
+    from .api import router
+
+    app.include_router(router(web))
+
     # --- metrics --------------------------------------------------------------------------------
 
-    @app.get("/metrics")
+    @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -263,7 +290,7 @@ def create_app(db: str, secret: bytes) -> FastAPI:
 
     # --- the audit trail ----------------------------------------------------------------------
 
-    @app.get("/audit", response_class=HTMLResponse)
+    @app.get("/audit", response_class=HTMLResponse, include_in_schema=False)
     def audit(request: Request) -> HTMLResponse:
         from ..store.audit import verify
 
@@ -279,7 +306,7 @@ def create_app(db: str, secret: bytes) -> FastAPI:
             at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
 
-    @app.get("/audit/export")
+    @app.get("/audit/export", include_in_schema=False)
     def export(
         request: Request, format: str = "jsonl", run: str = "", change: str = ""
     ) -> StreamingResponse:
