@@ -37,7 +37,11 @@ class Scene:
     hosts: SshLab
 
     def __call__(
-        self, command: str, *args: str | Path, db: Path | None = None
+        self,
+        command: str,
+        *args: str | Path,
+        db: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """`runbook-exec` on the scene's store (or `db`), in its folder."""
         extra: list[str | Path] = ["--db", f"sqlite:///{db or self.db}"]
@@ -49,7 +53,12 @@ class Scene:
             text=True,
             cwd=self.base,
             timeout=120,
-            env={**os.environ, "COLUMNS": "200", "XDG_STATE_HOME": str(self.base / ".state")},
+            env={
+                **os.environ,
+                "COLUMNS": "200",
+                "XDG_STATE_HOME": str(self.base / ".state"),
+                **(env or {}),
+            },
         )
 
     def copy(self, name: str) -> Path:
@@ -318,24 +327,99 @@ def test_a_report_from_a_postgresql_store_verifies(
     assert missing.returncode == 2 and "in the state store" in missing.stderr
 
 
-def test_names_from_the_record_never_become_markup() -> None:
-    """A host, runbook or comment is the record's text, never markup: not in the HTML, not
-    in a Markdown ticket or wiki, not out of the embedded data."""
-    from runbook_exec.report.render import _html, _markdown
+def test_names_from_the_record_never_become_markup(scene: Scene, tmp_path: Path) -> None:
+    """A comment (or host, runbook, change id) is the record's text, never markup: not HTML
+    or an image in a Markdown ticket or wiki, not a new row, heading or quote, not out of
+    the HTML's embedded data; and a report holding a CR still verifies."""
+    store = scene.copy("hostile.db")
+    hostile = (
+        "ok\r\r## All approved ![t](http://evil.example/t.png) \\`<img src=x onerror=alert(1)>`"
+        " | </script><script>alert(2)</script>\n> **ALL CHECKS PASSED**"
+    )
+    ticked = scene("handover", "tick", scene.bad, "1", "-m", hostile, db=store)
+    assert ticked.returncode == 0, ticked.stderr
+    for fmt in ("md", "html"):
+        path = tmp_path / f"hostile.{fmt}"
+        report(scene, scene.bad, "-f", fmt, "-o", path, db=store)
+        text = path.read_bytes().decode()
+        body = text.split("<!-- runbook-exec-report:")[0].split('<script type="application/json"')[
+            0
+        ]
+        assert "<img" not in body and "<script>" not in body
+        assert fmt == "html" or "](http" not in body
+        lines = body.replace("\r", "\n").splitlines()
+        assert fmt == "html" or not any(line.startswith(("## All", "> **ALL")) for line in lines)
+        checked = scene("audit", "verify", "--report", path, db=store)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    markdown = (tmp_path / "hostile.md").read_text()
+    assert "\\!\\[t\\]\\(http://evil.example/t.png\\)" in markdown
+    assert "&lt;img src=x onerror=alert\\(1\\)&gt;" in markdown
+    page = (tmp_path / "hostile.html").read_text()
+    assert page.count("<script") == 1 and "\\u003c/script\\u003e" in page
 
-    hostile = "<img src=x onerror=alert(1)>|</script><script>alert(2)</script>"
-    blocks = [
-        ("h1", "t"),
-        ("p", hostile),
-        ("list", [hostile]),
-        ("table", ["h"], [[hostile]]),
-        ("code", "```\n" + hostile),
-    ]
-    markdown = _markdown(blocks)
-    outside_code = markdown.split("````yaml", 1)[0]
-    assert "<img" not in outside_code and "<script" not in outside_code
-    assert "&lt;img src=x onerror=alert(1)&gt;\\|" in outside_code
-    assert markdown.count("````") == 2  # a fence longer than any run of backticks inside
-    page = _html(blocks, {"lang": "en", "said": hostile})
-    assert page.count("<script") == 1 and "<img" not in page
-    assert "\\u003c/script\\u003e" in page
+
+def test_a_forged_document_never_verifies(scene: Scene, tmp_path: Path) -> None:
+    """Only the chain speaks: keys added or moved, observations made up, line endings
+    changed, record problems dropped, or data that does not parse — each is refused."""
+    import base64
+
+    from runbook_exec.report.render import render
+
+    original = tmp_path / "r.json"
+    report(scene, scene.bad, "-f", "json", "-o", original)
+    data = json.loads(original.read_text())
+
+    def refused(name: str, text: str, says: str, db: Path | None = None, code: int = 1) -> None:
+        path = tmp_path / name
+        path.write_bytes(text.encode())
+        done = scene("audit", "verify", "--report", path, db=db)
+        assert done.returncode == code, (name, done.stdout, done.stderr)
+        assert says in done.stdout + done.stderr, (name, done.stdout, done.stderr)
+
+    dump = lambda d: json.dumps(d, indent=2, ensure_ascii=False) + "\n"  # noqa: E731
+    refused("extra.json", dump({**data, "approved_by": "CAB"}), "the text was changed")
+    refused("moved.json", dump(dict(reversed(list(data.items())))), "the text was changed")
+    refused(
+        "observed.json",
+        dump({**data, "observed": {"rows": [], "drift": []}}),
+        "not what event",
+    )
+    markdown = tmp_path / "r.md"
+    report(scene, scene.bad, "-f", "md", "-o", markdown)
+    refused("crlf.md", markdown.read_text().replace("\n", "\r\n"), "the text was changed")
+    malformed = {**data, "facts": {**data["facts"], "selection": []}}
+    refused("malformed.json", dump(malformed), "its data is malformed", code=2)
+
+    # A report from an edited store says NOT VERIFIED; dropping that does not help.
+    from helpers import query
+
+    edited = scene.copy("edited-2.db")
+    query(f"sqlite:///{edited}", "UPDATE runs SET operator = 'x' WHERE id = :id", id=scene.bad)
+    flagged = tmp_path / "flagged.md"
+    report(scene, scene.bad, "-f", "md", "-o", flagged, db=edited)
+    packed = flagged.read_text().rsplit("<!-- runbook-exec-report:", 1)[1].split("-->")[0]
+    document = json.loads(base64.b64decode(packed))
+    assert document["problems"]
+    clean = render({**document, "problems": []})
+    assert "NOT VERIFIED" not in clean
+    refused("clean.md", clean, "not those event", db=edited)
+
+    # Without the audit key, nothing can be said either way: exit 4, as for the chain.
+    trail = tmp_path / "trail.jsonl"
+    trail.write_text(scene("audit", "export").stdout)
+    keyless = scene(
+        "audit", "verify", "--report", original, "--file", trail,
+        env={"XDG_CONFIG_HOME": str(tmp_path / "no-keys")},
+    )  # fmt: skip
+    assert keyless.returncode == 4, keyless.stdout + keyless.stderr
+
+
+def test_odd_arguments_are_refused_and_record_nothing(scene: Scene, tmp_path: Path) -> None:
+    store = scene.copy("odd.db")
+    events = lambda: scene("audit", "export", db=store).stdout.count("report.made")  # noqa: E731
+    before = events()
+    nowhere = scene("report", scene.bad, "-o", tmp_path / "no" / "such" / "r.html", db=store)
+    assert nowhere.returncode == 2 and "its folder does not exist" in nowhere.stderr
+    assert events() == before
+    sup = scene("handover", "tick", scene.bad, "²", db=store)
+    assert sup.returncode == 2 and "is not one of" in sup.stderr

@@ -375,7 +375,7 @@ class Service:
                 Problem(f"run {run_id}'s runbook declares no `handover:` items", field="ITEM")
             )
         chosen = item
-        if item not in items and item.isdigit() and 1 <= int(item) <= len(items):
+        if item not in items and item.isascii() and item.isdigit() and 1 <= int(item) <= len(items):
             chosen = items[int(item) - 1]
         if chosen not in items:
             listed = "; ".join(f"{n}. {name}" for n, name in enumerate(items, 1))

@@ -136,7 +136,7 @@ def _verify_report(path: Path, file: Path | None, operator: str | None, db: str)
     from ..store.keys import KeyRing
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")  # as written: a CR is a change too
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or "not UTF-8 text"
         raise InputError(Problem(f"cannot read it: {why}", str(path))) from None

@@ -92,11 +92,17 @@ def report(
         hosts = {h.name: h for h in select_hosts(inventory, "all", None)}
     if output is not None and output.exists() and not output.is_file():
         raise InputError(Problem("not a regular file", str(output), field="--output"))
+    if output is not None and not output.absolute().parent.is_dir():
+        raise InputError(Problem("its folder does not exist", str(output), field="--output"))
     text = reports.make(Service.open(db, operator), selection, fmt, lang, hosts, known_hosts)
     if output is None:
         typer.echo(text, nl=False)
         return
-    output.write_text(text, encoding="utf-8")
+    try:
+        output.write_bytes(text.encode("utf-8"))
+    except OSError as exc:
+        why = f"cannot write it: {exc.strerror} (the report.made event is recorded; make it again)"
+        raise InputError(Problem(why, str(output), field="--output")) from None
     out().print(f"report written to {escape(str(output))} ({len(text.encode())} bytes)")
 
 
@@ -135,8 +141,11 @@ def handover_tick(
 def handover_list(run_id: RunIdArg, db: DbOpt = DEFAULT_DB) -> None:
     """A run's handover items, numbered, and who ticked each (from the record)."""
     from ..service import Service
+    from ..views import print_flags
 
-    for number, (item, tick) in enumerate(Service.open(db).handover(run_id), 1):
+    service = Service.open(db)
+    print_flags(out(), service.run(run_id, outputs=False).flags)
+    for number, (item, tick) in enumerate(service.handover(run_id), 1):
         said = f" — {tick.comment}" if tick and tick.comment else ""
         state = f"ticked by {tick.by} at {_when(tick.at)}{said}" if tick else "open"
         out().print(f"{number}. {'☑' if tick else '☐'} {escape(item)}: {escape(state)}")

@@ -86,6 +86,7 @@ class History:
     # the rendered plan lies in the payload, read only for the runs asked about.
     requests: dict[str, tuple[int, str]] = field(default_factory=dict)
     payloads: Callable[[Sequence[int]], Mapping[int, str | None]] = lambda seqs: {}
+    last_events: dict[str, int] = field(default_factory=dict)  # each run's newest event
 
     @property
     def flags(self) -> list[Flag]:
@@ -124,10 +125,13 @@ def history_of(
     checkpoints: list[tuple[int, float]] = []
     kept: dict[int, dict[str, Any]] = {}
     requests: dict[str, tuple[int, str]] = {}
+    last_events: dict[str, int] = {}
 
     def visit(seq: int, body: Mapping[str, Any]) -> None:
         run_id = body.get("run_id")
         kind = body.get("type")
+        if run_id is not None:
+            last_events[str(run_id)] = seq
         if kind == "run.requested" and run_id is not None and body.get("payload_sha256"):
             requests.setdefault(str(run_id), (seq, str(body["payload_sha256"])))
         if run_id is not None:
@@ -161,6 +165,7 @@ def history_of(
         kept,
         requests,
         payloads,
+        last_events,
     )
 
 

@@ -38,8 +38,14 @@ def make(
     known_hosts: Any = None,
 ) -> str:
     """The report for `selection` in `fmt` and `lang`, recorded as made now. With `hosts`
-    (an inventory), each host's live release is also read over SSH (observed)."""
+    (an inventory), each host's live release is also read over SSH (observed).
+
+    What the chain cannot hold by itself is settled before the `report.made` event and
+    written into it: the record's problems (tables that disagree with the events), and
+    the SHA-256 of what was observed on the hosts. So a report that drops its problems or
+    changes its observations no longer matches the event that made it."""
     from ..recorders import Auditor
+    from ..store.audit import canonical, sha256_hex
 
     selection.check()
     if fmt not in FORMATS:
@@ -47,26 +53,44 @@ def make(
     if lang not in LANGS:
         raise InputError(Problem(f"{lang!r}: one of {', '.join(LANGS)}", field="--lang"))
     store, record = service.store, service.record
+    before = record.history()
     try:
-        selected(record.history(), selection)  # nothing is recorded for a report of nothing
+        chosen = selected(before, selection)  # nothing is recorded for a report of nothing
     except NotFound as exc:
-        raise NotFound(f"{exc} in the state store {store.where}") from None
-    store.require_key()
-    auditor = Auditor.outside_runs(store, service.operator)
-    anchor = store.append_audit(
-        auditor.event(REPORT_EVENT, selection=selection.to_dict(), format=fmt, lang=lang)
-    )
-    history = record.history(upto=anchor, keep=frozenset({REPORT_EVENT}))
-    facts = build(history, selection, anchor)
-    problems = [str(f) for f in history.flags]
-    for run in facts["runs"]:
-        for flag in record.run(run["id"], outputs=False).flags:
+        broken = f" (the audit chain does not hold: {before.flags[0]})" if before.flags else ""
+        raise NotFound(f"{exc} in the state store {store.where}{broken}") from None
+    problems = [str(f) for f in before.flags]
+    for details in chosen:
+        for flag in record.run(details.run.id, outputs=False).flags:
             if str(flag) not in problems:
                 problems.append(str(flag))
     observed = None
     if hosts is not None:
-        observed = _observed(service, facts, hosts, known_hosts)
-    document = {
+        observed = _observed(
+            service, [h for d in chosen for b in d.run.batches for h in b], hosts, known_hosts
+        )
+    store.require_key()
+    made = Auditor.outside_runs(store, service.operator).event(
+        REPORT_EVENT,
+        selection=selection.to_dict(),
+        format=fmt,
+        lang=lang,
+        problems=problems,
+        observed_sha256=None if observed is None else sha256_hex(canonical(observed)),
+    )
+    anchor = store.append_audit(made)
+    history = record.history(upto=anchor, keep=frozenset({REPORT_EVENT}))
+    if anchor not in history.events:  # the chain does not hold: say who made it anyway
+        history.events[anchor] = {**made, "seq": anchor}
+    facts = build(history, selection, anchor)
+    return render(_document(fmt, lang, facts, observed, problems))
+
+
+def _document(
+    fmt: str, lang: str, facts: dict[str, Any], observed: Any, problems: list[str]
+) -> dict[str, Any]:
+    """A report's whole data, in its one order: what is rendered, and embedded."""
+    return {
         "schema": 1,
         "report": KIND,
         "format": fmt,
@@ -75,13 +99,12 @@ def make(
         "observed": observed,
         "problems": problems,
     }
-    return render(document)
 
 
 def _observed(
-    service: Service, facts: Mapping[str, Any], hosts: Mapping[str, Host], known_hosts: Any
+    service: Service, names: Sequence[str], hosts: Mapping[str, Host], known_hosts: Any
 ) -> dict[str, Any]:
-    wanted = {r["host"] for r in facts["hosts"]}
+    wanted = set(names)
     chosen = {name: host for name, host in hosts.items() if name in wanted}
     live = service.releases(chosen, check=True, known_hosts=known_hosts)
     rows = [
@@ -113,9 +136,13 @@ class Verdict:
 
 def verify(text: str, rows: Sequence[Mapping[str, Any]], keys: Any) -> Verdict:
     """Check a report against the chain (`rows`, from the store or an export): the chain
-    holds up to the report's event, that event made this report, every fact is what the
-    events say, and the text is exactly what those facts render."""
+    holds up to the report's event, that event made this report (its selection, format,
+    language, the problems it recorded, the digest of what was observed), every fact is
+    what the events say, and the text is exactly, character for character, the document
+    those facts render. Nothing else in the file is taken from it."""
     from ..record import history_of
+    from ..store.audit import canonical, sha256_hex
+    from ..store.keys import AuditKeyError
 
     document = embedded(text)
     if document is None:
@@ -124,16 +151,24 @@ def verify(text: str, rows: Sequence[Mapping[str, Any]], keys: Any) -> Verdict:
         facts = document["facts"]
         anchor = int(facts["made"]["event"])
         selection = Selection.from_dict(facts["selection"])
-        said_hash = facts["chain"]["head"]["hash"]
-    except (KeyError, TypeError, ValueError):
-        raise InputError(Problem("not a runbook-exec report (its data is incomplete)")) from None
+        said_hash = str(facts["chain"]["head"]["hash"])
+        fmt, lang = str(document["format"]), str(document["lang"])
+        observed = document.get("observed")
+        if fmt not in FORMATS or lang not in LANGS or anchor < 1:
+            raise ValueError
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise InputError(Problem("not a runbook-exec report (its data is malformed)")) from None
     verdict = Verdict(anchor=anchor)
     history = history_of(rows, keys, upto=anchor, keep=frozenset({REPORT_EVENT}))
     verdict.events = history.verified.count
-    observed = document.get("observed") or {}
-    verdict.observed = len(observed.get("rows") or [])
-    if history.verified.finding is not None:
-        verdict.findings.append(f"the audit chain does not hold: {history.verified.finding}")
+    finding = history.verified.finding
+    if finding is not None and finding.missing_key:
+        raise AuditKeyError(
+            f"cannot verify the report: {finding} ({history.verified.count} events verified "
+            "before it); nothing is known to be wrong, but nothing from there on is checked"
+        )
+    if finding is not None:
+        verdict.findings.append(f"the audit chain does not hold: {finding}")
         return verdict
     if history.head != anchor or history.head_hash != said_hash:
         verdict.findings.append(
@@ -142,31 +177,47 @@ def verify(text: str, rows: Sequence[Mapping[str, Any]], keys: Any) -> Verdict:
         )
         return verdict
     made = history.events.get(anchor) or {}
+    problems = made.get("problems") or []
+    digest = made.get("observed_sha256")
     if (
         made.get("type") != REPORT_EVENT
         or made.get("selection") != selection.to_dict()
-        or made.get("format") != document.get("format")
-        or made.get("lang") != document.get("lang")
+        or made.get("format") != fmt
+        or made.get("lang") != lang
     ):
         verdict.findings.append(
             f"event {anchor} did not make this report (it records another selection, "
             "format or language)"
         )
         return verdict
+    if (digest is None) != (observed is None) or (
+        digest is not None
+        and (not isinstance(observed, dict) or sha256_hex(canonical(observed)) != digest)
+    ):
+        verdict.findings.append(
+            f"what it says was observed on the hosts is not what event {anchor} recorded"
+        )
+        observed = None
+    if isinstance(observed, dict):
+        verdict.observed = len(observed.get("rows") or [])
     try:
         rebuilt = build(history, selection, anchor)
-    except Exception as exc:  # any failure to rebuild is a finding
+        again = render(_document(fmt, lang, rebuilt, observed, list(problems)))
+    except Exception as exc:  # any failure to rebuild is a finding, never a crash
         verdict.findings.append(f"its facts cannot be rebuilt from the chain: {exc}")
         return verdict
     difference = _first_difference(rebuilt, facts)
     if difference is not None:
         verdict.findings.append(f"a fact differs from the chain: {difference}")
-    again = render({**document, "facts": rebuilt})
+    if document.get("problems") != problems:
+        verdict.findings.append(
+            f"the record problems it shows are not those event {anchor} recorded"
+        )
     if again != text:
         verdict.findings.append(f"the text was changed: {_first_line_changed(again, text)}")
-    if document.get("problems"):
+    if problems:
         verdict.findings.append(
-            "it was made from a record that did not verify: " + "; ".join(document["problems"])
+            "it was made from a record that did not verify: " + "; ".join(map(str, problems))
         )
     return verdict
 
@@ -198,7 +249,7 @@ def _first_difference(expected: Any, found: Any, path: str = "") -> str | None:
 def _first_line_changed(expected: str, found: str) -> str:
     """Where the text first differs from what the record renders: the line, and the words
     around the first character that differs, as found and as rendered."""
-    old, new = expected.splitlines(), found.splitlines()
+    old, new = expected.split("\n"), found.split("\n")
     for number, (was, now) in enumerate(zip(old, new, strict=False), 1):
         if was != now:
             return f"line {number}: {_around(now, was)}"

@@ -23,7 +23,8 @@ from ..jsonout import rfc3339
 from ..record import History, RunDetails
 
 REPORT_EVENT = "report.made"
-HEALTHY = frozenset({"ok", "rolled_back", "not_reached", "pending", "skipped"})
+# A host's last outcome that leaves it well: done, put back, or never touched.
+HEALTHY = frozenset({"ok", "rolled_back", "not_reached", "skipped"})
 UNREACHED = frozenset({"not_reached", "pending"})
 
 
@@ -128,7 +129,7 @@ def build(history: History, selection: Selection, anchor: int) -> dict[str, Any]
     wanted = None if selection.hosts is None else selection.hosts
     hosts = _hosts_in(runs, wanted)
     first = min(d.run.event for d in runs)
-    last = max(_last_event(d) for d in runs)
+    last = max(history.last_events.get(d.run.id, _last_event(d)) for d in runs)
     return {
         "selection": selection.to_dict(),
         "made": {"by": made.get("operator"), "at": made.get("at"), "event": anchor},
@@ -140,15 +141,15 @@ def build(history: History, selection: Selection, anchor: int) -> dict[str, Any]
             "keys": list(history.verified.key_ids),
         },
         "events": {"first": first, "last": last},
-        "runs": [_run(d) for d in runs],
+        "runs": [_run(d, hosts) for d in runs],
         "hosts": _summary(runs, hosts),
         "approvals": _approvals(runs),
         "failures": _failures(runs, hosts),
         "rollbacks": _rollbacks(runs, hosts),
-        "commands": _commands(runs, history.plans([d.run.id for d in runs])),
+        "commands": _commands(runs, history.plans([d.run.id for d in runs]), hosts),
         "changed_tasks": _changed_tasks(runs, hosts),
         "live": _live(history, hosts),
-        "way_back": _way_back(history, runs),
+        "way_back": _way_back(history, runs, hosts),
         "checklist": _checklist(history, runs, hosts, last, anchor),
     }
 
@@ -174,8 +175,9 @@ def _last_event(details: RunDetails) -> int:
     return max(seqs)
 
 
-def _run(details: RunDetails) -> dict[str, Any]:
+def _run(details: RunDetails, hosts: Sequence[str]) -> dict[str, Any]:
     run = details.run
+    wanted = set(hosts)
     return {
         "id": run.id,
         "runbook": {
@@ -199,7 +201,7 @@ def _run(details: RunDetails) -> dict[str, Any]:
         "targets": run.targets,
         "limit": run.limit,
         "batches": [list(b) for b in run.batches],
-        "connections": run.connections or {},
+        "connections": {h: c for h, c in (run.connections or {}).items() if h in wanted},
         "rollback_of": run.rollback_of,
         "event": run.event,
     }
@@ -254,7 +256,7 @@ def _approvals(runs: Sequence[RunDetails]) -> list[dict[str, Any]]:
             "run": d.run.id,
             "gate": g.key,
             "message": g.message,
-            "status": g.status,
+            "status": "undecided" if g.status == "waiting" and d.run.ended else g.status,
             "by": g.decided_by,
             "comment": g.comment,
             "at": rfc3339(g.decided_at),
@@ -305,7 +307,9 @@ def _rollbacks(runs: Sequence[RunDetails], hosts: Sequence[str]) -> list[dict[st
 
 
 def _commands(
-    runs: Sequence[RunDetails], plans: Mapping[str, Mapping[str, Any] | None]
+    runs: Sequence[RunDetails],
+    plans: Mapping[str, Mapping[str, Any] | None],
+    hosts: Sequence[str],
 ) -> list[dict[str, Any]]:
     """Each run's steps as rendered for its hosts, identical renderings grouped (none for
     a run whose plan was pruned)."""
@@ -316,15 +320,17 @@ def _commands(
         plan = plans.get(d.run.id) or {}
         for section in ("steps", "rollback"):
             for step in plan.get(section) or []:
+                wanted = set(hosts)
                 groups = [
                     {
-                        "hosts": list(a.get("hosts") or []),
+                        "hosts": [h for h in a.get("hosts") or [] if h in wanted],
                         "text": action_summary(str(step.get("kind")), a.get("action") or {})
                         if a.get("action") is not None
                         else "",
                         "note": a.get("note") or "",
                     }
                     for a in step.get("actions") or []
+                    if any(h in wanted for h in a.get("hosts") or [])
                 ]
                 out.append(
                     {
@@ -376,7 +382,9 @@ def _live(history: History, hosts: Sequence[str]) -> list[dict[str, Any]]:
     ]
 
 
-def _way_back(history: History, runs: Sequence[RunDetails]) -> list[dict[str, Any]]:
+def _way_back(
+    history: History, runs: Sequence[RunDetails], wanted: Sequence[str]
+) -> list[dict[str, Any]]:
     """For each run that left a release switched (not put back within the run, as a
     rollback on failure does): the command that undoes it, and the run that already did,
     if one has."""
@@ -393,7 +401,9 @@ def _way_back(history: History, runs: Sequence[RunDetails]) -> list[dict[str, An
             net.setdefault((switch.host, switch.root), [switch.from_version])[1:] = [
                 switch.to_version
             ]
-        hosts = sorted({host for (host, _), (was, now) in net.items() if was != now})
+        hosts = sorted(
+            {host for (host, _), (was, now) in net.items() if was != now and host in wanted}
+        )
         if hosts:
             ways.append(
                 {
@@ -437,12 +447,13 @@ def _checklist(
                 }
     summary = _summary(runs, hosts)
     unhealthy = [r["host"] for r in summary if r["outcome"] not in HEALTHY]
+    unended = [f"run {d.run.id} is {d.run.status}" for d in runs if not d.run.ended]
     checkpoint = next(((seq, at) for seq, at in history.checkpoints if last <= seq < anchor), None)
     checked = [
         {
             "check": "hosts_healthy",
-            "ok": not unhealthy and all(d.run.status != "running" for d in runs),
-            "detail": ", ".join(unhealthy),
+            "ok": not unhealthy and not unended,
+            "detail": "; ".join([*unended, *unhealthy]),
         },
         {
             "check": "chain_verified",

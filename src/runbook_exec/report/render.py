@@ -12,7 +12,7 @@ import base64
 import html
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .labels import LANGUAGES
@@ -30,10 +30,10 @@ def render(document: Mapping[str, Any]) -> str:
     fmt = document["format"]
     if fmt == "json":
         return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-    blocks = _blocks(document, LANGUAGES[document["lang"]])
+    labels = LANGUAGES[document["lang"]]
     if fmt == "md":
-        return _markdown(blocks) + _md_embed(document)
-    return _html(blocks, document)
+        return _markdown(_blocks(document, labels, md_plain)) + _md_embed(document)
+    return _html(_blocks(document, labels, html_plain), document)
 
 
 def embedded(text: str) -> dict[str, Any] | None:
@@ -58,22 +58,31 @@ def embedded(text: str) -> dict[str, Any] | None:
 # --- what a report says, in order -----------------------------------------------------------
 
 
-def _blocks(document: Mapping[str, Any], t: Mapping[str, str]) -> list[Block]:
+def _blocks(
+    document: Mapping[str, Any], t: Mapping[str, str], e: Callable[[Any], str]
+) -> list[Block]:
+    """The report as blocks. Every value from the record goes through `e`, which makes it
+    plain text in the output format (Markdown: no markup, no line breaks); the labels are
+    ours."""
     facts = document["facts"]
     chain = facts["chain"]
     made = facts["made"]
+
+    def status(value: str | None) -> str:
+        return e(_status(value, t))
+
     blocks: list[Block] = [("h1", t["title"])]
-    blocks.append(("p", f"{t['covers']}: {_selection(facts['selection'])}"))
+    blocks.append(("p", f"{t['covers']}: {e(_selection(facts['selection']))}"))
     blocks.append(
         (
             "p",
             t["made"].format(
-                by=made["by"],
-                at=made["at"],
+                by=e(made["by"]),
+                at=e(made["at"]),
                 first=facts["events"]["first"],
                 last=facts["events"]["last"],
                 event=made["event"],
-                hash=chain["head"]["hash"],
+                hash=e(chain["head"]["hash"]),
             ),
         )
     )
@@ -84,14 +93,14 @@ def _blocks(document: Mapping[str, Any], t: Mapping[str, str]) -> list[Block]:
     blocks.append(("h2", t["summary"]))
     rows = []
     for host in facts["hosts"]:
-        outcome = _status(host["outcome"], t) + (f" ({host['message']})" if host["message"] else "")
+        outcome = status(host["outcome"]) + (f" ({e(host['message'])})" if host["message"] else "")
         if not host["releases"]:
-            rows.append([host["host"], "", t["not_changed"], "", outcome])
+            rows.append([e(host["host"]), "", t["not_changed"], "", outcome])
         for release in host["releases"]:
-            path = " → ".join(str(v or "∅") for v in release["path"])
+            path = " → ".join(e(v or "∅") for v in release["path"])
             if release["before"] == release["after"]:
                 path += f" ({t['not_changed']})"
-            rows.append([host["host"], release["root"], path, release["at"], outcome])
+            rows.append([e(host["host"]), e(release["root"]), path, e(release["at"]), outcome])
     blocks.append(
         ("table", [t["host"], t["release"], t["before_after"], t["when"], t["outcome"]], rows)
     )
@@ -99,14 +108,14 @@ def _blocks(document: Mapping[str, Any], t: Mapping[str, str]) -> list[Block]:
     blocks.append(("h2", t["who"]))
     rows = [
         [
-            run["id"],
-            f"{run['runbook']['name']} ({run['runbook']['sha256'][:12]})",
-            f"{run['operator']} ({run['os_user']}@{run['machine']})",
-            run["change_id"] or "",
-            run["reason"] or "",
-            _status(run["status"], t) + (f": {run['message']}" if run["message"] else ""),
-            run["requested_at"],
-            run["finished_at"] or "",
+            e(run["id"]),
+            f"{e(run['runbook']['name'])} ({e(run['runbook']['sha256'][:12])})",
+            f"{e(run['operator'])} ({e(run['os_user'])}@{e(run['machine'])})",
+            e(run["change_id"] or ""),
+            e(run["reason"] or ""),
+            status(run["status"]) + (f": {e(run['message'])}" if run["message"] else ""),
+            e(run["requested_at"]),
+            e(run["finished_at"] or ""),
         ]
         for run in facts["runs"]
     ]
@@ -116,12 +125,12 @@ def _blocks(document: Mapping[str, Any], t: Mapping[str, str]) -> list[Block]:
     blocks.append(("h2", t["approvals"]))
     rows = [
         [
-            a["run"],
-            a["message"] or a["gate"],
-            _status(a["status"], t),
-            a["by"] or "",
-            a["comment"] or "",
-            a["at"] or "",
+            e(a["run"]),
+            e(a["message"] or a["gate"]),
+            status(a["status"]),
+            e(a["by"] or ""),
+            e(a["comment"] or ""),
+            e(a["at"] or ""),
         ]
         for a in facts["approvals"]
     ]
@@ -131,12 +140,12 @@ def _blocks(document: Mapping[str, Any], t: Mapping[str, str]) -> list[Block]:
     blocks.append(("h2", t["failures"]))
     rows = [
         [
-            f["run"],
-            f["host"],
-            f"{f['section']} {f['step']}: {f['name']}",
-            _status(f["status"], t),
-            f["message"],
-            f["at"] or "",
+            e(f["run"]),
+            e(f["host"]),
+            f"{e(f['section'])} {f['step']}: {e(f['name'])}",
+            status(f["status"]),
+            e(f["message"]),
+            e(f["at"] or ""),
         ]
         for f in facts["failures"]
     ]
@@ -149,54 +158,53 @@ def _blocks(document: Mapping[str, Any], t: Mapping[str, str]) -> list[Block]:
         if r["host"] is None:
             items.append(
                 t["rolled_back_run"].format(
-                    run=r["run"], of=r["of"], status=_status(r["status"], t)
+                    run=e(r["run"]), of=e(r["of"]), status=status(r["status"])
                 )
             )
         else:
-            said = f" ({r['message']})" if r.get("message") else ""
-            items.append(f"{r['host']}: {_status(r['status'], t)}{said} — {t['run']} {r['run']}")
+            said = f" ({e(r['message'])})" if r.get("message") else ""
+            items.append(f"{e(r['host'])}: {status(r['status'])}{said} — {t['run']} {e(r['run'])}")
     blocks.append(("list", items) if items else ("p", t["none"]))
 
     blocks.append(("h2", t["rollback"]))
     items = []
     for way in facts["way_back"]:
         if way["undone_by"]:
-            items.append(t["rollback_done"].format(run=way["run"], by=way["undone_by"]))
+            items.append(t["rollback_done"].format(run=e(way["run"]), by=e(way["undone_by"])))
         else:
-            items.append(
-                t["rollback_cmd"].format(command=way["command"], hosts=", ".join(way["hosts"]))
-            )
+            hosts = ", ".join(e(h) for h in way["hosts"])
+            items.append(t["rollback_cmd"].format(command=e(way["command"]), hosts=hosts))
     blocks.append(("list", items) if items else ("p", t["rollback_none"]))
 
     blocks.append(("h2", t["checklist"]))
     rows = []
     for item in facts["checklist"]["declared"]:
         tick = item["ticked"]
-        done = t["ticked"].format(by=tick["by"], at=tick["at"]) if tick else t["open"]
-        rows.append(
-            [("☑ " if tick else "☐ ") + item["item"], done, (tick or {}).get("comment") or ""]
-        )
+        done = t["ticked"].format(by=e(tick["by"]), at=e(tick["at"])) if tick else t["open"]
+        comment = e((tick or {}).get("comment") or "")
+        rows.append([("☑ " if tick else "☐ ") + e(item["item"]), done, comment])
     for check in facts["checklist"]["checked"]:
         mark = "☑ " if check["ok"] else "☒ "
-        rows.append([mark + t[check["check"]], t["checked_by_tool"], check["detail"]])
+        rows.append([mark + t[check["check"]], t["checked_by_tool"], e(check["detail"])])
     observed = document.get("observed")
     if observed is None:
         rows.append(["☐ " + t["no_drift"], t["checked_by_tool"], t["not_checked"]])
     else:
         drift = observed.get("drift") or []
-        rows.append([("☒ " if drift else "☑ ") + t["no_drift"], t["observed"], ", ".join(drift)])
+        mark = "☒ " if drift else "☑ "
+        rows.append([mark + t["no_drift"], t["observed"], ", ".join(e(h) for h in drift)])
     blocks.append(("table", [t["item"], t["done"], t["comment"]], rows))
 
     blocks.append(("h2", t["state"]))
-    rows = [[r["host"], r["root"], r["version"], r["since"], r["run"]] for r in facts["live"]]
-    blocks.append(
-        ("table", [t["host"], t["release"], t["live"], t["since"], t["run"]], rows)
-        if rows
-        else ("p", t["none"])
-    )
+    rows = [
+        [e(r["host"]), e(r["root"]), e(r["version"]), e(r["since"]), e(r["run"])]
+        for r in facts["live"]
+    ]
+    headers = [t["host"], t["release"], t["live"], t["since"], t["run"]]
+    blocks.append(("table", headers, rows) if rows else ("p", t["none"]))
     if observed is not None:
         rows = [
-            [r["host"], r["root"], r["recorded"] or "", r["found"] or "", r["state"]]
+            [e(r["host"]), e(r["root"]), e(r["recorded"] or ""), e(r["found"] or ""), e(r["state"])]
             for r in observed["rows"]
         ]
         blocks.append(("h3", t["observed"]))
@@ -206,18 +214,18 @@ def _blocks(document: Mapping[str, Any], t: Mapping[str, str]) -> list[Block]:
 
     blocks.append(("h2", t["changes"]))
     for run in facts["runs"]:
-        blocks.append(("h3", f"{t['run']} {run['id']} — {run['runbook']['name']}"))
-        params = [[k, _value(v)] for k, v in run["params"].items()]
+        blocks.append(("h3", f"{t['run']} {e(run['id'])} — {e(run['runbook']['name'])}"))
+        params = [[e(k), e(_value(v))] for k, v in run["params"].items()]
         if params:
             blocks.append(("h4", t["params"]))
             blocks.append(("table", ["", ""], params))
         blocks.append(("h4", t["inventory"]))
         rows = [
             [
-                host,
-                str(c.get("address") or ""),
-                str(c.get("port") or ""),
-                str(c.get("user") or ""),
+                e(host),
+                e(c.get("address") or ""),
+                e(c.get("port") or ""),
+                e(c.get("user") or ""),
                 t["yes"] if c.get("become") else t["no"],
             ]
             for host, c in run["connections"].items()
@@ -226,9 +234,9 @@ def _blocks(document: Mapping[str, Any], t: Mapping[str, str]) -> list[Block]:
         blocks.append(("h4", t["commands"]))
         rows = [
             [
-                f"{c['section']} {c['step']}: {c['name']}",
-                ", ".join(g["hosts"]),
-                g["text"] or g["note"],
+                f"{e(c['section'])} {c['step']}: {e(c['name'])}",
+                ", ".join(e(h) for h in g["hosts"]),
+                e(g["text"] or g["note"]),
             ]
             for c in facts["commands"]
             if c["run"] == run["id"]
@@ -236,20 +244,24 @@ def _blocks(document: Mapping[str, Any], t: Mapping[str, str]) -> list[Block]:
         ]
         blocks.append(("table", [t["step"], t["hosts"], t["action"]], rows))
         tasks = [
-            [c["host"], f"{c['section']} {c['step']}: {c['task']}", c["message"], c["at"]]
+            [
+                e(c["host"]),
+                f"{e(c['section'])} {c['step']}: {e(c['task'])}",
+                e(c["message"]),
+                e(c["at"]),
+            ]
             for c in facts["changed_tasks"]
             if c["run"] == run["id"]
         ]
         if tasks:
             blocks.append(("h4", t["changed_tasks"]))
             blocks.append(("table", [t["host"], t["task"], t["message"], t["when"]], tasks))
-        blocks.append(
-            ("h4", f"{t['text']} ({run['runbook']['path']}, sha256 {run['runbook']['sha256']})")
-        )
+        where = f"{e(run['runbook']['path'])}, sha256 {e(run['runbook']['sha256'])}"
+        blocks.append(("h4", f"{t['text']} ({where})"))
         blocks.append(("code", run["runbook"]["text"] or ""))
     if document.get("problems"):
         blocks.append(("h2", t["problems"]))
-        blocks.append(("list", list(document["problems"])))
+        blocks.append(("list", [e(p) for p in document["problems"]]))
     return blocks
 
 
@@ -270,37 +282,40 @@ def _value(value: Any) -> str:
 # --- Markdown -------------------------------------------------------------------------------
 
 
-def _md_text(text: str) -> str:
-    """Text for Markdown, outside `code` spans: no HTML a ticket or wiki would render
-    (a host or runbook name is the record's, not markup)."""
-    parts = re.split(r"(`[^`]+`)", text)
-    return "".join(
-        p if i % 2 else p.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        for i, p in enumerate(parts)
-    )
+MD_SPECIAL = re.compile(r"([\\`*_\[\]()!|#~{}+])")
 
 
-def _cell(text: Any) -> str:
-    cell = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-    return _md_text(cell)
+def md_plain(value: Any) -> str:
+    """A value from the record as plain Markdown text: no markup (`*`, `_`, links, images,
+    code spans, table pipes are escaped; `&`, `<`, `>` are entities, so no HTML), and no
+    line breaks (a CR or LF would end a table row or start a block)."""
+    text = re.sub(r"[\r\n\u2028\u2029\x0b\x0c\x85]+", " ", str(value))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return MD_SPECIAL.sub(r"\\\1", text)
+
+
+def html_plain(value: Any) -> str:
+    """A value from the record as HTML text (escaped when written); a backquote in it
+    stays a backquote rather than starting a code span."""
+    return str(value).replace("`", "\uff40")
 
 
 def _markdown(blocks: Sequence[Block]) -> str:
     out: list[str] = []
     for kind, *rest in blocks:
         if kind in ("h1", "h2", "h3", "h4"):
-            out += ["#" * int(kind[1]) + " " + _md_text(rest[0]), ""]
+            out += ["#" * int(kind[1]) + " " + rest[0], ""]
         elif kind in ("p", "note"):
-            out += [_md_text(rest[0]), ""]
+            out += [rest[0], ""]
         elif kind == "alert":
-            out += [f"> **{_md_text(rest[0])}**", ""]
+            out += [f"> **{rest[0]}**", ""]
         elif kind == "list":
-            out += [f"- {_md_text(item)}" for item in rest[0]] + [""]
+            out += [f"- {item}" for item in rest[0]] + [""]
         elif kind == "table":
             headers, rows = rest
-            out.append("| " + " | ".join(_cell(h) for h in headers) + " |")
+            out.append("| " + " | ".join(headers) + " |")
             out.append("|" + "---|" * len(headers))
-            out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+            out += ["| " + " | ".join(row) + " |" for row in rows]
             out.append("")
         elif kind == "code":
             fence = "```"
