@@ -34,6 +34,7 @@ class Served:
     base: Path
     failed: str  # the run of change CHG-B that failed on host2
     good: str
+    lab: SshLab | None = None
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -83,7 +84,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             )  # fmt: skip
             assert done.returncode in (0, 1), done.stdout + done.stderr
             ids[change] = json.loads(done.stdout)["run_id"]
-        served = Served("", db, base, ids["CHG-B"], ids["CHG-A"])
+        served = Served("", db, base, ids["CHG-B"], ids["CHG-A"], lab)
         added = served.cli("users", "add", "dana", "--password-stdin", stdin=PASSWORD + "\n")
         assert added.returncode == 0, added.stderr
         port = _port()
@@ -333,3 +334,75 @@ def test_the_api_status_filter_lists_every_run_status() -> None:
     from runbook_exec.web.api import StatusFilter
 
     assert set(get_args(StatusFilter)) == {"", *STATUSES}
+
+
+def test_an_operator_approves_a_waiting_gate_in_the_browser_and_the_run_goes_on(
+    served: Served,
+) -> None:
+    """Four eyes: a viewer cannot decide, the run's starter cannot approve their own gate;
+    another operator approves with a comment, and the run carries on to the end."""
+    assert served.lab is not None
+    gated = served.base / "gated.yml"
+    gated.write_text(
+        "name: gated\ntargets: app\nstrategy:\n  batches: [1]\n  between_batches:\n"
+        "    - approve: Canary fine? Go on.\nsteps:\n  - name: Mark\n"
+        "    shell: touch {{ lab_root }}/gated-{{ inventory_hostname }}\n"
+    )
+    started = subprocess.run(
+        [str(BIN / "runbook-exec"), "run", str(gated), *served.lab.cli_args(), "--db",
+         served.db, "--json", "--no-input", "--operator", "erin"],
+        capture_output=True, text=True, cwd=served.base, timeout=120,
+    )  # fmt: skip
+    assert started.returncode == 3, started.stdout + started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    for name in ("erin", "olga"):
+        added = served.cli(
+            "users", "add", name, "--role", "operator", "--password-stdin", stdin=PASSWORD
+        )
+        assert added.returncode == 0, added.stderr
+    with chromium_browser() as browser:
+        viewer = signed_in(browser, served)
+        viewer.goto(f"{served.url}/runs/{run_id}")
+        assert "Canary fine? Go on." in viewer.locator("section.gate").inner_text()
+        assert viewer.locator("form.decide").count() == 0  # a viewer is not offered it
+        token = viewer.locator("header input[name=csrf]").get_attribute("value")
+        forced = viewer.request.post(
+            f"{served.url}/runs/{run_id}/decide",
+            form={"csrf": token or "", "decision": "approve", "comment": "me too"},
+        )
+        assert forced.status == 403
+
+        def as_user(name: str) -> Any:
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(served.url + "/login")
+            page.fill("input[name=user]", name)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url("**/runs")
+            page.goto(f"{served.url}/runs/{run_id}")
+            return page
+
+        starter = as_user("erin")
+        starter.fill("form.decide textarea[name=comment]", "looks fine to me")
+        starter.click("form.decide button[value=approve]")
+        assert "erin started run" in starter.locator("main").inner_text()
+        assert "four eyes" in starter.locator("main").inner_text()
+
+        other = as_user("olga")
+        other.fill("form.decide textarea[name=comment]", "canary error rate flat")
+        other.click("form.decide button[value=approve]")
+        other.wait_for_url(f"**/runs/{run_id}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            other.reload()
+            if "succeeded" in other.locator("h1").inner_text():
+                break
+            time.sleep(0.5)
+        assert "succeeded" in other.locator("h1").inner_text()
+        gates = other.locator("table").filter(has_text="Canary fine? Go on.").inner_text()
+        assert "approved" in gates and "olga" in gates and "canary error rate flat" in gates
+    assert (served.lab.host("host2").root / "gated-host2").exists()  # the run went on
+    shown = json.loads(served.cli("show", run_id, "--json").stdout)
+    assert shown["status"] == "succeeded"
+    assert [g["decided_by"] for g in shown["gates"] if g["status"] == "approved"] == ["olga"]

@@ -111,6 +111,9 @@ class Runbook(Strict):
     strategy: Strategy = Field(default_factory=Strategy)
     steps: list[Step] = Field(min_length=1)
     rollback: list[Step] = Field(default_factory=list)
+    # Who may approve its gates from the web view or the API (signed-in names). Unset:
+    # anyone with the operator role but the person who started the run (four eyes).
+    approvers: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
     # What people confirm at handover (`handover tick`), shown in the report's checklist.
     handover: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list

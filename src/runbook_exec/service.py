@@ -185,11 +185,16 @@ class Service:
             become_password=become_password,
         )
 
-    def decide(self, run_id: str, approved: bool, comment: str | None) -> Decision:
+    def decide(
+        self, run_id: str, approved: bool, comment: str | None, *, four_eyes: bool = False
+    ) -> Decision:
         """Record a decision on the gate a run waits at. Taken from the run's verified
         events: a gate the table alone says is waiting is not. A rejection ends the run
         through its `on_failure`: with rollback, and hosts this run changed, the rollback
-        is what is left to do (`resume` carries it out); otherwise the run ends, rejected."""
+        is what is left to do (`resume` carries it out); otherwise the run ends, rejected.
+        With `four_eyes` (signed-in people: the web view, the API), an approval must come
+        from one of the runbook's `approvers:`, or, if it names none, from anyone but the
+        person who started the run."""
         from .holding import still_running
         from .runner import end_run
 
@@ -198,6 +203,8 @@ class Service:
         details = self.record.run(run_id, outputs=False)
         details.require_intact("approving or rejecting")
         run = details.run
+        if approved and four_eyes:
+            self._may_approve(run)
         if run.rolling_back:
             raise Refused(f"run {run_id} was cancelled with --rollback: `resume` finishes that")
         still_running(store, self.record, run)  # a person asked at its own prompt answers there
@@ -243,6 +250,22 @@ class Service:
             store.update_run(run_id, message=why)
             end_run(store, audit, run_id, RunStatus.REJECTED)
         return Decision(str(gate.message), roll_back)
+
+    def _may_approve(self, run: RunRecord) -> None:
+        from .runbook import runbook_from_text
+
+        book = runbook_from_text(run.runbook_text, run.runbook_path) if run.runbook_text else None
+        approvers = book.runbook.approvers if book is not None else None
+        if approvers is not None and self.operator not in approvers:
+            raise Refused(
+                f"{self.operator} may not approve run {run.id}: its runbook names its "
+                f"approvers ({', '.join(approvers)})"
+            )
+        if approvers is None and self.operator == run.operator:
+            raise Refused(
+                f"{self.operator} started run {run.id} and may not approve it too (four eyes; "
+                "a runbook's `approvers:` can name who may)"
+            )
 
     def cancel(self, run_id: str, comment: str, *, rollback: bool = False) -> Decision:
         """End a run that waits (for approval) or was interrupted, on record, and free its

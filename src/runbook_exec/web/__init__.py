@@ -62,9 +62,45 @@ class Web:
         self.sessions = Sessions(secret)
         self.limit = SignInLimit()
         self._history: History | None = None
+        self.resumes: list[Any] = []
 
     def service(self, user: str) -> Service:
         return Service(self.store, user)
+
+    def resume(self, run_id: str, user: str) -> None:
+        """Carry a run on after a decision: `runbook-exec resume` in a process of its own
+        (the record says how it goes; its terminal output goes to a log file)."""
+        import os
+        import subprocess
+        import sys
+
+        from ..inventory import default_cache_dir
+
+        folder = default_cache_dir() / "web"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.resumes = [p for p in self.resumes if p.poll() is None]  # reap the ended
+        with open(folder / f"resume-{run_id}.log", "ab") as log:
+            self.resumes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "runbook_exec",
+                        "resume",
+                        run_id,
+                        "--no-input",
+                        "--db",
+                        self.db,
+                        "--operator",
+                        user,
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env={**os.environ, "RUNBOOK_EXEC_NO_WARM": "1"},
+                )
+            )
 
     def history(self) -> History:
         head = self.store.head_seq()
@@ -92,9 +128,9 @@ def create_app(db: str, secret: bytes) -> FastAPI:
         user = getattr(request.state, "user", None)
         nonce = getattr(request.state, "nonce", None)
         csrf = web.sessions.csrf(nonce) if nonce else ""
-        return templates.TemplateResponse(
-            request, name, {"user": user, "csrf": csrf, **context}, status_code=code
-        )
+        role = getattr(request.state, "role", None)
+        context = {"user": user, "role": role, "csrf": csrf, "acts": role in ACTORS, **context}
+        return templates.TemplateResponse(request, name, context, status_code=code)
 
     def problem(request: Request, status: int, message: str, field: str | None = None) -> Response:
         if request.url.path.startswith("/api/"):
@@ -112,11 +148,15 @@ def create_app(db: str, secret: bytes) -> FastAPI:
         if signed is not None and web.store.user(signed[0]) is None:
             signed = None  # removed since
         request.state.user, request.state.nonce = signed or (None, None)
+        request.state.role = None
+        if signed is not None:
+            request.state.role = (web.store.user(signed[0]) or {}).get("role")
         bearer = request.headers.get("authorization", "")
         if signed is None and bearer.lower().startswith("bearer "):
             token = web.store.token(hashlib.sha256(bearer[7:].strip().encode()).hexdigest())
             if token is not None:  # a token is not a browser: no cookie, no CSRF to check
                 request.state.user = f"token:{token['name']}"
+                request.state.role = token["role"]
         machine = request.url.path.startswith(("/metrics", "/api/"))
         open_paths = ("/login", "/static/")
         if request.state.user is None and not request.url.path.startswith(open_paths):
@@ -246,6 +286,22 @@ def create_app(db: str, secret: bytes) -> FastAPI:
         details = web.service(request.state.user).run(run_id, outputs=False)
         return page(request, "run.html", d=details, grid=_grid(details), flags=details.flags)
 
+    @app.post("/runs/{run_id}/decide", include_in_schema=False)
+    async def decide(request: Request, run_id: str) -> Response:
+        """Approve or reject the gate a run waits at (an operator, with a comment); an
+        approval must come from someone else than the run's starter, unless the runbook's
+        `approvers:` say who. The run then carries on (a resume is started)."""
+        form = await _checked_form(request, web)
+        act(request, web, run_id, form.get("decision", ""), form.get("comment", ""))
+        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+    @app.post("/runs/{run_id}/cancel", include_in_schema=False)
+    async def cancel(request: Request, run_id: str) -> Response:
+        form = await _checked_form(request, web)
+        decision = "cancel-rollback" if form.get("rollback") else "cancel"
+        act(request, web, run_id, decision, form.get("comment", ""))
+        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
     @app.get("/runs/{run_id}/output", response_class=HTMLResponse, include_in_schema=False)
     def output(request: Request, run_id: str, section: str, index: int, host: str) -> HTMLResponse:
         details = web.service(request.state.user).run(run_id, outputs=True)
@@ -346,6 +402,40 @@ def create_app(db: str, secret: bytes) -> FastAPI:
         )
 
     return app
+
+
+# --- acting on a run -------------------------------------------------------------------------
+
+ACTORS = ("operator", "admin")  # roles that may approve, reject and cancel
+
+
+def act(request: Request, web: Web, run_id: str, decision: str, comment: str) -> str:
+    """Approve, reject or cancel (with rollback) a run, as the signed-in person or token,
+    recorded under their name; then start the resume that carries the run on, when there
+    is anything left to do. Returns what was decided."""
+    if request.state.role not in ACTORS:
+        raise StarletteHTTPException(
+            403,
+            f"{request.state.user} ({request.state.role}) may not "
+            "approve, reject or cancel: that needs the operator role",
+        )
+    comment = comment.strip()
+    if not comment or len(comment) > 2000:
+        raise InputError(
+            Problem("say why, in 1 to 2000 characters (it is recorded)", field="comment")
+        )
+    service = web.service(request.state.user)
+    if decision in ("approve", "reject"):
+        outcome = service.decide(run_id, decision == "approve", comment, four_eyes=True)
+        carry_on = decision == "approve" or outcome.roll_back
+    elif decision in ("cancel", "cancel-rollback"):
+        outcome = service.cancel(run_id, comment, rollback=decision == "cancel-rollback")
+        carry_on = outcome.roll_back
+    else:
+        raise InputError(Problem(f"{decision!r}: approve, reject or cancel", field="decision"))
+    if carry_on:
+        web.resume(run_id, request.state.user)
+    return outcome.message
 
 
 # --- helpers --------------------------------------------------------------------------------

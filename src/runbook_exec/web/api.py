@@ -93,6 +93,20 @@ class AuditStatus(BaseModel):
     checkpoints: list[int]
 
 
+class Decide(BaseModel):
+    """Why (recorded with the decision), and for a cancel whether to roll back."""
+
+    comment: str = Field(min_length=1, max_length=2000)
+    rollback: bool = False
+
+
+class Decided(BaseModel):
+    schema_: int = Field(SCHEMA, alias="schema", serialization_alias="schema")
+    run_id: str
+    message: str
+    resumed: bool
+
+
 class Problem(BaseModel):
     error: str
     field: str | None = None
@@ -101,6 +115,7 @@ class Problem(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem},
     401: {"model": Problem},
+    403: {"model": Problem},
     404: {"model": Problem},
     409: {"model": Problem},
 }
@@ -211,6 +226,35 @@ def router(web: Web) -> APIRouter:
             "keys": verified.key_ids,
             "checkpoints": [seq for seq, _ in history.checkpoints],
         }
+
+    def decided(request: Request, run_id: str, decision: str, body: Decide) -> dict[str, Any]:
+        from . import act
+
+        before = len(web.resumes)
+        message = act(request, web, run_id, decision, body.comment)
+        return {
+            "schema": SCHEMA,
+            "run_id": run_id,
+            "message": message,
+            "resumed": len(web.resumes) > before
+            or any(p.poll() is None for p in web.resumes[before:]),
+        }
+
+    @api.post("/runs/{run_id}/approve", response_model=Decided, response_model_by_alias=True)
+    def approve(request: Request, run_id: str, body: Decide) -> dict[str, Any]:
+        """Approve the gate the run waits at (operator role; not the run's starter unless
+        its runbook's `approvers:` name them); the run is then carried on."""
+        return decided(request, run_id, "approve", body)
+
+    @api.post("/runs/{run_id}/reject", response_model=Decided, response_model_by_alias=True)
+    def reject(request: Request, run_id: str, body: Decide) -> dict[str, Any]:
+        """Reject the gate the run waits at: it ends through its `on_failure`."""
+        return decided(request, run_id, "reject", body)
+
+    @api.post("/runs/{run_id}/cancel", response_model=Decided, response_model_by_alias=True)
+    def cancel(request: Request, run_id: str, body: Decide) -> dict[str, Any]:
+        """Cancel a waiting or interrupted run (with `rollback`: its rollback steps run)."""
+        return decided(request, run_id, "cancel-rollback" if body.rollback else "cancel", body)
 
     return api
 
