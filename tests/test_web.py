@@ -136,7 +136,9 @@ def test_an_auditor_finds_the_failing_step_and_the_report_and_exports_proof(
         failed_cell.click()
         page.wait_for_url("**/output?**")
         assert "Check disk on host2" in page.locator("h1").inner_text()
-        assert "disk /data is 97% full" in page.locator("pre.output").nth(1).inner_text()
+        page.click("nav.streams >> text=stderr")
+        assert "disk /data is 97% full" in page.locator("table.output").inner_text()
+        page.go_back()
         page.go_back()
         page.click("text=Handover report")
         assert page.locator("h1").inner_text() == "Handover report"
@@ -406,3 +408,36 @@ def test_an_operator_approves_a_waiting_gate_in_the_browser_and_the_run_goes_on(
     shown = json.loads(served.cli("show", run_id, "--json").stdout)
     assert shown["status"] == "succeeded"
     assert [g["decided_by"] for g in shown["gates"] if g["status"] == "approved"] == ["olga"]
+
+
+def test_a_300000_line_output_opens_a_page_at_a_time_and_is_searchable(served: Served) -> None:
+    assert served.lab is not None
+    runbook = served.base / "big.yml"
+    runbook.write_text(
+        "name: big\ntargets: host1\nsteps:\n  - name: Count\n    shell: seq 1 300000\n"
+    )
+    done = subprocess.run(
+        [str(BIN / "runbook-exec"), "run", str(runbook), *served.lab.cli_args(), "--db",
+         served.db, "--json", "--output-limit", "16000000"],
+        capture_output=True, text=True, cwd=served.base, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    with chromium_browser() as browser:
+        page = signed_in(browser, served)
+        page.goto(f"{served.url}/runs/{run_id}/output?section=steps&index=0&host=host1")
+        assert "lines 1–500 of 300000" in page.locator("p.count").inner_text()
+        rows = page.locator("table.output tr")
+        assert rows.count() == 500 and rows.first.inner_text().split() == ["1", "1"]
+        page.click("text=last page")
+        assert rows.last.inner_text().split() == ["300000", "300000"]
+        page.fill("input[name=q]", "299999")
+        page.click("form.filters button")
+        assert "1 line of 300000 hold" in page.locator("p.count").inner_text()
+        assert rows.count() == 1 and rows.first.inner_text().split() == ["299999", "299999"]
+        page.goto(served.url + "/hosts")
+        assert "host1" in page.locator("table").last.inner_text()
+        page.click("table >> text=host2")
+        assert served.failed in page.locator("main").inner_text()
+        assert page.goto(served.url + "/hosts/nowhere") is not None
+        assert "no run on record had host 'nowhere'" in page.locator("main").inner_text()

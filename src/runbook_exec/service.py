@@ -77,10 +77,12 @@ class Service:
         """The newest runs first, from the verified audit trail (without outputs)."""
         return self.record.runs(limit)
 
-    def run(self, run_id: str, *, outputs: bool = True) -> RunDetails:
+    def run(
+        self, run_id: str, *, outputs: bool = True, only: tuple[str, int, str] | None = None
+    ) -> RunDetails:
         """A run's every event folded: host-steps, gates, switches, with what failed
-        verification flagged."""
-        return self.record.run(run_id, outputs=outputs)
+        verification flagged (with `only`, that one host-step's output alone)."""
+        return self.record.run(run_id, outputs=outputs, only=only)
 
     def releases(
         self,

@@ -195,9 +195,13 @@ class Record:
     # --- one run ----------------------------------------------------------------------------
 
     @_gc_paused
-    def run(self, run_id: str, *, outputs: bool = True) -> RunDetails:
+    def run(
+        self, run_id: str, *, outputs: bool = True, only: tuple[str, int, str] | None = None
+    ) -> RunDetails:
         """A run: its records from its events, checked against the tables. With `outputs`,
-        its host-steps' output and Ansible results too."""
+        its host-steps' output and Ansible results too; with `only` (section, index, host)
+        as well, the output of that one host-step alone (read by itself: a big run's other
+        outputs are not loaded)."""
         first = self.store.first_event_of([run_id])
         row = self.store.get_run(run_id)
         if first is None:
@@ -215,8 +219,13 @@ class Record:
         fold = folds[run_id]
         if fold.first is None:
             raise RecordAltered(f"run {run_id}: its events do not verify ({verified.finding})")
-        payloads = self.store.payloads_of(run_id) if outputs else None
-        details = fold.details(payloads, prunes)
+        payloads: Mapping[int, str | None] | None = None
+        if outputs and only is not None:
+            step = fold.steps.get(only)
+            payloads = self.store.payloads_at([step.event]) if step is not None else {}
+        elif outputs:
+            payloads = self.store.payloads_of(run_id)
+        details = fold.details(payloads, prunes, only=only)
         details.flags[:0] = _chain_flags(verified)
         details.flags.extend(compare.run_row(details, row))
         details.flags.extend(compare.host_rows(details, self.store.hosts_of(run_id)))

@@ -277,9 +277,11 @@ class RunFold:
         self,
         payloads: Mapping[int, str | None] | None,
         prunes: list[tuple[int, str]],
+        only: tuple[str, int, str] | None = None,
     ) -> RunDetails:
         """The run's records; with `payloads` (by seq), host-steps and tasks get their
-        output, checked against the digests their events hold."""
+        output, checked against the digests their events hold (with `only`, that one
+        host-step's alone)."""
         from dataclasses import replace
 
         run = RunRecord(id=self.run_id, event=self.first_seq, **self.fields)
@@ -288,7 +290,7 @@ class RunFold:
         if payloads is not None:
             for step in steps:
                 digest = self.outputs.get(step.key)
-                if digest is None:
+                if digest is None or (only is not None and step.key != only):
                     continue
                 output, text = _payload(step.event, digest, payloads, prunes)
                 if isinstance(output, Flag):
@@ -303,7 +305,7 @@ class RunFold:
                 )
         tasks = []
         for task, digest in self.tasks:
-            if payloads is None or digest is None:
+            if payloads is None or digest is None or only is not None:
                 tasks.append(task)
                 continue
             output, text = _payload(task.event, digest, payloads, prunes)

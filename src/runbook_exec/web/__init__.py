@@ -44,6 +44,7 @@ from .auth import SESSION_COOKIE, SESSION_SECONDS, Sessions, SignInLimit, check_
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+OUTPUT_PAGE = 500  # lines of output a page shows
 MAX_BODY = 64 * 1024  # a sign-in or a decision: anything bigger is refused (413)
 STATUSES = (
     "pending", "running", "awaiting_approval", "succeeded", "failed", "rolled_back",
@@ -63,6 +64,7 @@ class Web:
         self.limit = SignInLimit()
         self._history: History | None = None
         self.resumes: list[Any] = []
+        self._lines: dict[Any, list[str]] = {}  # the last outputs read, split in lines
 
     def service(self, user: str) -> Service:
         return Service(self.store, user)
@@ -101,6 +103,25 @@ class Web:
                     env={**os.environ, "RUNBOOK_EXEC_NO_WARM": "1"},
                 )
             )
+
+    def output_lines(
+        self, user: str, run_id: str, key: tuple[str, int, str], stream: str
+    ) -> tuple[Any, list[str], list[Any]]:
+        """A host-step, its output's lines (from the one event that holds them, checked,
+        kept for the next page) and the run's flags."""
+        details = self.service(user).run(run_id, outputs=True, only=key)
+        step = next((s for s in details.steps if s.key == key), None)
+        if step is None:
+            raise NotFound(f"run {run_id} has no step {key[0]} {key[1] + 1} on {key[2]}")
+        cache_key = (run_id, key, stream, step.event)
+        lines = self._lines.get(cache_key)
+        if lines is None:
+            text = (step.stdout if stream == "stdout" else step.stderr) or ""
+            lines = text.split("\n") if text else []
+            if lines and lines[-1] == "":
+                lines.pop()
+            self._lines = {**dict(list(self._lines.items())[-7:]), cache_key: lines}
+        return step, lines, details.flags
 
     def history(self) -> History:
         head = self.store.head_seq()
@@ -303,15 +324,47 @@ def create_app(db: str, secret: bytes) -> FastAPI:
         return RedirectResponse(f"/runs/{run_id}", status_code=303)
 
     @app.get("/runs/{run_id}/output", response_class=HTMLResponse, include_in_schema=False)
-    def output(request: Request, run_id: str, section: str, index: int, host: str) -> HTMLResponse:
-        details = web.service(request.state.user).run(run_id, outputs=True)
-        step = next(
-            (s for s in details.steps if (s.section, s.index, s.host) == (section, index, host)),
-            None,
+    def output(
+        request: Request,
+        run_id: str,
+        section: str,
+        index: int,
+        host: str,
+        stream: str = "stdout",
+        start: int = 0,
+        q: str = "",
+    ) -> HTMLResponse:
+        """One host-step's output, a page of lines at a time (from line `start`), or the
+        lines that hold `q`, with their numbers: a big output opens as fast as a small."""
+        if stream not in ("stdout", "stderr"):
+            raise InputError(Problem(f"{stream!r}: stdout or stderr", field="stream"))
+        if start < 0 or len(q) > 200:
+            raise InputError(Problem("start is a line number; q at most 200 characters"))
+        step, lines, flags = web.output_lines(
+            request.state.user, run_id, (section, index, host), stream
         )
-        if step is None:
-            raise NotFound(f"run {run_id} has no step {section} {index + 1} on {host}")
-        return page(request, "output.html", d=details, step=step, flags=details.flags)
+        if q:
+            found = [(n, line) for n, line in enumerate(lines, 1) if q.lower() in line.lower()]
+        else:
+            found = list(enumerate(lines[start : start + OUTPUT_PAGE], start + 1))
+        shown = found[start : start + OUTPUT_PAGE] if q else found
+        total = len(found) if q else len(lines)
+        base = {"section": section, "index": index, "host": host, "stream": stream, "q": q}
+        return page(
+            request,
+            "output.html",
+            run_id=run_id,
+            step=step,
+            flags=flags,
+            stream=stream,
+            shown=shown,
+            start=start,
+            total=total,
+            lines=len(lines),
+            q=q,
+            size=OUTPUT_PAGE,
+            link=lambda **changes: f"/runs/{run_id}/output?" + urlencode({**base, **changes}),
+        )
 
     @app.get("/runs/{run_id}/report", response_class=HTMLResponse, include_in_schema=False)
     def run_report(request: Request, run_id: str, lang: str = "en") -> HTMLResponse:
@@ -330,6 +383,45 @@ def create_app(db: str, secret: bytes) -> FastAPI:
     from .api import router
 
     app.include_router(router(web))
+
+    # --- hosts ----------------------------------------------------------------------------------
+
+    @app.get("/hosts", response_class=HTMLResponse, include_in_schema=False)
+    def hosts(request: Request) -> HTMLResponse:
+        """Every host on record: what is live there (each release root), since when, by
+        which run, and its last run."""
+        history = web.history()
+        live = web.service(request.state.user).releases()
+        last: dict[str, RunDetails] = {}
+        for details in sorted(history.runs.values(), key=lambda d: d.run.requested_at):
+            for batch in details.run.batches:
+                for name in batch:
+                    last[name] = details
+        return page(
+            request,
+            "hosts.html",
+            names=sorted(last),
+            live=live.rows,
+            last=last,
+            flags=[*history.flags, *live.flags],
+        )
+
+    @app.get("/hosts/{name}", response_class=HTMLResponse, include_in_schema=False)
+    def host(request: Request, name: str) -> HTMLResponse:
+        """One host's history: every run that had it (its outcome there), every release
+        switched on it."""
+        history = web.history()
+        runs = [
+            (d, next((h for h in d.hosts if h.host == name), None))
+            for d in _newest_first(history)
+            if any(name in batch for batch in d.run.batches)
+        ]
+        if not runs:
+            raise NotFound(f"no run on record had host {name!r}")
+        switches = [s for s in reversed(history.switches) if s.host == name]
+        return page(
+            request, "host.html", host=name, runs=runs, switches=switches, flags=history.flags
+        )
 
     # --- metrics --------------------------------------------------------------------------------
 

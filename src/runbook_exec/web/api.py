@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import NotFound
 from ..jsonout import SCHEMA
 
 if TYPE_CHECKING:
@@ -182,15 +181,9 @@ def router(web: Web) -> APIRouter:
         count: Annotated[int, Query(ge=1, le=MAX_LINES)] = 500,
     ) -> dict[str, Any]:
         """Lines [start, start + count) of one host-step's stdout or stderr, as kept."""
-        details = web.service(request.state.user).run(run_id, outputs=True)
-        step = next(
-            (s for s in details.steps if (s.section, s.index, s.host) == (section, index, host)),
-            None,
+        step, lines, _ = web.output_lines(
+            request.state.user, run_id, (section, index, host), stream
         )
-        if step is None:
-            raise NotFound(f"run {run_id} has no step {section} {index + 1} on {host}")
-        text = (step.stdout if stream == "stdout" else step.stderr) or ""
-        lines = text.splitlines()
         return {
             "schema": SCHEMA,
             "stream": stream,
