@@ -6,6 +6,7 @@ pages and never a traceback; sign-in is limited and forms need their CSRF token.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -57,8 +58,6 @@ def _port() -> int:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A store with three runs on two hosts (CHG-A ok; CHG-B failed on host2 with a telling
     stderr; one without a change), a viewer `dana`, and the web view on a free port."""
-    import uvicorn
-
     from runbook_exec.web import create_app
 
     base = tmp_path_factory.mktemp("web")
@@ -87,20 +86,28 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         served = Served("", db, base, ids["CHG-B"], ids["CHG-A"], lab)
         added = served.cli("users", "add", "dana", "--password-stdin", stdin=PASSWORD + "\n")
         assert added.returncode == 0, added.stderr
-        port = _port()
-        app = create_app(db, b"k" * 32)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        served.url = f"http://127.0.0.1:{port}"
-        try:
+        with serving(create_app(db, b"k" * 32)) as url:
+            served.url = url
             yield served
-        finally:
-            server.should_exit = True
-            thread.join(10)
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """`app` under uvicorn in a thread, on a free port; its URL."""
+    import uvicorn
+
+    port = _port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def signed_in(browser: Any, served: Served) -> Any:
@@ -441,3 +448,40 @@ def test_a_300000_line_output_opens_a_page_at_a_time_and_is_searchable(served: S
         assert served.failed in page.locator("main").inner_text()
         assert page.goto(served.url + "/hosts/nowhere") is not None
         assert "no run on record had host 'nowhere'" in page.locator("main").inner_text()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_web_view_serves_a_postgresql_store(runbook_exec: Any, write: Any, db_url: str) -> None:
+    import urllib.request
+
+    from runbook_exec.web import create_app
+
+    runbook = write("rb.yml", "name: pg-web\ntargets: app\nsteps:\n  - shell: echo hi\n")
+    done = runbook_exec("run", runbook, "--change-id", "CHG-PG", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    token = runbook_exec("tokens", "create", "pg").stdout.strip()
+    with serving(create_app(db_url, b"p" * 32)) as url:
+
+        def get(path: str) -> str:
+            request = urllib.request.Request(url + path)
+            request.add_header("Authorization", f"Bearer {token}")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return str(response.read().decode())
+
+        listed = json.loads(get("/api/v1/runs?change=CHG-PG"))
+        assert [r["run_id"] for r in listed["runs"]] == [run_id]
+        assert "pg-web" in get(f"/runs/{run_id}")
+        assert json.loads(get("/api/v1/audit"))["intact"] is True
+
+
+def test_the_other_commands_never_import_the_web_stack() -> None:
+    """`serve` alone pays for FastAPI, uvicorn and prometheus-client."""
+    probe = (
+        "import sys, runbook_exec.cli, runbook_exec.cli.web, runbook_exec.service, "
+        "runbook_exec.report; "
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
