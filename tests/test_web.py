@@ -485,3 +485,26 @@ def test_the_other_commands_never_import_the_web_stack() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_signing_in_never_sends_anyone_to_another_site(served: Served) -> None:
+    with chromium_browser() as browser:
+        context = browser.new_context()
+        for target in (
+            "//evil.example/x",
+            "/\\\\evil.example",
+            "https://evil.example/",
+            "/runs\r\nX: y",
+        ):
+            answer = context.request.post(
+                served.url + "/login",
+                form={"user": "dana", "password": PASSWORD, "next": target},
+                max_redirects=0,
+            )
+            assert answer.status == 303 and answer.headers["location"] == "/runs", target
+        kept = context.request.post(
+            served.url + "/login",
+            form={"user": "dana", "password": PASSWORD, "next": "/runs?change=CHG-B"},
+            max_redirects=0,
+        )
+        assert kept.headers["location"] == "/runs?change=CHG-B"

@@ -15,6 +15,7 @@ status, checkpoints, exports).
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -551,9 +552,13 @@ async def _checked_form(request: Request, web: Web) -> dict[str, str]:
     return form
 
 
+LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9/_.~%-]*(\?[A-Za-z0-9/_.~%=&+-]*)?")
+
+
 def _local(target: str) -> str:
-    """Where to go after signing in: a path of this site, never another site."""
-    return target if target.startswith("/") and not target.startswith("//") else "/runs"
+    """Where to go after signing in: a path of this site, never another site (no `//`,
+    no backslash, which browsers read as a slash, no scheme, no control characters)."""
+    return target if LOCAL_PATH.fullmatch(target) else "/runs"
 
 
 def _filters(query: Mapping[str, str]) -> tuple[dict[str, str], int]:
