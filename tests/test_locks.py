@@ -53,7 +53,9 @@ def run_status(runbook_exec: Run, run_id: str) -> str:
 def test_runs_that_share_a_host_never_overlap_and_others_go_on(
     runbook_exec: Run, write: Write, hosts: SshLab
 ) -> None:
-    first = runbook_exec.spawn("run", write("rb.yml", COUNTED), "--limit", "host1:host2")  # type: ignore[attr-defined]
+    # Slow enough that the three commands below (each a new process) all happen inside it.
+    slow = write("rb.yml", COUNTED.replace("sleep 2", "sleep 8"))
+    first = runbook_exec.spawn("run", slow, "--limit", "host1:host2")  # type: ignore[attr-defined]
     try:
         wait_until(lambda: step_status(runbook_exec, "host1", "Slow") == "running")
         holder = latest_run(runbook_exec)["run_id"]

@@ -97,7 +97,10 @@ def serving(app: Any) -> Iterator[str]:
     import uvicorn
 
     port = _port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="error", proxy_headers=False
+    )
+    server = uvicorn.Server(config)  # as `serve` runs it: X-Forwarded-For not believed
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -508,3 +511,162 @@ def test_signing_in_never_sends_anyone_to_another_site(served: Served) -> None:
             max_redirects=0,
         )
         assert kept.headers["location"] == "/runs?change=CHG-B"
+
+
+def gated_run(served: Served, operator: str) -> str:
+    """A run of two hosts that waits for approval after the first; its id."""
+    assert served.lab is not None
+    gated = served.base / "gate2.yml"
+    gated.write_text(
+        "name: gate2\ntargets: app\nstrategy:\n  batches: [1]\n  between_batches:\n"
+        "    - approve: Go on?\nsteps:\n  - shell: echo hi\n"
+    )
+    started = subprocess.run(
+        [str(BIN / "runbook-exec"), "run", str(gated), *served.lab.cli_args(), "--db",
+         served.db, "--json", "--no-input", "--operator", operator],
+        capture_output=True, text=True, cwd=served.base, timeout=120,
+    )  # fmt: skip
+    assert started.returncode == 3, started.stdout + started.stderr
+    return str(json.loads(started.stdout)["run_id"])
+
+
+def api_post(served: Served, path: str, token: str, body: dict[str, Any]) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        served.url + path, data=json.dumps(body).encode(), method="POST"
+    )
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_one_decision_per_gate_and_four_eyes_by_person_not_spelling(served: Served) -> None:
+    """Eight approvals of one gate at once: one is recorded, the others are refused as
+    decided meanwhile. A token named for the run's starter is the starter; a user whose
+    name differs from another's only in case is refused when added."""
+    run_id = gated_run(served, "ivan")
+    assert (
+        served.cli(
+            "users", "add", "ivan", "--role", "operator", "--password-stdin", stdin=PASSWORD
+        ).returncode
+        == 0
+    )
+    alike = served.cli(
+        "users", "add", "IVAN ", "--role", "operator", "--password-stdin", stdin=PASSWORD
+    )
+    assert alike.returncode == 2
+    own = served.cli("tokens", "create", "ivan", "--role", "operator").stdout.strip()
+    status, text = api_post(served, f"/api/v1/runs/{run_id}/approve", own, {"comment": "mine"})
+    assert status == 409 and "four eyes" in text
+    tokens = [
+        served.cli("tokens", "create", f"ops{i}", "--role", "operator").stdout.strip()
+        for i in range(2)
+    ]
+    answers: list[tuple[int, str]] = []
+    threads = [
+        threading.Thread(
+            target=lambda i=i: answers.append(
+                api_post(
+                    served, f"/api/v1/runs/{run_id}/approve", tokens[i % 2], {"comment": f"c{i}"}
+                )
+            )
+        )
+        for i in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(code for code, _ in answers) == [200] + [409] * 7, answers
+    assert all("altered" not in text for code, text in answers if code == 409), answers
+    events = served.cli("audit", "export", "--run", run_id).stdout
+    assert events.count('\\"type\\":\\"gate.approved\\"') == 1
+
+
+def test_sessions_end_when_they_should_and_the_record_decides_roles(served: Served) -> None:
+    import http.client
+
+    assert served.cli("users", "add", "uma", "--password-stdin", stdin=PASSWORD).returncode == 0
+    with chromium_browser() as browser:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(served.url + "/login")
+        page.fill("input[name=user]", "uma")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/runs")
+        cookie = next(c for c in context.cookies() if c["name"] == "rbx_session")
+        # A bad page number is a 400 naming it, whatever digits it is written in.
+        bad = context.request.get(served.url + "/runs?page=%C2%B2")
+        assert bad.status == 400 and "page" in bad.text()
+        page.click("header button[type=submit]")  # sign out
+        page.wait_for_url("**/login")
+        again = browser.new_context()
+        again.add_cookies([cookie])
+        assert "/login" in again.new_page().goto(served.url + "/runs").url  # revoked
+    # A chunked body past the limit is refused while it is read.
+    host, port = served.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/login")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.putheader("Content-Type", "application/x-www-form-urlencoded")
+    connection.endheaders()
+    chunk = b"a" * 65536
+    try:
+        for _ in range(4):
+            connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        connection.send(b"0\r\n\r\n")
+    except OSError:
+        pass  # the server may close before all of it is sent
+    assert connection.getresponse().status == 413
+    # A role written into the users table by hand is not the record's: no sign-in.
+    query(served.db, "UPDATE web_users SET role = 'admin' WHERE name = 'uma'")
+    with chromium_browser() as browser:
+        context = browser.new_context()
+        refused = context.request.post(
+            served.url + "/login", form={"user": "uma", "password": PASSWORD}, max_redirects=0
+        )
+        assert refused.status == 409 and "does not vouch for user uma" in refused.text()
+
+
+def test_an_event_edited_in_place_shows_within_seconds(served: Served, tmp_path: Path) -> None:
+    """The chain's head does not move when an old event is edited by hand: pages and
+    /metrics still find it, within HISTORY_SECONDS."""
+    import sqlite3
+    import urllib.request
+
+    from helpers import wait_until
+    from runbook_exec.web import create_app
+
+    copy = tmp_path / "copy.db"
+    with (
+        sqlite3.connect(served.db.removeprefix("sqlite:///")) as source,
+        sqlite3.connect(copy) as target,
+    ):
+        source.backup(target)
+    db = f"sqlite:///{copy}"
+    token = subprocess.run(
+        [str(BIN / "runbook-exec"), "tokens", "create", "watch", "--db", db],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    with serving(create_app(db, b"e" * 32)) as url:
+
+        def intact() -> bool:
+            request = urllib.request.Request(url + "/metrics")
+            request.add_header("Authorization", f"Bearer {token}")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return "runbook_exec_audit_chain_intact 1.0" in response.read().decode()
+
+        assert intact()
+        with sqlite3.connect(copy) as connection:
+            connection.execute(
+                "UPDATE audit_events SET body = replace(body, 'erin', 'eve') WHERE seq = "
+                "(SELECT min(seq) FROM audit_events WHERE type = 'run.requested')"
+            )
+        wait_until(lambda: not intact(), 15)

@@ -219,21 +219,21 @@ class Service:
         roll_back = not approved and bool(_changed(details)) and _on_failure(run) == "rollback"
         audit = Auditor.for_recorded(store, run, self.operator)
         with store.batch():  # the decision and what it changes: both or neither
+            decided = store.decide_gate(
+                run_id,
+                gate.key,
+                status=decision,
+                decided_by=self.operator,
+                comment=comment,
+                decided_at=time.time(),
+            )
+            if not decided:  # another decision came first: this one is not recorded
+                raise Refused(f"run {run_id}'s gate was decided meanwhile; nothing was done")
             audit.append(
                 f"gate.{decision}",
                 gate={"key": gate.key, "kind": "approve", "message": gate.message},
                 decided_by=self.operator,
                 comment=comment,
-            )
-            store.set_gate(
-                run_id,
-                gate.key,
-                kind="approve",
-                message=gate.message,
-                status=decision,
-                decided_by=self.operator,
-                comment=comment,
-                decided_at=time.time(),
             )
             if approved:
                 store.update_run(run_id, status=RunStatus.RUNNING)
@@ -258,12 +258,13 @@ class Service:
 
         book = runbook_from_text(run.runbook_text, run.runbook_path) if run.runbook_text else None
         approvers = book.runbook.approvers if book is not None else None
-        if approvers is not None and self.operator not in approvers:
+        me = same_person(self.operator)
+        if approvers is not None and me not in {same_person(a) for a in approvers}:
             raise Refused(
                 f"{self.operator} may not approve run {run.id}: its runbook names its "
                 f"approvers ({', '.join(approvers)})"
             )
-        if approvers is None and self.operator == run.operator:
+        if approvers is None and me == same_person(run.operator):
             raise Refused(
                 f"{self.operator} started run {run.id} and may not approve it too (four eyes; "
                 "a runbook's `approvers:` can name who may)"
@@ -431,6 +432,12 @@ class Service:
                     message=f"{holder.describe()} (a run the audit trail does not record)",
                 )
         return holder
+
+
+def same_person(name: str) -> str:
+    """A name as four eyes compares it: a token counts as the person it is named for, and
+    case and spaces around do not make another person."""
+    return name.removeprefix("token:").strip().casefold()
 
 
 def _changed(details: RunDetails) -> set[str]:

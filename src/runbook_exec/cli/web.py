@@ -40,7 +40,16 @@ def serve(
         raise InputError(Problem(f"{bind!r} is not HOST:PORT", field="--bind"))
     app = create_app(db, server_secret(config_dir()))
     out().print(f"serving the record of {escape(db)} on http://{escape(bind)}/ (Ctrl-C stops)")
-    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="warning", access_log=False)
+    # The peer address is the connection's own: a client's X-Forwarded-For is not
+    # believed (the sign-in limit is kept per name and address).
+    uvicorn.run(
+        app,
+        host=host.strip("[]"),
+        port=int(port),
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+    )
 
 
 users_app = typer.Typer(
@@ -74,6 +83,7 @@ def users_add(
     import getpass
 
     from ..recorders import Auditor
+    from ..service import same_person
     from ..store import Store
     from ..store.audit import operator_name
     from ..web.auth import ROLES, hash_password
@@ -94,6 +104,15 @@ def users_add(
         raise InputError(Problem("a password has at least 8 characters", field="password"))
     store = Store.open(db)
     store.require_key()
+    alike = [
+        u["name"]
+        for u in store.users()
+        if u["name"] != name and same_person(u["name"]) == same_person(name)
+    ]
+    if alike:
+        raise InputError(
+            Problem(f"{name!r} reads as user {alike[0]!r}: one person, one name", field="NAME")
+        )
     store.put_user(name, role, hash_password(password))
     Auditor.outside_runs(store, operator_name(operator)).append("user.added", user=name, role=role)
     out().print(f"user {escape(name)} ({role}) can sign in to `runbook-exec serve`")

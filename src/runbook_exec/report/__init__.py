@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, NotFound, Problem
+from ..record import RecordAltered
 from .facts import REPORT_EVENT, Selection, build, selected
 from .render import FORMATS, KIND, embedded, render
 
@@ -57,8 +58,11 @@ def make(
     try:
         chosen = selected(before, selection)  # nothing is recorded for a report of nothing
     except NotFound as exc:
-        broken = f" (the audit chain does not hold: {before.flags[0]})" if before.flags else ""
-        raise NotFound(f"{exc} in the state store {store.where}{broken}") from None
+        if before.flags:  # the record cannot say: refused as such, not "not found"
+            raise RecordAltered(
+                f"{exc}, but the audit chain does not hold: {before.flags[0]}"
+            ) from None
+        raise NotFound(f"{exc} in the state store {store.where}") from None
     problems = [str(f) for f in before.flags]
     for details in chosen:
         for flag in record.run(details.run.id, outputs=False).flags:

@@ -218,6 +218,18 @@ class Store(ChainStore, LockStore):
             if not changed:
                 tx.execute(insert(gates).values(run_id=run_id, gate_key=key, **fields))
 
+    def decide_gate(self, run_id: str, key: str, **fields: Any) -> bool:
+        """Set a gate that is still waiting to a decision; False when it no longer waits
+        (decided meanwhile, by another person or process): the caller refuses."""
+        with self._tx() as tx:
+            changed = tx.execute(
+                update(gates)
+                .where(gates.c.run_id == run_id, gates.c.gate_key == key)
+                .where(gates.c.status == "waiting")
+                .values(**fields)
+            ).rowcount
+        return bool(changed)
+
     def record_task(self, **row: Any) -> None:
         with self._tx() as tx:
             tx.execute(insert(task_results).values(at=time.time(), **row))

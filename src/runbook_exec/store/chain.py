@@ -250,6 +250,22 @@ class ChainStore(StoreBase):
         rows = self._read(select(func.min(newest.c.seq).label("seq")))
         return int(rows[0]["seq"]) if rows and rows[0]["seq"] is not None else None
 
+    def events_of(self, kinds: Sequence[str]) -> list[dict[str, Any]]:
+        """The events of these types (seq and body), oldest first."""
+        query = select(audit_events.c.seq, audit_events.c.body).where(
+            audit_events.c.type.in_(list(kinds))
+        )
+        return self._read(query.order_by(audit_events.c.seq))
+
+    def event_holds(self, seq: int) -> bool:
+        """Whether event `seq` is what its hash says, linked to the one before it, with the
+        key in force there: written by runbook-exec, not by hand."""
+        from .audit import verify
+
+        start, _ = self.chain_start(seq)
+        rows = self.audit_range(seq, until=seq)
+        return bool(rows) and verify(rows, self.keys, start).finding is None
+
     def head_seq(self) -> int:
         """The seq of the chain's newest event (0: none)."""
         rows = self._read(select(func.max(audit_events.c.seq).label("seq")))

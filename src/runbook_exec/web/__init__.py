@@ -15,7 +15,9 @@ status, checkpoints, exports).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -41,10 +43,18 @@ from ..jsonout import rfc3339
 from ..record import History, RecordAltered, RunDetails
 from ..service import Service
 from ..store import Store
-from .auth import SESSION_COOKIE, SESSION_SECONDS, Sessions, SignInLimit, check_password
+from .auth import (
+    DECOY,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    Sessions,
+    SignInLimit,
+    check_password,
+)
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+HISTORY_SECONDS = 5.0  # the longest a page or /metrics trusts a fold of the chain
 OUTPUT_PAGE = 500  # lines of output a page shows
 MAX_BODY = 64 * 1024  # a sign-in or a decision: anything bigger is refused (413)
 STATUSES = (
@@ -64,11 +74,38 @@ class Web:
         self.sessions = Sessions(secret)
         self.limit = SignInLimit()
         self._history: History | None = None
+        self._folded = 0.0
+        self._vouched: dict[tuple[str, str, int], str | None] = {}
+        self.deciding = threading.Lock()  # one decision at a time in this server
         self.resumes: list[Any] = []
         self._lines: dict[Any, list[str]] = {}  # the last outputs read, split in lines
 
     def service(self, user: str) -> Service:
         return Service(self.store, user)
+
+    def vouched_role(self, kind: str, name: str) -> str | None:
+        """The role the audit trail gives a web user (`kind` "user") or a token ("token"):
+        its last `user.added` (`token.created`) event, checked by its hash, unless removed
+        since. None when the trail vouches for none: a row added or edited by hand in the
+        users or tokens table gives nobody anything."""
+        head = self.store.head_seq()
+        key = (kind, name, head)
+        if key in self._vouched:
+            return self._vouched[key]
+        kinds = (
+            ("user.added", "user.removed") if kind == "user" else ("token.created", "token.revoked")
+        )
+        last = None
+        for row in self.store.events_of(kinds):
+            body = json.loads(row["body"])
+            if body.get(kind) == name:
+                last = (int(row["seq"]), body)
+        role = None
+        if last is not None and last[1].get("type") in ("user.added", "token.created"):
+            role = str(last[1].get("role")) if self.store.event_holds(last[0]) else None
+        self._vouched = {k: v for k, v in self._vouched.items() if k[2] == head}
+        self._vouched[key] = role
+        return role
 
     def resume(self, run_id: str, user: str) -> None:
         """Carry a run on after a decision: `runbook-exec resume` in a process of its own
@@ -125,14 +162,67 @@ class Web:
         return step, lines, details.flags
 
     def history(self) -> History:
+        """The chain's history, folded again when it has grown, and at least every
+        HISTORY_SECONDS: an event edited in place (the head unchanged) is found then."""
         head = self.store.head_seq()
-        if self._history is None or self._history.head != head:
+        fresh = time.monotonic() - self._folded < HISTORY_SECONDS
+        if self._history is None or self._history.head != head or not fresh:
             self._history = Service(self.store, "web").record.history(upto=head)
+            self._folded = time.monotonic()
         return self._history
 
 
-def create_app(db: str, secret: bytes) -> FastAPI:
-    """The web app on the store at `db`; sessions signed with `secret`."""
+class BodyLimit:
+    """Refuses (413) a request whose body grows past MAX_BODY while it is read, however it
+    is sent (Content-Length is checked first; a chunked body is counted here): past the
+    limit the app is told the client went away, and whatever it answers is replaced."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+        over = False
+        started = False
+
+        async def counted() -> Any:
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            if over:
+                return  # the 413 below answers instead
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, sending)
+        except BaseException:
+            if not over:
+                raise
+        if over and not started:
+            body = b"request too large\n"
+            headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+            await send({"type": "http.response.start", "status": 413, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+
+def create_app(db: str, secret: bytes) -> Any:
+    """The web app on the store at `db`; sessions signed with `secret` (an ASGI app, for
+    uvicorn: FastAPI's, under a body limit)."""
     web = Web(db, secret)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["rfc3339"] = rfc3339
@@ -164,19 +254,22 @@ def create_app(db: str, secret: bytes) -> FastAPI:
         """Bodies of a bounded size; a session for every page but sign-in; no state change
         without a POST carrying the session's CSRF token; headers that keep pages private."""
         size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+        if size is not None and (not (size.isascii() and size.isdigit()) or int(size) > MAX_BODY):
             return problem(request, 413, "request too large")
         signed = web.sessions.read(request.cookies.get(SESSION_COOKIE))
-        if signed is not None and web.store.user(signed[0]) is None:
-            signed = None  # removed since
-        request.state.user, request.state.nonce = signed or (None, None)
-        request.state.role = None
-        if signed is not None:
-            request.state.role = (web.store.user(signed[0]) or {}).get("role")
+        row = web.store.user(signed[0]) if signed is not None else None
+        if signed is not None and (row is None or float(row["created_at"]) != signed[1]):
+            signed = None  # removed since, or made again (another password)
+        if signed and row and web.vouched_role("user", signed[0]) != row["role"]:
+            signed = None  # the users table says what the audit trail does not
+        request.state.user = signed[0] if signed else None
+        request.state.nonce = signed[2] if signed else None
+        request.state.role = row["role"] if signed and row else None
         bearer = request.headers.get("authorization", "")
         if signed is None and bearer.lower().startswith("bearer "):
             token = web.store.token(hashlib.sha256(bearer[7:].strip().encode()).hexdigest())
-            if token is not None:  # a token is not a browser: no cookie, no CSRF to check
+            vouched = token and web.vouched_role("token", token["name"]) == token["role"]
+            if token is not None and vouched:  # a token is no browser: no cookie, no CSRF
                 request.state.user = f"token:{token['name']}"
                 request.state.role = token["role"]
         machine = request.url.path.startswith(("/metrics", "/api/"))
@@ -253,14 +346,21 @@ def create_app(db: str, secret: bytes) -> FastAPI:
                 failed="too many failed sign-ins: wait a few minutes",
             )  # fmt: skip
         row = web.store.user(name)
-        if row is None or not check_password(password, str(row["password_hash"])):
+        known = check_password(password, str(row["password_hash"]) if row else DECOY)
+        if row is None or not known:
             web.limit.failed(name, address)
             return page(request, "login.html", 401, next=target, failed="wrong name or password")
+        if row is not None and web.vouched_role("user", name) != row["role"]:
+            return page(
+                request, "login.html", 409, next=target,
+                failed=f"record altered: the audit trail does not vouch for user {name} as "
+                f"{row['role']}; ask an admin to add the user again (users add)",
+            )  # fmt: skip
         web.limit.succeeded(name, address)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
-            web.sessions.issue(name),
+            web.sessions.issue(name, float(row["created_at"])),
             max_age=SESSION_SECONDS,
             httponly=True,
             samesite="strict",
@@ -271,8 +371,9 @@ def create_app(db: str, secret: bytes) -> FastAPI:
     @app.post("/logout", include_in_schema=False)
     async def logout(request: Request) -> Response:
         await _checked_form(request, web)
+        web.sessions.revoke(request.state.nonce)
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE)
+        response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
         return response
 
     # --- runs ---------------------------------------------------------------------------------
@@ -339,8 +440,12 @@ def create_app(db: str, secret: bytes) -> FastAPI:
         lines that hold `q`, with their numbers: a big output opens as fast as a small."""
         if stream not in ("stdout", "stderr"):
             raise InputError(Problem(f"{stream!r}: stdout or stderr", field="stream"))
-        if start < 0 or len(q) > 200:
-            raise InputError(Problem("start is a line number; q at most 200 characters"))
+        if index < 0:
+            raise InputError(Problem(f"{index}: a step's index is 0 or more", field="index"))
+        if start < 0:
+            raise InputError(Problem(f"{start}: a line number is 0 or more", field="start"))
+        if len(q) > 200:
+            raise InputError(Problem("at most 200 characters", field="q"))
         step, lines, flags = web.output_lines(
             request.state.user, run_id, (section, index, host), stream
         )
@@ -374,7 +479,9 @@ def create_app(db: str, secret: bytes) -> FastAPI:
         text = make(web.service(request.state.user), Selection(run_id=run_id), "html", lang)
         return HTMLResponse(text)
 
-    @app.get("/changes/{change_id}/report", response_class=HTMLResponse, include_in_schema=False)
+    @app.get(
+        "/changes/{change_id:path}/report", response_class=HTMLResponse, include_in_schema=False
+    )
     def change_report(request: Request, change_id: str, lang: str = "en") -> HTMLResponse:
         from ..report import Selection, make
 
@@ -407,7 +514,7 @@ def create_app(db: str, secret: bytes) -> FastAPI:
             flags=[*history.flags, *live.flags],
         )
 
-    @app.get("/hosts/{name}", response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/hosts/{name:path}", response_class=HTMLResponse, include_in_schema=False)
     def host(request: Request, name: str) -> HTMLResponse:
         """One host's history: every run that had it (its outcome there), every release
         switched on it."""
@@ -494,7 +601,7 @@ def create_app(db: str, secret: bytes) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
-    return app
+    return BodyLimit(app)
 
 
 # --- acting on a run -------------------------------------------------------------------------
@@ -517,6 +624,11 @@ def act(request: Request, web: Web, run_id: str, decision: str, comment: str) ->
         raise InputError(
             Problem("say why, in 1 to 2000 characters (it is recorded)", field="comment")
         )
+    with web.deciding:
+        return _decided(request, web, run_id, decision, comment)
+
+
+def _decided(request: Request, web: Web, run_id: str, decision: str, comment: str) -> str:
     service = web.service(request.state.user)
     if decision in ("approve", "reject"):
         outcome = service.decide(run_id, decision == "approve", comment, four_eyes=True)
@@ -574,7 +686,7 @@ def _filters(query: Mapping[str, str]) -> tuple[dict[str, str], int]:
     if filters["status"] and filters["status"] not in STATUSES:
         raise InputError(Problem(f"{filters['status']!r} is not a run status", field="status"))
     raw = query.get("page", "1") or "1"
-    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1_000_000:
         raise InputError(Problem(f"{raw!r} is not a page number", field="page"))
     return filters, int(raw)
 

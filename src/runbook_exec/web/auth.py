@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import deque
 from pathlib import Path
 
 ROLES = ("viewer", "operator", "admin")
@@ -58,34 +58,46 @@ def server_secret(folder: Path) -> bytes:
 
 
 class Sessions:
-    """Signed session cookies: `user|expiry|nonce` and its HMAC. The nonce also keys the
-    session's CSRF token."""
+    """Signed session cookies: `user|since|expiry|nonce` and its HMAC, where `since` is
+    when that user was made (a user removed and added again, or given a new password, is
+    another: their old cookies stop working). Signing out revokes the cookie's nonce for
+    the rest of its life. The nonce also keys the session's CSRF token."""
 
     def __init__(self, secret: bytes) -> None:
         self.secret = secret
+        self.revoked: dict[str, float] = {}  # nonce -> when its cookie would expire
 
     def _sign(self, text: str) -> str:
         return hmac.new(self.secret, text.encode(), hashlib.sha256).hexdigest()
 
-    def issue(self, user: str) -> str:
-        body = json.dumps([user, int(time.time()) + SESSION_SECONDS, secrets.token_hex(16)])
+    def issue(self, user: str, since: float) -> str:
+        expiry = int(time.time()) + SESSION_SECONDS
+        body = json.dumps([user, since, expiry, secrets.token_hex(16)])
         packed = base64.urlsafe_b64encode(body.encode()).decode()
         return f"{packed}.{self._sign(packed)}"
 
-    def read(self, cookie: str | None) -> tuple[str, str] | None:
-        """The signed-in user and the session's nonce, or None (absent, forged, expired)."""
+    def read(self, cookie: str | None) -> tuple[str, float, str] | None:
+        """The signed-in user, when that user was made, and the session's nonce; None when
+        absent, forged, expired or signed out."""
         if not cookie or "." not in cookie:
             return None
         packed, signature = cookie.rsplit(".", 1)
         if not hmac.compare_digest(self._sign(packed), signature):
             return None
         try:
-            user, expiry, nonce = json.loads(base64.urlsafe_b64decode(packed))
+            user, since, expiry, nonce = json.loads(base64.urlsafe_b64decode(packed))
+            if not isinstance(user, str) or int(expiry) < time.time():
+                return None
         except (ValueError, TypeError):
             return None
-        if not isinstance(user, str) or int(expiry) < time.time():
+        if str(nonce) in self.revoked:
             return None
-        return user, str(nonce)
+        return user, float(since), str(nonce)
+
+    def revoke(self, nonce: str) -> None:
+        now = time.time()
+        self.revoked = {n: t for n, t in self.revoked.items() if t > now}
+        self.revoked[nonce] = now + SESSION_SECONDS
 
     def csrf(self, nonce: str) -> str:
         return self._sign(f"csrf:{nonce}")
@@ -95,19 +107,32 @@ class Sessions:
 
 
 class SignInLimit:
-    """Failed sign-ins per (user, address): a sixth within five minutes is refused."""
+    """Failed sign-ins per (user, address): a sixth within five minutes is refused. The
+    address is the connection's own (serve does not believe X-Forwarded-For)."""
 
     def __init__(self) -> None:
-        self.failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self.failures: dict[tuple[str, str], deque[float]] = {}
 
     def blocked(self, user: str, address: str) -> bool:
-        recent = self.failures[(user, address)]
+        recent = self.failures.get((user, address))
+        if recent is None:
+            return False
         while recent and recent[0] < time.monotonic() - FAILURE_WINDOW:
             recent.popleft()
+        if not recent:
+            del self.failures[(user, address)]
         return len(recent) >= FAILURES_ALLOWED
 
     def failed(self, user: str, address: str) -> None:
-        self.failures[(user, address)].append(time.monotonic())
+        if len(self.failures) > 10_000:  # forget the oldest tries first, not the memory
+            horizon = time.monotonic() - FAILURE_WINDOW
+            self.failures = {k: v for k, v in self.failures.items() if v and v[-1] > horizon}
+        self.failures.setdefault((user, address), deque()).append(time.monotonic())
 
     def succeeded(self, user: str, address: str) -> None:
         self.failures.pop((user, address), None)
+
+
+# Checked against when a name is unknown, so that an unknown name takes as long as a
+# known one with a wrong password (the answer's timing says nothing about who exists).
+DECOY = hash_password(secrets.token_hex(16))
