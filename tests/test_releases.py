@@ -327,6 +327,13 @@ def test_releases_check_finds_a_link_changed_by_hand(
     rows = {r["host"]: r for r in json.loads(drifted.stdout)["releases"]}
     assert rows["host3"]["drift"] and rows["host3"]["found"] == "1.0.0"
     assert not rows["host1"]["drift"]
+    # Each check is recorded (the web view's hosts page shows the last one's drift).
+    from runbook_exec.store import Store
+
+    checks = Store.open(runbook_exec.db).events_of(["releases.checked"])  # type: ignore[attr-defined]
+    last = json.loads(checks[-1]["body"])
+    assert len(checks) == 2 and last["drift"] == ["host3"]
+    assert {(r["host"], r["found"]) for r in last["rows"] if r["drift"]} == {("host3", "1.0.0")}
 
 
 def test_previous_falls_back_to_the_disk_for_a_host_deployed_by_hand(

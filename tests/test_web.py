@@ -670,3 +670,31 @@ def test_an_event_edited_in_place_shows_within_seconds(served: Served, tmp_path:
                 "(SELECT min(seq) FROM audit_events WHERE type = 'run.requested')"
             )
         wait_until(lambda: not intact(), 15)
+
+
+def test_the_hosts_page_shows_the_drift_the_last_check_found(served: Served) -> None:
+    from runbook_exec.recorders import Auditor
+    from runbook_exec.store import Store
+
+    store = Store.open(served.db)
+    Auditor.outside_runs(store, "olaf").append(
+        "releases.checked",
+        hosts=["host1", "host2"],
+        rows=[
+            {
+                "host": "host2",
+                "root": "/srv/app",
+                "recorded": "2.0",
+                "found": "1.9",
+                "problem": None,
+                "drift": True,
+            },
+        ],
+        drift=["host2"],
+    )
+    with chromium_browser() as browser:
+        page = signed_in(browser, served)
+        page.goto(served.url + "/hosts")
+        text = page.locator("main").inner_text()
+        assert "Checked by olaf" in text and "drift on host2" in text
+        assert "1.9" in page.locator("table").filter(has_text="/srv/app").inner_text()

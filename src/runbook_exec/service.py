@@ -107,6 +107,18 @@ class Service:
             known = (known_hosts or default_known_hosts()).resolve()
             options = SshOptions(known, ansible=ansible_defaults())
             rows = asyncio.run(live.check(rows, hosts, options))
+            # What was found is recorded: the web view's hosts page shows the last check.
+            found = [
+                {"host": r.host, "root": r.root, "recorded": r.live, "found": r.found,
+                 "problem": r.problem, "drift": r.drift}
+                for r in rows
+            ]  # fmt: skip
+            Auditor.outside_runs(self.store, self.operator).append(
+                "releases.checked",
+                hosts=sorted(hosts),
+                rows=found,
+                drift=sorted({r["host"] for r in found if r["drift"]}),
+            )
         return LiveReleases(rows, recorded.flags)
 
     def previous_releases(self, plan: Plan) -> list[str]:

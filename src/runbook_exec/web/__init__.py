@@ -167,7 +167,8 @@ class Web:
         head = self.store.head_seq()
         fresh = time.monotonic() - self._folded < HISTORY_SECONDS
         if self._history is None or self._history.head != head or not fresh:
-            self._history = Service(self.store, "web").record.history(upto=head)
+            record = Service(self.store, "web").record
+            self._history = record.history(upto=head, keep=frozenset({"releases.checked"}))
             self._folded = time.monotonic()
         return self._history
 
@@ -505,12 +506,16 @@ def create_app(db: str, secret: bytes) -> Any:
             for batch in details.run.batches:
                 for name in batch:
                     last[name] = details
+        checks = [
+            e for _, e in sorted(history.events.items()) if e.get("type") == "releases.checked"
+        ]
         return page(
             request,
             "hosts.html",
             names=sorted(last),
             live=live.rows,
             last=last,
+            check=checks[-1] if checks else None,
             flags=[*history.flags, *live.flags],
         )
 
