@@ -295,9 +295,8 @@ def become_methods(runbook_file: RunbookFile, hosts: Sequence[Host]) -> list[Pro
     config = ansible_defaults()
     problems = []
     for host in hosts:
-        becomes = host.become if "ansible_become" in host.vars else config.become
         method = str(host.vars.get("ansible_become_method") or config.become_method)
-        if becomes and method != "sudo":
+        if host.becomes(config) and method != "sudo":
             where = "inventory" if "ansible_become_method" in host.vars else "ansible.cfg"
             problems.append(
                 Problem(

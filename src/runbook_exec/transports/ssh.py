@@ -174,8 +174,7 @@ class SshSession:
         inventory's ansible_become (ansible_become_user, ansible_become_password) if it
         says, else Ansible's configuration; the password given to the run (-K) between."""
         config = self.options.ansible
-        said = "ansible_become" in self.host.vars
-        if not (self.host.become if said else config.become):
+        if not self.host.becomes(config):
             return None
         user = str(self.host.vars.get("ansible_become_user") or config.become_user or "root")
         password = self.host.become_password or self.options.become_password
