@@ -85,24 +85,15 @@ def audit_verify(
     Example: `runbook-exec audit verify --report CHG-1042.html --file trail.jsonl`"""
     from ..store import checkpoints
     from ..store.audit import verify
-    from ..store.keys import KeyRing
 
     if report is not None:
         _verify_report(report, file, operator, db)
         return
     point = read_checkpoint(checkpoint) if checkpoint else None
     trusted = checkpoints.load_public_key(public_key) if public_key else None
-    store: Store | None = None
-    if file is None:
-        store = _store(db)
-        store.require_key()
-        keys = store.keys
-        rows = store.audit_events()
-    else:
-        keys = KeyRing.load()
-        rows = export_rows(file)
-        if not rows:  # nothing in it can be wrong, and nothing is proven
-            raise InputError(Problem("holds no audit events: nothing to verify", str(file)))
+    store, keys, rows = _trail(file, db)
+    if file is not None and not rows:  # nothing in it can be wrong, and nothing is proven
+        raise InputError(Problem("holds no audit events: nothing to verify", str(file)))
     verified = verify(rows, keys)
     key = _head_key(keys, verified)
     if verified.finding is None and point is not None:
@@ -133,22 +124,13 @@ def audit_verify(
 
 def _verify_report(path: Path, file: Path | None, operator: str | None, db: str) -> None:
     from .. import report as reports
-    from ..store.keys import KeyRing
 
     try:
         text = path.read_bytes().decode("utf-8")  # as written: a CR is a change too
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or "not UTF-8 text"
         raise InputError(Problem(f"cannot read it: {why}", str(path))) from None
-    store: Store | None = None
-    if file is None:
-        store = _store(db)
-        store.require_key()
-        keys = store.keys
-        rows = store.audit_events()
-    else:
-        keys = KeyRing.load()
-        rows = export_rows(file)
+    store, keys, rows = _trail(file, db)
     try:
         verdict = reports.verify(text, rows, keys)
     except InputError as exc:
@@ -374,6 +356,18 @@ def audit_rotate_key(
         f"(before: {old or 'unkeyed'}); {where}. Keep the old key too: the events before "
         "still verify with it."
     )
+
+
+def _trail(file: Path | None, db: str) -> tuple[Store | None, KeyRing, list[dict[str, Any]]]:
+    """The chain to check: the store's (opened, its key at hand), or an export's events
+    with the user's keys."""
+    from ..store.keys import KeyRing
+
+    if file is None:
+        store = _store(db)
+        store.require_key()
+        return store, store.keys, store.audit_events()
+    return None, KeyRing.load(), export_rows(file)
 
 
 def _intact_store(db: str, refusal: str) -> tuple[Store, list[dict[str, Any]], Verified]:
