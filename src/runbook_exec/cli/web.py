@@ -52,6 +52,16 @@ def serve(
     )
 
 
+def _check_name_and_role(name: str, role: str) -> None:
+    """A user's or token's name and role, refused (exit 2) unless usable."""
+    from ..web.auth import ROLES
+
+    if role not in ROLES:
+        raise InputError(Problem(f"{role!r}: one of {', '.join(ROLES)}", field="--role"))
+    if not name.strip() or len(name) > 200 or any(c.isspace() for c in name):
+        raise InputError(Problem(f"{name!r}: a name is 1-200 characters, no spaces", field="NAME"))
+
+
 users_app = typer.Typer(
     help="Who may sign in to the web view (`serve`), and as what: viewer (reads), operator "
     "(also decides gates), admin.",
@@ -86,12 +96,9 @@ def users_add(
     from ..service import same_person
     from ..store import Store
     from ..store.audit import operator_name
-    from ..web.auth import ROLES, hash_password
+    from ..web.auth import hash_password
 
-    if role not in ROLES:
-        raise InputError(Problem(f"{role!r}: one of {', '.join(ROLES)}", field="--role"))
-    if not name.strip() or len(name) > 200 or any(c.isspace() for c in name):
-        raise InputError(Problem(f"{name!r}: a name is 1-200 characters, no spaces", field="NAME"))
+    _check_name_and_role(name, role)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif sys.stdin.isatty():
@@ -172,12 +179,8 @@ def tokens_create(
     from ..recorders import Auditor
     from ..store import Store
     from ..store.audit import operator_name
-    from ..web.auth import ROLES
 
-    if role not in ROLES:
-        raise InputError(Problem(f"{role!r}: one of {', '.join(ROLES)}", field="--role"))
-    if not name.strip() or len(name) > 200 or any(c.isspace() for c in name):
-        raise InputError(Problem(f"{name!r}: a name is 1-200 characters, no spaces", field="NAME"))
+    _check_name_and_role(name, role)
     token = "rbx_" + secrets.token_urlsafe(32)
     store = Store.open(db)
     store.require_key()
