@@ -130,6 +130,7 @@ def build(history: History, selection: Selection, anchor: int) -> dict[str, Any]
     hosts = _hosts_in(runs, wanted)
     first = min(d.run.event for d in runs)
     last = max(history.last_events.get(d.run.id, _last_event(d)) for d in runs)
+    summary = _summary(runs, hosts)
     return {
         "selection": selection.to_dict(),
         "made": {"by": made.get("operator"), "at": made.get("at"), "event": anchor},
@@ -142,7 +143,7 @@ def build(history: History, selection: Selection, anchor: int) -> dict[str, Any]
         },
         "events": {"first": first, "last": last},
         "runs": [_run(d, hosts) for d in runs],
-        "hosts": _summary(runs, hosts),
+        "hosts": summary,
         "approvals": _approvals(runs),
         "failures": _failures(runs, hosts),
         "rollbacks": _rollbacks(runs, hosts),
@@ -150,7 +151,7 @@ def build(history: History, selection: Selection, anchor: int) -> dict[str, Any]
         "changed_tasks": _changed_tasks(runs, hosts),
         "live": _live(history, hosts),
         "way_back": _way_back(history, runs, hosts),
-        "checklist": _checklist(history, runs, hosts, last, anchor),
+        "checklist": _checklist(history, runs, summary, last, anchor),
     }
 
 
@@ -417,7 +418,9 @@ def _way_back(
 
 
 def declared_items(text: str | None) -> list[str]:
-    """The `handover:` items of a runbook, from its recorded text."""
+    """The `handover:` items of a runbook, from its recorded text. Read as plain YAML, not
+    through today's model: a report made now must rebuild the same tomorrow, whatever the
+    model then accepts."""
     if not text:
         return []
     try:
@@ -429,7 +432,11 @@ def declared_items(text: str | None) -> list[str]:
 
 
 def _checklist(
-    history: History, runs: Sequence[RunDetails], hosts: Sequence[str], last: int, anchor: int
+    history: History,
+    runs: Sequence[RunDetails],
+    summary: Sequence[Mapping[str, Any]],
+    last: int,
+    anchor: int,
 ) -> dict[str, Any]:
     declared: dict[str, dict[str, Any]] = {}
     for d in runs:
@@ -445,7 +452,6 @@ def _checklist(
                     "run": d.run.id,
                     "event": tick.event,
                 }
-    summary = _summary(runs, hosts)
     unhealthy = [r["host"] for r in summary if r["outcome"] not in HEALTHY]
     unended = [f"run {d.run.id} is {d.run.status}" for d in runs if not d.run.ended]
     checkpoint = next(((seq, at) for seq, at in history.checkpoints if last <= seq < anchor), None)
