@@ -113,11 +113,12 @@ def serving(app: Any) -> Iterator[str]:
         thread.join(10)
 
 
-def signed_in(browser: Any, served: Served) -> Any:
+def signed_in(browser: Any, served: Served, name: str = "dana") -> Any:
+    """A page of `browser` (or of a browser context) signed in as `name`."""
     page = browser.new_page()
     page.goto(served.url + "/runs")
     assert "/login" in page.url  # no session: to the sign-in page
-    page.fill("input[name=user]", "dana")
+    page.fill("input[name=user]", name)
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url("**/runs")
@@ -201,12 +202,7 @@ def test_sign_in_is_limited_and_a_removed_user_is_out(served: Served) -> None:
         )
         assert limited.status == 429  # even the right password, for a while
         served.cli("users", "add", "temp", "--password-stdin", stdin=PASSWORD + "\n")
-        page = context.new_page()
-        page.goto(served.url + "/login")
-        page.fill("input[name=user]", "temp")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url("**/runs")
+        page = signed_in(context, served, "temp")
         cookie = next(c for c in context.cookies() if c["name"] == "rbx_session")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         assert served.cli("users", "remove", "temp").returncode == 0
@@ -385,13 +381,7 @@ def test_an_operator_approves_a_waiting_gate_in_the_browser_and_the_run_goes_on(
         assert forced.status == 403
 
         def as_user(name: str) -> Any:
-            context = browser.new_context()
-            page = context.new_page()
-            page.goto(served.url + "/login")
-            page.fill("input[name=user]", name)
-            page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_url("**/runs")
+            page = signed_in(browser.new_context(), served, name)
             page.goto(f"{served.url}/runs/{run_id}")
             return page
 
@@ -595,12 +585,7 @@ def test_sessions_end_when_they_should_and_the_record_decides_roles(served: Serv
     assert served.cli("users", "add", "uma", "--password-stdin", stdin=PASSWORD).returncode == 0
     with chromium_browser() as browser:
         context = browser.new_context()
-        page = context.new_page()
-        page.goto(served.url + "/login")
-        page.fill("input[name=user]", "uma")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url("**/runs")
+        page = signed_in(context, served, "uma")
         cookie = next(c for c in context.cookies() if c["name"] == "rbx_session")
         # A bad page number is a 400 naming it, whatever digits it is written in.
         bad = context.request.get(served.url + "/runs?page=%C2%B2")
