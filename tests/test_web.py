@@ -575,6 +575,8 @@ def test_one_decision_per_gate_and_four_eyes_by_person_not_spelling(served: Serv
         thread.join()
     assert sorted(code for code, _ in answers) == [200] + [409] * 7, answers
     assert all("altered" not in text for code, text in answers if code == 409), answers
+    (won,) = [json.loads(text) for code, text in answers if code == 200]
+    assert won["resumed"] is True  # the approved run was carried on
     events = served.cli("audit", "export", "--run", run_id).stdout
     assert events.count('\\"type\\":\\"gate.approved\\"') == 1
 

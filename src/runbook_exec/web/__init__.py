@@ -614,10 +614,10 @@ def create_app(db: str, secret: bytes) -> Any:
 ACTORS = ("operator", "admin")  # roles that may approve, reject and cancel
 
 
-def act(request: Request, web: Web, run_id: str, decision: str, comment: str) -> str:
+def act(request: Request, web: Web, run_id: str, decision: str, comment: str) -> tuple[str, bool]:
     """Approve, reject or cancel (with rollback) a run, as the signed-in person or token,
     recorded under their name; then start the resume that carries the run on, when there
-    is anything left to do. Returns what was decided."""
+    is anything left to do. Returns what was decided, and whether a resume was started."""
     if request.state.role not in ACTORS:
         raise StarletteHTTPException(
             403,
@@ -633,7 +633,9 @@ def act(request: Request, web: Web, run_id: str, decision: str, comment: str) ->
         return _decided(request, web, run_id, decision, comment)
 
 
-def _decided(request: Request, web: Web, run_id: str, decision: str, comment: str) -> str:
+def _decided(
+    request: Request, web: Web, run_id: str, decision: str, comment: str
+) -> tuple[str, bool]:
     service = web.service(request.state.user)
     if decision in ("approve", "reject"):
         outcome = service.decide(run_id, decision == "approve", comment, four_eyes=True)
@@ -645,7 +647,7 @@ def _decided(request: Request, web: Web, run_id: str, decision: str, comment: st
         raise InputError(Problem(f"{decision!r}: approve, reject or cancel", field="decision"))
     if carry_on:
         web.resume(run_id, request.state.user)
-    return outcome.message
+    return outcome.message, carry_on
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -223,15 +223,8 @@ def router(web: Web) -> APIRouter:
     def decided(request: Request, run_id: str, decision: str, body: Decide) -> dict[str, Any]:
         from . import act
 
-        before = len(web.resumes)
-        message = act(request, web, run_id, decision, body.comment)
-        return {
-            "schema": SCHEMA,
-            "run_id": run_id,
-            "message": message,
-            "resumed": len(web.resumes) > before
-            or any(p.poll() is None for p in web.resumes[before:]),
-        }
+        message, resumed = act(request, web, run_id, decision, body.comment)
+        return {"schema": SCHEMA, "run_id": run_id, "message": message, "resumed": resumed}
 
     @api.post("/runs/{run_id}/approve", response_model=Decided, response_model_by_alias=True)
     def approve(request: Request, run_id: str, body: Decide) -> dict[str, Any]:
