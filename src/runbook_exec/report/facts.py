@@ -10,7 +10,7 @@ batch, events by seq), so the facts serialize the same way every time.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..errors import InputError, NotFound, Problem
-from ..events import HOST_FAILED, STEP_FAILED
+from ..events import STEP_FAILED
 from ..jsonout import rfc3339
 from ..record import History, RunDetails
 
@@ -129,7 +129,7 @@ def build(history: History, selection: Selection, anchor: int) -> dict[str, Any]
     wanted = None if selection.hosts is None else selection.hosts
     hosts = _hosts_in(runs, wanted)
     first = min(d.run.event for d in runs)
-    last = max(history.last_events.get(d.run.id, _last_event(d)) for d in runs)
+    last = max(history.last_events[d.run.id] for d in runs)
     summary = _summary(runs, hosts)
     return {
         "selection": selection.to_dict(),
@@ -166,14 +166,6 @@ def _hosts_in(runs: Sequence[RunDetails], pattern: str | None) -> list[str]:
                 if pattern is None or matches(host, pattern):
                     seen.setdefault(host, None)
     return list(seen)
-
-
-def _last_event(details: RunDetails) -> int:
-    seqs = [details.run.event]
-    seqs += [h.event for h in details.hosts] + [s.event for s in details.steps]
-    seqs += [g.event for g in details.gates] + [s.event for s in details.switches]
-    seqs += [t.event for t in details.ticks] + [t.event for t in details.tasks]
-    return max(seqs)
 
 
 def _run(details: RunDetails, hosts: Sequence[str]) -> dict[str, Any]:
@@ -475,7 +467,3 @@ def _checklist(
         },
     ]
     return {"declared": list(declared.values()), "checked": checked}
-
-
-def failed_hosts(facts: Mapping[str, Any]) -> Iterable[str]:
-    return [r["host"] for r in facts["hosts"] if r["outcome"] in HOST_FAILED]
