@@ -19,7 +19,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .inventory import Host
 
 _CANDIDATES = ("./ansible.cfg", "~/.ansible.cfg", "/etc/ansible/ansible.cfg")
 
@@ -35,6 +38,11 @@ class AnsibleDefaults:
     become_password_file: str | None = None
     inventory: tuple[str, ...] = field(default_factory=tuple)  # set, or /etc/ansible/hosts
     config_file: str | None = None
+
+    def becomes(self, host: Host) -> bool:
+        """Whether commands on `host` run as another user: the inventory's ansible_become
+        if it says, else this configuration (as Ansible decides)."""
+        return host.become if "ansible_become" in host.vars else self.become
 
 
 @functools.lru_cache(maxsize=1)

@@ -296,7 +296,7 @@ def become_methods(runbook_file: RunbookFile, hosts: Sequence[Host]) -> list[Pro
     problems = []
     for host in hosts:
         method = str(host.vars.get("ansible_become_method") or config.become_method)
-        if host.becomes(config) and method != "sudo":
+        if config.becomes(host) and method != "sudo":
             where = "inventory" if "ansible_become_method" in host.vars else "ansible.cfg"
             problems.append(
                 Problem(

@@ -17,12 +17,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import InventoryError, Problem
-
-if TYPE_CHECKING:
-    from .ansiblecfg import AnsibleDefaults
 
 _QUIET_ANSIBLE = {
     "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "True",
@@ -67,11 +64,6 @@ class Host:
     def become(self) -> bool:
         value = self.vars.get("ansible_become", False)
         return value if isinstance(value, bool) else str(value).lower() in ("true", "yes", "1")
-
-    def becomes(self, config: AnsibleDefaults) -> bool:
-        """Whether commands on this host run as another user: the inventory's
-        ansible_become if it says, else Ansible's configuration (as Ansible decides)."""
-        return self.become if "ansible_become" in self.vars else config.become
 
     @property
     def become_password(self) -> str | None:

@@ -174,7 +174,7 @@ class SshSession:
         inventory's ansible_become (ansible_become_user, ansible_become_password) if it
         says, else Ansible's configuration; the password given to the run (-K) between."""
         config = self.options.ansible
-        if not self.host.becomes(config):
+        if not config.becomes(self.host):
             return None
         user = str(self.host.vars.get("ansible_become_user") or config.become_user or "root")
         password = self.host.become_password or self.options.become_password
