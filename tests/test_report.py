@@ -100,7 +100,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         scene.good = gray(scene, "1.0.0")
         for comment in ("canary fine", "quarter fine"):
             approved = scene("approve", scene.good, "-m", comment, "--operator", "bob")
-            assert approved.returncode == 0, approved.stderr
+            # When the canary did not come up, say why (its steps, as the record has them).
+            assert approved.returncode == 0, approved.stderr + scene("show", scene.good).stdout
             resumed = scene("resume", scene.good, "--no-input", "--operator", "alice")
             assert resumed.returncode in (0, 3), resumed.stdout + resumed.stderr
         assert resumed.returncode == 0
