@@ -89,7 +89,7 @@ def test_good_runbook_loads_with_digest(write: Callable[[str, str], Path]) -> No
         ),
         pytest.param(
             GOOD + "strategy:\n  between_batches:\n    - {wait: 3s, approve: ok}\n",
-            "rb.yml:8: strategy.between_batches[0]: a gate is either",
+            "rb.yml:8: strategy.between_batches[0]: a gate is one of `wait: DURATION`",
             id="gate with two things",
         ),
         pytest.param(

@@ -9,9 +9,10 @@ cares about: a new event breaks none of them.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Section(StrEnum):
@@ -186,6 +187,11 @@ class EventSink:
     def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None:
         """One Ansible task ended on one host."""
 
+    def measured(
+        self, batch: int, where: Mapping[str, Any], measurement: Mapping[str, Any]
+    ) -> None:
+        """An analysis took one measurement (`where`: its step, or its gate's key)."""
+
     async def flush(self) -> None:
         """Return once everything reported so far is durably recorded (or raise)."""
 
@@ -238,6 +244,12 @@ class Fanout(EventSink):
     def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None:
         for sink in self.sinks:
             sink.task_result(batch, section, index, result)
+
+    def measured(
+        self, batch: int, where: Mapping[str, Any], measurement: Mapping[str, Any]
+    ) -> None:
+        for sink in self.sinks:
+            sink.measured(batch, where, measurement)
 
     async def flush(self) -> None:
         for sink in self.sinks:
@@ -337,3 +349,8 @@ class _Guarded(EventSink):
 
     def task_result(self, batch: int, section: str, index: int, result: TaskResult) -> None:
         self._call("task_result", batch, section, index, result)
+
+    def measured(
+        self, batch: int, where: Mapping[str, Any], measurement: Mapping[str, Any]
+    ) -> None:
+        self._call("measured", batch, where, measurement)

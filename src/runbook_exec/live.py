@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -162,6 +162,19 @@ class ConsoleRecorder(EventSink):
         elif kind == "approve":
             said = f" ({comment})" if comment else ""
             self._line(f"{status} by {by or '?'}{said}", "yellow")
+        elif kind == "analysis":
+            self._line(f"analysis {status}: {message}", "red" if status == "failed" else "yellow")
+
+    def measured(
+        self, batch: int, where: Mapping[str, Any], measurement: Mapping[str, Any]
+    ) -> None:
+        number = measurement.get("number")
+        which = "against the baseline" if number == 0 else f"measurement {number}"
+        value = measurement.get("value")
+        note = f" ({measurement['message']})" if measurement.get("message") else ""
+        verdict = str(measurement.get("verdict"))
+        style = {"successful": None, "failed": "red"}.get(verdict, "yellow")
+        self._line(f"  analysis {which}: {value} {verdict}{note}", style)
 
     def note(self, text: str) -> None:
         self._line(text, "yellow")

@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 
 from .fields import Duration, Identifier, Strict, Templated
 from .steps import Step, StepBase
+from .steps.analysis import AnalysisSpec
 
 __all__ = ["Gate", "Param", "Runbook", "Step", "StepBase", "Strategy"]
 
@@ -69,15 +70,19 @@ BatchSize = Annotated[int | str, BeforeValidator(_batch_size)]
 
 
 class Gate(Strict):
-    """What happens between two batches: a pause, or a human approval."""
+    """What happens between two batches: a pause, a human approval, or an analysis of the
+    batch that just ended (`batch_hosts`) by its metrics."""
 
     wait: Duration | Templated | None = None
     approve: str | None = None
+    analysis: AnalysisSpec | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Gate:
-        if (self.wait is None) == (self.approve is None):
-            raise ValueError("a gate is either `wait: DURATION` or `approve: MESSAGE`")
+        if sum(x is not None for x in (self.wait, self.approve, self.analysis)) != 1:
+            raise ValueError(
+                "a gate is one of `wait: DURATION`, `approve: MESSAGE` or `analysis: {...}`"
+            )
         return self
 
 

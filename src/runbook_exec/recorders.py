@@ -271,6 +271,11 @@ class StoreRecorder(EventSink):
             result=result.result,
         )
 
+    def measured(
+        self, batch: int, where: Mapping[str, Any], measurement: Mapping[str, Any]
+    ) -> None:
+        self._audit("analysis.measured", batch=batch, **where, measurement=dict(measurement))
+
     def release_switched(self, host: str, switch: ReleaseSwitch) -> None:
         self.queue.put(
             lambda: self.store.record_switch(

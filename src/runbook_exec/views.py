@@ -15,8 +15,9 @@ from .durations import format_duration
 from .errors import Problem
 from .jsonout import rfc3339
 from .plan import Plan, PlannedGate, PlannedStep
-from .record import Flag, HostStepRecord, RunDetails, TaskRecord
+from .record import Flag, HostStepRecord, MeasurementRecord, RunDetails, TaskRecord
 from .steps import STEP_CLASSES
+from .steps.analysis import describe_analysis, measurement_value
 
 MAX_HOSTS_SHOWN = 6
 MAX_ACTIONS_SHOWN = 3
@@ -84,6 +85,8 @@ def print_plan(console: Console, plan: Plan) -> None:
                 if gate.wait is not None
                 else f"approval: {gate.approve}"
             )
+            if gate.analysis is not None:
+                what = "analysis: " + describe_analysis(gate.analysis)
             console.print(f"     [yellow]then {escape(what)}[/yellow]")
     console.print(f"  stop when more than {plan.max_fail_percentage:g}% of a batch fails")
     console.print()
@@ -200,6 +203,7 @@ def run_json(details: RunDetails) -> dict[str, Any]:
             }
             for g in details.gates
         ],
+        "measurements": [measurement_json(m) for m in details.measurements],
         "release_switches": [
             {
                 "host": w.host,
@@ -214,6 +218,38 @@ def run_json(details: RunDetails) -> dict[str, Any]:
             for w in details.switches
         ],
     }
+
+
+def measurement_json(m: MeasurementRecord) -> dict[str, Any]:
+    return {
+        "batch": m.batch,
+        "where": m.where,
+        "step": m.step,
+        "number": m.number,
+        "query": m.query,
+        "value": m.value,
+        "verdict": m.verdict,
+        "message": m.message,
+        "baseline": m.baseline,
+        "at": _iso(m.at),
+        "event": m.event,
+    }
+
+
+def print_measurements(console: Console, measurements: Sequence[MeasurementRecord]) -> None:
+    """Every measurement of the run's analyses: when, the query as sent, value, verdict."""
+    shown: tuple[int, str] | None = None
+    for m in measurements:
+        if (m.batch, m.where) != shown:
+            shown = (m.batch, m.where)
+            console.print(f"analysis: batch {m.batch} · {escape(m.step)}")
+        which = "vs baseline" if m.number == 0 else f"#{m.number}"
+        note = f" ({escape(m.message)})" if m.message else ""
+        console.print(
+            f"  {which} {_when(m.at)} {escape(measurement_value(m.value))} "
+            f"{_status(m.verdict)}{note}"
+        )
+        console.print(f"     [dim]query│[/dim] {escape(m.query)}", soft_wrap=True)
 
 
 def print_flags(console: Console, flags: Sequence[Flag], limit: int = 20) -> None:
@@ -256,6 +292,8 @@ def print_runs(console: Console, records: Sequence[RunDetails]) -> None:
 def _status(status: str) -> str:
     style = {
         "succeeded": "green",
+        "successful": "green",
+        "passed": "green",
         "ok": "green",
         "failed": "red",
         "timeout": "red",
@@ -294,6 +332,8 @@ def print_run(console: Console, details: RunDetails) -> None:
             f"gate {gate.key}: {gate.kind} {escape(gate.message or '')}"
             f" → {gate.status}{escape(by + said)}"
         )
+    if details.measurements:
+        print_measurements(console, details.measurements)
     console.print()
     steps: dict[str, list[HostStepRecord]] = {}
     for step in details.steps:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ..ansiblecfg import ansible_defaults
 from ..errors import HostKeyError
@@ -100,7 +101,9 @@ class Executor:
             (s.section, s.index): s for s in (*context.plan.steps, *context.plan.rollback)
         }
         # The gates after each batch (the same after every batch), as the plan rendered them.
-        self.between = [(g.wait, g.approve) for g in context.plan.gates if g.after_batch == 1]
+        self.between = [
+            (g.wait, g.approve, g.analysis) for g in context.plan.gates if g.after_batch == 1
+        ]
         self.options = context.options
         self.recorder = recorder
         self.approver = approver
@@ -122,6 +125,7 @@ class Executor:
             context.options.become_password,
         )
         base = {**context.params.values, "run": {"id": context.run_id, "operator": self.operator}}
+        self.base_names = base
         self.names = {h.name: HostVars(h.template_vars(), base) for h in context.hosts}
         self.ansible = AnsibleStep(self)
         self.gates = Gates(self)
@@ -173,8 +177,10 @@ class Executor:
             if breached and self.book.on_failure != "continue":
                 return await self._stop(number)
             if number < len(self.batches):
-                for index, (wait, approve) in enumerate(self.between):
-                    outcome = await self.gates.gate(f"after:{number}:{index}", wait, approve)
+                batch_names = self.batch_names(number, batch)
+                for index, (wait, approve, analysis) in enumerate(self.between):
+                    key = f"after:{number}:{index}"
+                    outcome = await self.gates.gate(key, wait, approve, analysis, batch_names)
                     if outcome:
                         return await self._ended(outcome, number)
         return RunStatus.FAILED if progress.failed else RunStatus.SUCCEEDED
@@ -184,13 +190,26 @@ class Executor:
         return [] if last else [f"after:{number}:{i}" for i in range(len(self.between))]
 
     async def _ended(self, outcome: str, number: int) -> str:
-        """A gate's rejection goes through `on_failure` as a failed batch does: with
-        rollback, the rollback steps run on every host this run changed."""
+        """A gate's rejection, or a failed analysis between batches, goes through
+        `on_failure` as a failed batch does: with rollback, the rollback steps run on every
+        host this run changed."""
         rollback = self.book.on_failure == "rollback" and self.progress.touched()
-        if outcome == RunStatus.REJECTED and rollback:
-            self.recorder.note("rejected: rolling back the hosts this run changed")
+        if outcome in (RunStatus.REJECTED, RunStatus.FAILED) and rollback:
+            why = "rejected" if outcome == RunStatus.REJECTED else "the analysis failed"
+            self.recorder.note(f"{why}: rolling back the hosts this run changed")
             return await self._rollback(number)
         return outcome
+
+    def batch_names(self, number: int, hosts: Sequence[str]) -> dict[str, Any]:
+        """What a batch's gates and analyses may name: `batch_number`, `batch_hosts` (its
+        hosts still in the run) and `baseline_hosts` (the run's hosts not changed yet:
+        those of the batches after it)."""
+        later = [h for b in self.batches[number:] for h in b if h not in self.progress.failed]
+        return {
+            "batch_number": number,
+            "batch_hosts": [h for h in hosts if h not in self.progress.failed],
+            "baseline_hosts": later,
+        }
 
     async def _stop(self, number: int) -> str:
         names = ", ".join(h for h in self.batches[number - 1] if h in self.progress.failed)
@@ -307,12 +326,19 @@ class Executor:
             self.recorder.host_status(result.host, HostStatus.FAILED, why)
 
     def action_for(
-        self, section: str, index: int, step: StepBase, host: str, planned_as: str | None = None
+        self,
+        section: str,
+        index: int,
+        step: StepBase,
+        host: str,
+        planned_as: str | None = None,
+        batch: Mapping[str, Any] | None = None,
     ) -> StepBase | HostStepResult:
         """The step as the plan rendered it for `host`, or the result that it does not run
         there: skipped (its `when` is false) or failed (it cannot be rendered). Only what
         needs a registered result is decided or rendered now, with `host`'s results.
-        (`planned_as`: the plan's key for the step when not the host's, "*" for a gate.)"""
+        (`planned_as`: the plan's key for the step when not the host's, "*" for a gate;
+        `batch`: a gate's batch names, which a gate's templates may read.)"""
         planned = self.planned[(section, index)].hosts[planned_as or host]
         base = HostStepResult(host, section, index, step.title, StepStatus.FAILED)
         skipped = replace(base, status=StepStatus.SKIPPED, message=f"when {step.when!r} is false")
@@ -320,7 +346,7 @@ class Executor:
             return skipped
         if not (planned.when_at_run_time or planned.render_at_run_time):
             return planned.step or skipped
-        names = self.names_of(host)
+        names = self.names_of(host).extended(batch or {})
         try:
             if planned.when_at_run_time and step.when and not evaluate(step.when, names):
                 return skipped

@@ -73,9 +73,9 @@ def build_plan(
     renderer.registered.update(registered)  # known before the run (one that undoes another)
     between = renderer.gates(runbook.strategy.between_batches)
     gates = tuple(
-        PlannedGate(after, wait, approve)
+        PlannedGate(after, wait, approve, analysis)
         for after in range(1, len(batches))
-        for wait, approve in between
+        for wait, approve, analysis in between
     )
     steps = renderer.section("steps", runbook.steps)
     rollback = renderer.section("rollback", runbook.rollback)

@@ -36,6 +36,9 @@ class RunTimeValue:
     def __getitem__(self, key: Any) -> RunTimeValue:
         return RunTimeValue(f"{self._path}[{key!r}]")
 
+    def __iter__(self) -> Iterator[RunTimeValue]:
+        yield RunTimeValue(f"{self._path}[*]")  # `batch_hosts | join('|')` shows as one
+
     def __str__(self) -> str:
         return f"<{self._path} at run time>"
 
@@ -95,13 +98,31 @@ class Renderer:
         self.registered: set[str] = set()
         self.problems: dict[tuple[int | None, str, str], list[str]] = {}
 
-    def gates(self, gates: Sequence[Gate]) -> list[tuple[float | None, str | None]]:
-        """Gate fields rendered once, with the parameters (they are the same for every host)."""
+    def gates(
+        self, gates: Sequence[Gate]
+    ) -> list[tuple[float | None, str | None, dict[str, Any] | None]]:
+        """Gate fields rendered once, with the parameters (they are the same for every host);
+        an analysis as written (its batch's names are known when the batch ends), its
+        templates checked now."""
         names = HostVars({}, self.masked_base)  # gates are messages: shown, never secret
-        rendered: list[tuple[float | None, str | None]] = []
+        rendered: list[tuple[float | None, str | None, dict[str, Any] | None]] = []
         for index, gate in enumerate(gates):
             loc = ("strategy", "between_batches", index)
             field = f"strategy.between_batches[{index}]"
+            if gate.analysis is not None:
+                analysis = gate.analysis.model_dump(mode="json", exclude_unset=True)
+                late = _Registered(self.masked_base, set(BATCH_NAMES))
+                for path, text in _strings(analysis, ("analysis",)):
+                    if not is_template(text) or path[-1] in ("success", "failure"):
+                        continue
+                    try:
+                        render(text, late)
+                    except TemplateProblem as exc:
+                        if not late.read:
+                            self._problem((*loc, *path), field + _dotted(path), str(exc), "(all)")
+                    late.read.clear()
+                rendered.append((None, None, self.secrets.data(analysis)))
+                continue
             try:
                 wait = gate.wait
                 if isinstance(wait, str):  # rendered: a duration parameter is seconds
@@ -110,7 +131,7 @@ class Renderer:
             except (TemplateProblem, ValueError) as exc:
                 self._problem(loc, field, str(exc), "(all)")
                 wait, approve = None, gate.approve
-            rendered.append((wait, approve))
+            rendered.append((wait, approve, None))
         return rendered
 
     def section(self, section: str, steps: Sequence[StepBase]) -> tuple[PlannedStep, ...]:
@@ -135,6 +156,8 @@ class Renderer:
                 self._problem((*loc, *key), where, str(exc), "(all)")
         templates = list(_templates(step))
         targets = self.hosts[:1] if per_batch else self.hosts
+        if per_batch:  # its batch's names are known when the batch reaches it
+            registered = registered | BATCH_NAMES
         rows: list[tuple[str, Mapping[str, Any] | None, str]] = []
         hosts: dict[str, Rendered] = {}
         for position, host in enumerate(targets):
@@ -268,6 +291,21 @@ class Renderer:
                 message = f"{message} (on {len(hosts)} of {len(self.hosts)} hosts: {shown})"
             problems.append(Problem(message, self.file.display_path, line, where))
         return problems
+
+
+BATCH_NAMES = frozenset({"batch_number", "batch_hosts", "baseline_hosts"})
+"""What a step run once per batch (a gate, an analysis) may name besides a host's names."""
+
+
+def _strings(value: Any, path: FieldPath) -> Iterator[tuple[FieldPath, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, (*path, key))
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            yield from _strings(item, (*path, position))
 
 
 _STAND_IN = "rbxsecret"

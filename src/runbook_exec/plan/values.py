@@ -53,6 +53,8 @@ class PlannedGate:
     after_batch: int
     wait: float | None = None
     approve: str | None = None
+    analysis: Mapping[str, Any] | None = None
+    """As written: rendered when its batch ends, with the batch's names."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ def _sha256(data: Any) -> str:
 def _gate_dict(gate: PlannedGate) -> dict[str, Any]:
     if gate.wait is not None:
         return {"after_batch": gate.after_batch, "wait": format_duration(gate.wait)}
+    if gate.analysis is not None:
+        return {"after_batch": gate.after_batch, "analysis": dict(gate.analysis)}
     return {"after_batch": gate.after_batch, "approve": gate.approve}
 
 

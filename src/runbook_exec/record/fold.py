@@ -16,6 +16,7 @@ from .values import (
     HostRecord,
     HostStepRecord,
     LockRecord,
+    MeasurementRecord,
     RunDetails,
     RunRecord,
     SwitchRecord,
@@ -60,6 +61,7 @@ class RunFold:
         self.switches: list[SwitchRecord] = []
         self.locks: list[LockRecord] = []
         self.ticks: list[TickRecord] = []
+        self.measurements: list[MeasurementRecord] = []
         self.outputs: dict[tuple[str, int, str], tuple[str, str]] = {}  # digest, at
         self.flags: list[Flag] = []
         self.decided: str | None = None  # a person's cancel or reject, kept in the message
@@ -158,6 +160,8 @@ class RunFold:
                     seq,
                 )
             )
+        elif kind == "analysis.measured":
+            self._measured(seq, body)
         elif kind == "release.switched":
             release = body.get("release") or {}
             self.switches.append(
@@ -233,6 +237,30 @@ class RunFold:
             self.fields["status"] = "awaiting_approval"
         elif status in ("approved", "rejected", "done"):
             self.fields["status"] = "running"
+
+    def _measured(self, seq: int, body: Mapping[str, Any]) -> None:
+        measurement = body.get("measurement") or {}
+        step = body.get("step")
+        if isinstance(step, Mapping):
+            where, name = f"{step.get('section')}.{step.get('index')}", str(step.get("name"))
+        else:
+            where, name = str(body.get("gate")), "between batches"
+        baseline = measurement.get("baseline")
+        self.measurements.append(
+            MeasurementRecord(
+                int(body.get("batch") or 0),
+                where,
+                name,
+                int(measurement.get("number") or 0),
+                str(measurement.get("query")),
+                measurement.get("value"),
+                str(measurement.get("verdict")),
+                str(measurement.get("message") or ""),
+                dict(baseline) if isinstance(baseline, Mapping) else None,
+                _seconds(measurement.get("at")),
+                seq,
+            )
+        )
 
     def _started(self, seq: int, body: Mapping[str, Any], at: float) -> None:
         step = body.get("step") or {}
@@ -324,6 +352,7 @@ class RunFold:
             list(self.locks),
             flags,
             list(self.ticks),
+            list(self.measurements),
         )
 
 
@@ -345,6 +374,13 @@ def _payload(
         why = f"record altered: event {seq}'s output does not match the digest the event holds"
         return Flag(seq, "output", why), None
     return "kept", text
+
+
+def _seconds(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _tuple(value: Any) -> tuple[str, ...] | None:

@@ -149,12 +149,29 @@ class HostStepRecord:
 @dataclass(frozen=True)
 class GateRecord:
     key: str
-    kind: str  # wait | approve
+    kind: str  # wait | approve | analysis
     message: str | None
-    status: str  # waiting, approved, rejected, done
+    status: str  # waiting, approved, rejected, done; an analysis: passed, failed
     decided_by: str | None
     comment: str | None
     decided_at: float | None
+    event: int
+
+
+@dataclass(frozen=True)
+class MeasurementRecord:
+    """One measurement an analysis took: the query as sent, the value, the verdict."""
+
+    batch: int
+    where: str  # "steps.3" (a step's section and index) or a gate's key ("after:1:0")
+    step: str  # the step's name, or "between batches"
+    number: int  # 1, 2, …; 0 for the comparison with the baseline
+    query: str
+    value: Any  # a number, a list of numbers, "nan", or None (no data)
+    verdict: str  # successful | failed | inconclusive | error
+    message: str
+    baseline: dict[str, Any] | None
+    at: float  # the evaluation time sent to Prometheus
     event: int
 
 
@@ -223,6 +240,7 @@ class RunDetails:
     locks: list[LockRecord] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
     ticks: list[TickRecord] = field(default_factory=list)
+    measurements: list[MeasurementRecord] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:

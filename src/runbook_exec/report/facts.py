@@ -131,7 +131,7 @@ def build(history: History, selection: Selection, anchor: int) -> dict[str, Any]
     first = min(d.run.event for d in runs)
     last = max(history.last_events[d.run.id] for d in runs)
     summary = _summary(runs, hosts)
-    return {
+    facts = {
         "selection": selection.to_dict(),
         "made": {"by": made.get("operator"), "at": made.get("at"), "event": anchor},
         "chain": {
@@ -153,6 +153,10 @@ def build(history: History, selection: Selection, anchor: int) -> dict[str, Any]
         "way_back": _way_back(history, runs, hosts),
         "checklist": _checklist(history, runs, summary, last, anchor),
     }
+    analyses = _analyses(runs)
+    if analyses:  # only then: a report made before analyses existed rebuilds as it was
+        facts["analyses"] = analyses
+    return facts
 
 
 # --- the parts ------------------------------------------------------------------------------
@@ -257,6 +261,25 @@ def _approvals(runs: Sequence[RunDetails]) -> list[dict[str, Any]]:
         for d in runs
         for g in d.gates
         if g.kind == "approve"
+    ]
+
+
+def _analyses(runs: Sequence[RunDetails]) -> list[dict[str, Any]]:
+    """Every measurement the runs' analyses took: the query as sent, value and verdict."""
+    return [
+        {
+            "run": d.run.id,
+            "batch": m.batch,
+            "step": m.step,
+            "number": m.number,
+            "query": m.query,
+            "value": m.value,
+            "verdict": m.verdict,
+            "message": m.message,
+            "at": rfc3339(m.at),
+        }
+        for d in runs
+        for m in d.measurements
     ]
 
 

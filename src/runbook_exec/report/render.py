@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..steps.analysis import measurement_value
 from .labels import LANGUAGES
 
 FORMATS = ("html", "md", "json")
@@ -136,6 +137,23 @@ def _blocks(
     ]
     headers = [t["run"], t["gate"], t["status"], t["by"], t["comment"], t["when"]]
     blocks.append(("table", headers, rows) if rows else ("p", t["none"]))
+
+    if "analyses" in facts:
+        blocks.append(("h2", t["analyses"]))
+        rows = [
+            [
+                e(a["run"]),
+                str(a["batch"]),
+                e(a["step"]) + (" (baseline)" if a["number"] == 0 else f" #{a['number']}"),
+                e(measurement_value(a["value"])),
+                status(a["verdict"]) + (f" ({e(a['message'])})" if a["message"] else ""),
+                e(a["query"]),
+                e(a["at"] or ""),
+            ]
+            for a in facts["analyses"]
+        ]
+        headers = [t["run"], t["batch"], t["step"], t["value"], t["verdict"], t["query"]]
+        blocks.append(("table", [*headers, t["when"]], rows))
 
     blocks.append(("h2", t["failures"]))
     rows = [

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BaseModel, Discriminator, Tag
 
+from .analysis import AnalysisStep
 from .ansible import ModuleStep, PlaybookStep
 from .assertion import AssertStep
 from .base import HostContext, Scope, StepBase, in_workspace
@@ -35,6 +36,7 @@ KINDS: tuple[type[StepBase], ...] = (
     ApproveStep,
     WaitStep,
     AssertStep,
+    AnalysisStep,
 )
 
 
@@ -93,6 +95,7 @@ __all__ = [
     "STEP_CLASSES",
     "STEP_KINDS",
     "TAG_PREFIX",
+    "AnalysisStep",
     "ApproveStep",
     "AssertStep",
     "CommandStep",

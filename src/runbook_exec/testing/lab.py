@@ -375,18 +375,45 @@ def _wait_ready(host: LabHost) -> None:
 
 
 SAMPLE_APP = """\
-import http.server, os, sys
+import http.server, os, sys, threading
 
 here = os.path.dirname(os.path.abspath(__file__))
 version = open(os.path.join(here, "VERSION")).read().strip()
 healthy = not os.path.exists(os.path.join(here, "BROKEN"))
+try:
+    error_rate = float(open(os.path.join(here, "ERROR_RATE")).read())
+except OSError:
+    error_rate = 0.0
+served = {"200": 0, "500": 0}
+lock = threading.Lock()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
     def do_GET(self):
+        if self.path == "/metrics":
+            with lock:
+                lines = [
+                    "# TYPE app_requests_total counter",
+                    *(
+                        f'app_requests_total{{code="{code}",version="{version}"}} {count}'
+                        for code, count in served.items()
+                    ),
+                ]
+            return self.answer(200, "\\n".join(lines) + "\\n", "text/plain; version=0.0.4")
         ok = self.path == "/" or (self.path == "/health" and healthy)
-        body = (version if ok else "unhealthy " + version).encode() + b"\\n"
-        self.send_response(200 if ok else 500)
+        if self.path == "/":
+            with lock:  # every n-th request fails, for an error rate of 1/n
+                total = served["200"] + served["500"] + 1
+                ok = int(total * error_rate) == int((total - 1) * error_rate)
+                served["200" if ok else "500"] += 1
+        self.answer(200 if ok else 500, ("" if ok else "unhealthy ") + version + "\\n")
+
+    def answer(self, status, text, kind="text/plain"):
+        body = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -399,9 +426,13 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 """
 
 
-def sample_release(folder: Path, version: str, *, healthy: bool = True) -> Path:
+def sample_release(
+    folder: Path, version: str, *, healthy: bool = True, error_rate: float = 0.0
+) -> Path:
     """A release tarball of the lab's sample app: an HTTP server that answers with its
-    VERSION, and whose /health fails when built unhealthy. Returns the .tar.gz path."""
+    VERSION, whose /health fails when built unhealthy, whose / fails `error_rate` of its
+    requests, and which counts what it answered at /metrics (`app_requests_total` by
+    `code`). Returns the .tar.gz path."""
     import tarfile
 
     source = folder / f"app-{version}"
@@ -410,6 +441,8 @@ def sample_release(folder: Path, version: str, *, healthy: bool = True) -> Path:
     (source / "app.py").write_text(SAMPLE_APP)
     if not healthy:
         (source / "BROKEN").write_text("this release fails its health check\n")
+    if error_rate:
+        (source / "ERROR_RATE").write_text(f"{error_rate}\n")
     path = folder / f"app-{version}.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
         for item in sorted(source.iterdir()):

@@ -42,6 +42,7 @@ from ..errors import InputError, NotFound, Problem, RunbookExecError
 from ..jsonout import rfc3339
 from ..record import History, RecordAltered, RunDetails
 from ..service import Service
+from ..steps.analysis import measurement_value
 from ..store import Store
 from .auth import (
     DECOY,
@@ -227,6 +228,7 @@ def create_app(db: str, secret: bytes) -> Any:
     web = Web(db, secret)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["rfc3339"] = rfc3339
+    templates.env.globals["measurement_value"] = measurement_value
     app = FastAPI(
         title="runbook-exec",
         summary="The record of runbook runs, verified: runs, host-steps, outputs, releases, audit.",
