@@ -12,20 +12,23 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import notify
 from .errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REFUSED,
+    InputError,
     Refused,
 )
-from .events import RUN_ENDED, EventSink, RunStatus, sinks_for
+from .events import RUN_ENDED, EventSink, RunStatus, register_sink, sinks_for
 from .executor import (
     Approver,
     Cancellation,
@@ -94,6 +97,7 @@ def start(
     """Record a new run, take its locks, and carry it out (through `connect`'s sessions if
     given, else SSH). `undoing`: this run puts back what was live before another."""
     store.require_key()
+    targets = notify.configured()  # a mistake in them is bad input: nothing is recorded
     if prepared.run_id is None:
         raise ValueError("start() takes a plan prepared for a run: prepare(..., run_id=...)")
     run_id = prepared.run_id
@@ -167,6 +171,7 @@ def start(
         RunState(),
         resumed=False,
         connect=connect,
+        targets=targets,
     )
 
 
@@ -187,6 +192,11 @@ def resume(
     are reached as planned: where the inventory now says otherwise (an address, a port, a
     user), the resume is refused, naming each change, unless `replan` (recorded)."""
     store.require_key()
+    try:
+        targets = notify.configured()
+    except InputError as exc:  # a run already under way is not held up by its notifications
+        print(f"warning: no notifications for this resume: {exc}", file=sys.stderr)
+        targets = []
     record = Record(store)
     details = record.run(run_id)
     details.require_intact("resume")
@@ -215,6 +225,7 @@ def resume(
         approver,
         replace(RunState.of(details), roll_back=run.rolling_back),
         resumed=True,
+        targets=targets,
     )
 
 
@@ -231,6 +242,7 @@ def _execute(
     *,
     resumed: bool,
     connect: Connect | None = None,
+    targets: Sequence[notify.Target] = (),
 ) -> Outcome:
     run_id = run.id
     history: Callable[[str, str], str | None] = record.previous_release
@@ -250,6 +262,20 @@ def _execute(
         audit.append("run.resumed" if resumed else "run.started")
         store.update_run(run_id, status="running", pid=os.getpid(), machine=socket.gethostname())
     writer = StoreRecorder(store, run_id, audit)
+    notifier = notify.for_run(
+        targets,
+        {
+            "run_id": run_id,
+            "runbook": run.runbook_name,
+            "operator": run.operator,
+            "change_id": run.change_id,
+            "reason": run.reason,
+        },
+        prepared.params.secrets,
+        lambda kind, fields: Auditor.for_recorded(store, run, operator).append(kind, **fields),
+    )
+    if notifier is not None:
+        notifier.started(resumed)
 
     context = RunContext(
         run_id,
@@ -264,15 +290,27 @@ def _execute(
         _undoing(record, run_id, [h.name for h in prepared.hosts]),
         **({"connect": connect} if connect is not None else {}),
     )
-    sink = sinks_for(run_id, writer, view(run_id))
+    listening = register_sink(lambda rid: notifier if rid == run_id else None)
+    try:
+        sink = sinks_for(run_id, writer, view(run_id))
+    finally:
+        listening()
     cancel = Cancellation()
     executor = Executor(context, sink, state, approver, cancel)
     try:
         status = asyncio.run(_with_signals(executor, cancel, sink))
+    except BaseException:
+        if notifier is not None:
+            notifier.close(2.0)  # what is queued goes out, briefly; the error goes on
+        raise
     finally:
         writer.close()
     end_run(store, audit, run_id, status)
     hosts = {h.host: h.status for h in record.run(run_id, outputs=False).hosts}
+    if notifier is not None:
+        if status != RunStatus.AWAITING_APPROVAL:  # that one said so as its gate began
+            notifier.finished(status, hosts)
+        notifier.close()
     return Outcome(run_id, status, hosts)
 
 

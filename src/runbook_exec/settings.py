@@ -38,6 +38,7 @@ KEYS = {
     "forks": int,
     "timeout": str,
     "connect_timeout": str,
+    "notify": list,  # [[notify]] tables: checked by notify.targets
 }
 
 
@@ -77,6 +78,8 @@ def load() -> dict[str, Any]:
             if kind is None:
                 known = ", ".join(KEYS)
                 problems.append(Problem(f"unknown setting (known: {known})", str(path), field=key))
+            elif key == "notify" and isinstance(value, list):
+                merged[key] = value
             elif kind is list and isinstance(value, str):
                 merged[key] = [value]
             elif not isinstance(value, kind) or isinstance(value, bool):

@@ -172,10 +172,11 @@ class Traffic:
 class WebhookReceiver:
     """An HTTP server that takes webhooks, checks each one's signature (HMAC-SHA256 of the
     body with `secret`, in `X-Runbook-Exec-Signature: sha256=HEX`), and keeps them.
-    `fail_first` answers 503 to that many requests before it takes one."""
+    `fail_first` answers 503 to that many requests before it takes one. With no secret it
+    takes what comes unsigned (Apprise's json:// posts)."""
 
-    def __init__(self, secret: str, fail_first: int = 0) -> None:
-        self.secret = secret.encode()
+    def __init__(self, secret: str | None, fail_first: int = 0) -> None:
+        self.secret = secret.encode() if secret is not None else None
         self.fail_first = fail_first
         self.received: list[dict[str, Any]] = []
         self.refused: list[str] = []
@@ -193,9 +194,10 @@ class WebhookReceiver:
                 receiver.requests += 1
                 if receiver.requests <= receiver.fail_first:
                     return self._answer(503)
-                expected = "sha256=" + hmac.new(receiver.secret, body, hashlib.sha256).hexdigest()
                 given = self.headers.get("X-Runbook-Exec-Signature", "")
-                if not hmac.compare_digest(expected, given):
+                if receiver.secret is not None and not hmac.compare_digest(
+                    "sha256=" + hmac.new(receiver.secret, body, hashlib.sha256).hexdigest(), given
+                ):
                     receiver.refused.append(given)
                     return self._answer(401)
                 receiver.received.append(

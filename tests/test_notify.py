@@ -1,0 +1,186 @@
+"""Notifications on real hosts: a run that waits for approval, then fails on one host and
+rolls back, tells a signed webhook, a webhook that fails twice before it takes one, one
+that is down, and a chat target through Apprise (its json:// kind, to a local receiver).
+The run is neither held up nor failed by them; every delivery is in the audit trail;
+secrets are masked in every message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runbook_exec.notify import Target, sign, targets
+from runbook_exec.testing.lab import SshLab
+from runbook_exec.testing.services import WebhookReceiver, free_port
+
+BIN = Path(sys.executable).parent
+SECRET = "whsec-7f3a9"
+TOKEN = "tok-SECRET-4242"
+
+RUNBOOK = """\
+name: notified
+targets: app
+params:
+  token: {type: str, secret: true, env: APP_TOKEN}
+strategy:
+  batches: [1, "100%"]
+  between_batches:
+    - approve: Canary fine?
+on_failure: rollback
+steps:
+  - name: Change
+    shell: echo changed > {{ lab_root }}/changed
+  - name: Check
+    shell: >-
+      if [ {{ inventory_hostname }} = host2 ]; then echo "token {{ token }} refused" >&2;
+      exit 3; fi
+rollback:
+  - name: Undo
+    shell: rm -f {{ lab_root }}/changed
+"""
+
+
+@pytest.fixture
+def receivers() -> Iterator[tuple[WebhookReceiver, WebhookReceiver, WebhookReceiver]]:
+    with (
+        WebhookReceiver(SECRET) as signed,
+        WebhookReceiver(SECRET, fail_first=2) as flaky,
+        WebhookReceiver(None) as chat,
+    ):
+        yield signed, flaky, chat
+
+
+def test_a_run_tells_its_targets_and_records_each_delivery(
+    hosts: SshLab,
+    tmp_path: Path,
+    receivers: tuple[WebhookReceiver, WebhookReceiver, WebhookReceiver],
+) -> None:
+    signed, flaky, chat = receivers
+    down = f"http://127.0.0.1:{free_port()}/hook"
+    (tmp_path / "runbook-exec.toml").write_text(
+        f'[[notify]]\nwebhook = "{signed.url}"\nsecret_env = "HOOK_SECRET"\n\n'
+        f'[[notify]]\nwebhook = "{flaky.url}"\nsecret = "{SECRET}"\n'
+        'events = ["run.started", "run.finished"]\n\n'
+        f'[[notify]]\nwebhook = "{down}"\nsecret = "{SECRET}"\nretries = 1\n\n'
+        f'[[notify]]\napprise = "json://127.0.0.1:{chat.url.split(":")[2]}"\n'
+        'events = ["run.failure", "run.finished"]\n'
+    )
+    (tmp_path / "rb.yml").write_text(RUNBOOK)
+    env = {**os.environ, "HOOK_SECRET": SECRET, "APP_TOKEN": TOKEN, "COLUMNS": "200"}
+    db = f"sqlite:///{tmp_path / 'state.db'}"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "runbook-exec"), *args, "--db", db],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+        )  # fmt: skip
+
+    started = cli("run", "rb.yml", *hosts.cli_args(), "--json", "--no-input", "-l", "host1:host2")
+    assert started.returncode == 3, started.stdout + started.stderr  # waits for approval
+    run_id = json.loads(started.stdout)["run_id"]
+    assert signed.events() == ["run.started", "gate.waiting"]
+    assert cli("approve", run_id, "-m", "fine").returncode == 0
+    resumed = cli("resume", run_id, "--no-input", "--json")
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout)["status"] == "rolled_back"
+
+    assert signed.events() == [
+        "run.started", "gate.waiting", "run.started", "run.failure", "run.rollback",
+        "run.finished",
+    ]  # fmt: skip
+    assert not signed.refused
+    bodies = [r["body"] for r in signed.received]
+    assert all(b["run_id"] == run_id and b["runbook"] == "notified" for b in bodies)
+    failure = bodies[3]
+    assert failure["host"] == "host2" and "exit 3" in failure["text"]
+    everything = json.dumps([r["body"] for r in signed.received + chat.received])
+    assert TOKEN not in everything and "********" in everything  # masked in every message
+    assert bodies[-1]["status"] == "rolled_back"
+    # A receiver checks the signature over the very bytes it got.
+    last = signed.received[-1]
+    raw = json.dumps(last["body"], sort_keys=True).encode()
+    assert last["headers"]["X-Runbook-Exec-Signature"] == sign(SECRET, raw)
+    # The flaky one got what it asked for, after its failures; the chat target its text.
+    assert flaky.events() == ["run.started", "run.started", "run.finished"]
+    assert [m["title"] for m in (r["body"] for r in chat.received)] == [
+        "runbook-exec: run.failure", "runbook-exec: run.finished",
+    ]  # fmt: skip
+    assert "rolled back" in chat.received[-1]["body"]["message"]
+
+    trail = cli("audit", "export")
+    assert trail.returncode == 0, trail.stderr
+    events = [json.loads(json.loads(line)["body"]) for line in trail.stdout.splitlines()]
+    deliveries = [e for e in events if e["type"].startswith("notify.")]
+    failed = [e for e in deliveries if e["type"] == "notify.failed"]
+    assert {e["target"] for e in failed} == {down.rsplit("/", 1)[0] + "/…"}
+    assert {e["attempts"] for e in failed} == {2}  # retries = 1
+    flaky_first = next(e for e in deliveries if e["target"].startswith(flaky.url[:-5]))
+    assert (flaky_first["type"], flaky_first["attempts"]) == ("notify.delivered", 3)
+    assert all(e["run_id"] == run_id for e in deliveries)
+    assert sum(e["type"] == "notify.delivered" for e in deliveries) == 6 + 3 + 2
+    assert SECRET not in trail.stdout
+    verified = cli("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ({"webhook": "http://x/hook"}, "needs `secret` or `secret_env`"),
+        ({"webhook": "ftp://x/", "secret": "s"}, "http:// or https://"),
+        ({"webhook": "http://x/", "apprise": "json://x", "secret": "s"}, "exactly one of"),
+        ({"webhook": "http://x/", "secret": "s", "events": ["run.exploded"]}, "a list of"),
+        ({"webhook": "http://x/", "secret": "s", "retries": 99}, "from 0 to 10"),
+        ({"webhook": "http://x/", "secret_env": "RBX_NO_SUCH_VARIABLE"}, "has no RBX_NO_SUCH"),
+        ({"webhook": "http://x/", "secret": "s", "colour": "red"}, "unknown key"),
+        ({"apprise": "json://x", "secret": "s"}, "carries its own credentials"),
+    ],
+)
+def test_a_mistake_in_a_target_names_the_file_and_the_table(
+    table: dict[str, object], says: str
+) -> None:
+    from runbook_exec.errors import InputError
+
+    with pytest.raises(InputError) as raised:
+        targets({"notify": [{"webhook": "https://ok/", "secret": "s"}, table]}, "rbx.toml")
+    assert says in str(raised.value)
+    assert "rbx.toml" in str(raised.value) and "notify[1]" in str(raised.value)
+
+
+def test_a_bad_target_refuses_the_run_before_anything_is_recorded(
+    hosts: SshLab, tmp_path: Path
+) -> None:
+    (tmp_path / "runbook-exec.toml").write_text('[[notify]]\nwebhook = "http://x/"\n')
+    (tmp_path / "rb.yml").write_text("name: r\ntargets: app\nsteps:\n  - shell: 'true'\n")
+    db = tmp_path / "state.db"
+    done = subprocess.run(
+        [str(BIN / "runbook-exec"), "run", "rb.yml", *hosts.cli_args(), "--db", f"sqlite:///{db}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "runbook-exec.toml" in done.stderr and "notify[0]" in done.stderr
+    assert "runs" not in _tables_with_rows(db)
+
+
+def _tables_with_rows(db: Path) -> set[str]:
+    import sqlite3
+
+    if not db.exists():
+        return set()
+    with sqlite3.connect(db) as connection:
+        names = [
+            r[0] for r in connection.execute("select name from sqlite_master where type='table'")
+        ]
+        return {n for n in names if connection.execute(f"select count(*) from {n}").fetchone()[0]}
+
+
+def test_targets_are_shown_without_their_secrets() -> None:
+    hook = Target("webhook", "https://user:pw@hooks.example.com:8443/T0K3N?key=abc", "s")
+    assert hook.shown == "https://hooks.example.com:8443/…"
+    assert Target("apprise", "dingtalk://SECRETTOKEN/").shown == "dingtalk://…"
