@@ -36,6 +36,12 @@ class LabHost:
     dir: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     app_port: int = 0
+    green_port: int = 0  # blue-green: the app's second slot (the first is app_port)
+    proxy_port: int = 0  # blue-green: the proxy in front of both
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}/"
 
     @property
     def root(self) -> Path:
@@ -167,7 +173,15 @@ class SshLab:
             start_new_session=True,
         )
         log.close()
-        return LabHost(name, port, host_dir, process, app_port=_app_port())
+        return LabHost(
+            name,
+            port,
+            host_dir,
+            process,
+            app_port=_app_port(),
+            green_port=_app_port(),
+            proxy_port=_app_port(),
+        )
 
     def _write_known_hosts(self) -> None:
         lines = []
@@ -185,7 +199,8 @@ class SshLab:
             lines.append(
                 f"{host.name} ansible_host=127.0.0.1 ansible_port={host.port} "
                 f"ansible_user={self.user} ansible_ssh_private_key_file={self.client_key} "
-                f"lab_root={host.root} app_port={host.app_port}{extra}"
+                f"lab_root={host.root} app_port={host.app_port} "
+                f"app_port_green={host.green_port} proxy_port={host.proxy_port}{extra}"
             )
         for group, members in groups.items():
             lines += ["", f"[{group}]", *members]
@@ -455,8 +470,49 @@ def stop_apps(lab: SshLab) -> None:
     file names a process that is still that app (its working folder is on this host). An
     app that died long ago left its pid to be reused, perhaps by another lab's app."""
     for host in lab.hosts:
-        pid_file = host.root / "app" / "app.pid"
-        with contextlib.suppress(ValueError, OSError):
-            pid = int(pid_file.read_text().strip())
-            if Path(f"/proc/{pid}/cwd").resolve().is_relative_to(host.root.resolve()):
-                os.kill(pid, signal.SIGTERM)
+        for pid_file in [host.root / "app" / "app.pid", *(host.root / "app").glob("slot-*.pid")]:
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(pid_file.read_text().strip())
+                if Path(f"/proc/{pid}/cwd").resolve().is_relative_to(host.root.resolve()):
+                    os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ValueError, OSError):  # the blue-green proxy, if started
+            pid = int((host.root / "nginx" / "nginx.pid").read_text().strip())
+            os.kill(pid, signal.SIGQUIT)
+
+
+NGINX_CONF = """\
+# The lab's proxy in front of a host's two app slots: its upstream is the file the live
+# release holds (blue-green.yml writes it), so a switch is the `current` link and a reload.
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+worker_processes 1;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    upstream app {{ include {app_root}/current/upstream.conf; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ proxy_pass http://app; }}
+    }}
+}}
+"""
+
+
+def write_proxy(lab: SshLab) -> None:
+    """An nginx configuration for each host's proxy (`lab_root`/nginx/nginx.conf), which
+    blue-green.yml starts with its first switch and reloads with each one after."""
+    for host in lab.hosts:
+        prefix = host.root / "nginx"
+        (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        (prefix / "nginx.conf").write_text(
+            NGINX_CONF.format(prefix=prefix, app_root=host.root / "app", port=host.proxy_port)
+        )
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(lab.user)
+            for path in (prefix, prefix / "tmp", prefix / "nginx.conf"):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
