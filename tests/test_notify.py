@@ -125,6 +125,14 @@ def test_a_run_tells_its_targets_and_records_each_delivery(
     assert all(e["run_id"] == run_id for e in deliveries)
     assert sum(e["type"] == "notify.delivered" for e in deliveries) == 6 + 3 + 2
     assert SECRET not in trail.stdout
+    shown = json.loads(cli("show", run_id, "--json").stdout)["notifications"]
+    assert len(shown) == len(deliveries)
+    assert {(n["target"], n["delivered"]) for n in shown if not n["delivered"]} == {
+        (down.rsplit("/", 1)[0] + "/…", False)
+    }
+    text = cli("show", run_id).stdout
+    assert "notifications: 11 delivered, " in text
+    assert f"not delivered run.started to {down.rsplit('/', 1)[0]}/… after 2 attempts" in text
     verified = cli("audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 

@@ -204,6 +204,19 @@ def run_json(details: RunDetails) -> dict[str, Any]:
             for g in details.gates
         ],
         "measurements": [measurement_json(m) for m in details.measurements],
+        "notifications": [
+            {
+                "notified": n.notified,
+                "target": n.target,
+                "via": n.via,
+                "delivered": n.delivered,
+                "attempts": n.attempts,
+                "outcome": n.outcome,
+                "at": _iso(n.at),
+                "event": n.event,
+            }
+            for n in details.notifications
+        ],
         "release_switches": [
             {
                 "host": w.host,
@@ -334,6 +347,15 @@ def print_run(console: Console, details: RunDetails) -> None:
         )
     if details.measurements:
         print_measurements(console, details.measurements)
+    undelivered = [n for n in details.notifications if not n.delivered]
+    if details.notifications:
+        told = len(details.notifications) - len(undelivered)
+        console.print(f"notifications: {told} delivered, {len(undelivered)} not")
+    for n in undelivered:
+        console.print(
+            f"  [red]not delivered[/red] {escape(n.notified)} to {escape(n.target)} after "
+            f"{n.attempts} attempts: {escape(n.outcome)}"
+        )
     console.print()
     steps: dict[str, list[HostStepRecord]] = {}
     for step in details.steps:

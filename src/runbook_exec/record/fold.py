@@ -17,6 +17,7 @@ from .values import (
     HostStepRecord,
     LockRecord,
     MeasurementRecord,
+    NotificationRecord,
     RunDetails,
     RunRecord,
     SwitchRecord,
@@ -62,6 +63,7 @@ class RunFold:
         self.locks: list[LockRecord] = []
         self.ticks: list[TickRecord] = []
         self.measurements: list[MeasurementRecord] = []
+        self.notifications: list[NotificationRecord] = []
         self.outputs: dict[tuple[str, int, str], tuple[str, str]] = {}  # digest, at
         self.flags: list[Flag] = []
         self.decided: str | None = None  # a person's cancel or reject, kept in the message
@@ -162,6 +164,19 @@ class RunFold:
             )
         elif kind == "analysis.measured":
             self._measured(seq, body)
+        elif kind in ("notify.delivered", "notify.failed"):
+            self.notifications.append(
+                NotificationRecord(
+                    str(body.get("event_notified")),
+                    str(body.get("target")),
+                    str(body.get("via")),
+                    kind == "notify.delivered",
+                    int(body.get("attempts") or 0),
+                    str(body.get("outcome") or ""),
+                    at,
+                    seq,
+                )
+            )
         elif kind == "release.switched":
             release = body.get("release") or {}
             self.switches.append(
@@ -353,6 +368,7 @@ class RunFold:
             flags,
             list(self.ticks),
             list(self.measurements),
+            list(self.notifications),
         )
 
 

@@ -176,6 +176,20 @@ class MeasurementRecord:
 
 
 @dataclass(frozen=True)
+class NotificationRecord:
+    """A notification's delivery, or its failure after every attempt."""
+
+    notified: str  # the run's event it told of: run.started, gate.waiting, …
+    target: str  # scheme and host only
+    via: str  # webhook | apprise
+    delivered: bool
+    attempts: int
+    outcome: str  # what the receiver said, or why it could not be reached
+    at: float
+    event: int
+
+
+@dataclass(frozen=True)
 class SwitchRecord:
     """A release switch on a host."""
 
@@ -241,6 +255,7 @@ class RunDetails:
     flags: list[Flag] = field(default_factory=list)
     ticks: list[TickRecord] = field(default_factory=list)
     measurements: list[MeasurementRecord] = field(default_factory=list)
+    notifications: list[NotificationRecord] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:
