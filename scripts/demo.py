@@ -9,7 +9,12 @@
    and `audit verify`: the hash chain of every event of all of it is intact;
 6. the handover: a checklist item ticked, the change's report (Markdown here; HTML and
    Chinese too) and `audit verify --report`, which proves every line of it;
-7. the web view: `serve`, a user signed in, the runs listed.
+7. the web view: `serve`, a user signed in, the runs listed;
+8. progressive delivery (where Debian's prometheus and nginx are installed, as
+   `scripts/demo` does as root): a canary of a release with a high error rate, judged by
+   its metrics in a real Prometheus and rolled back with no person in the loop, a signed
+   webhook told of each turn; then blue-green behind nginx on two more hosts, a switch and
+   a switch back while clients poll through the proxy, counting failed requests.
 
 The state store is the embedded SQLite file, in a temporary folder removed at the end.
 """
@@ -25,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from runbook_exec.testing.lab import SshLab, sample_release
+from runbook_exec.testing.lab import SshLab, sample_release, stop_apps
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).with_name("runbook-exec"))
@@ -35,11 +40,11 @@ def say(title: str) -> None:
     print(f"\n\033[1m== {title}\033[0m", flush=True)
 
 
-def step(title: str | None, *args: str, expect: int = 0) -> None:
+def step(title: str | None, *args: str, expect: int = 0, cwd: Path = REPO) -> None:
     if title:
         say(title)
     print("$ " + " ".join(shlex.quote(a) for a in ["runbook-exec", *args]), flush=True)
-    done = subprocess.run([CLI, *args], cwd=REPO)
+    done = subprocess.run([CLI, *args], cwd=cwd)
     if done.returncode != expect:
         sys.exit(f"demo: expected exit {expect}, got {done.returncode}")
 
@@ -98,6 +103,65 @@ def web_view(store: list[str]) -> str:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def progressive_delivery(work: Path, lab: SshLab, ssh: list[str], store: list[str]) -> None:
+    from runbook_exec.testing.lab import write_proxy
+    from runbook_exec.testing.services import Prometheus, Traffic, WebhookReceiver
+
+    secret = "demo-webhook-secret"
+    targets = {h.name: f"127.0.0.1:{h.app_port}" for h in lab.hosts}
+    apps = [f"http://127.0.0.1:{h.app_port}/" for h in lab.hosts]
+    with (
+        Prometheus(work / "prometheus", targets) as prometheus,
+        Traffic(apps),
+        WebhookReceiver(secret) as hook,
+    ):
+        (work / "runbook-exec.toml").write_text(
+            f'[[notify]]\nwebhook = "{hook.url}"\nsecret = "{secret}"\n'
+        )
+        prometheus.wait_for('rate(app_requests_total{code="200"}[3s]) > 0')
+        v4 = sample_release(work, "4.0.0", error_rate=0.3)
+        step(
+            "A canary of 4.0.0, which fails 30% of its requests: Prometheus measures this "
+            "batch's error rate, the analysis fails it, and the canary is rolled back with no "
+            "person in the loop (exit 1)",
+            "run", str(REPO / "runbooks" / "canary.yml"), *ssh, *store,
+            "-e", "version=4.0.0", "-e", f"artifact={v4}", "-e", f"prometheus={prometheus.url}",
+            "-e", "interval=1s", "-e", "count=3", "-e", "window=3s",
+            "--no-input", "--change-id", "CHG-1004", "--reason", "new pricing",
+            expect=1, cwd=work,
+        )  # fmt: skip
+        print(f"serving: {serving(lab)}")
+        print(f"the webhook received, signatures checked: {', '.join(hook.events())}")
+    with SshLab() as pair:
+        pair.start(2, prefix="bg", groups={"web": ["bg1", "bg2"]})
+        write_proxy(pair)
+        inventory = work / "bg-inventory"
+        inventory.mkdir()
+        shutil.copy(pair.inventory, inventory / "hosts.ini")
+        shutil.copytree(REPO / "inventory" / "group_vars", inventory / "group_vars")
+        both = ["-i", str(inventory), "--known-hosts", str(pair.known_hosts)]
+        book = "runbooks/blue-green.yml"
+        v1, v2 = sample_release(work, "1.0.0"), sample_release(work, "2.0.0")
+        step(
+            "Blue-green on two more hosts: 1.0.0 into the blue slot; nginx starts",
+            "run", book, *both, *store, "-e", "version=1.0.0", "-e", f"artifact={v1}",
+        )  # fmt: skip
+        with Traffic([h.proxy_url for h in pair.hosts], every=0.005) as traffic:
+            step(
+                "2.0.0 into the idle green slot, checked there, then switched",
+                "run", book, *both, *store, "-e", "version=2.0.0", "-e", f"artifact={v2}",
+            )  # fmt: skip
+            step(
+                "Switch back: the blue slot never stopped, so it is the link and a reload",
+                "rollback", "-m", "demo", "--known-hosts", str(pair.known_hosts), *store,
+            )  # fmt: skip
+        total = sum(traffic.total(h.proxy_url) for h in pair.hosts)
+        failed = sum(traffic.failed(h.proxy_url) for h in pair.hosts)
+        print(f"requests through nginx during the switch and the switch back: {total}, "
+              f"failed: {failed}")  # fmt: skip
+        stop_apps(pair)
 
 
 def main() -> None:
@@ -292,6 +356,11 @@ def main() -> None:
         )
         say("The web view: `runbook-exec serve`, signed in as a viewer")
         print(f"runs listed: {web_view(store)}")
+        if Path("/usr/bin/prometheus").exists() and Path("/usr/sbin/nginx").exists():
+            progressive_delivery(work, lab, ssh, store)
+        else:
+            say("Progressive delivery: skipped (install Debian's prometheus and nginx)")
+        stop_apps(lab)
     shutil.rmtree(work, ignore_errors=True)
     print("\nDemo finished; the lab hosts are stopped and its files removed.")
 

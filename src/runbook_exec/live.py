@@ -26,6 +26,7 @@ from .events import (
     RunStatus,
     TaskResult,
 )
+from .steps.analysis import measurement_value
 
 OUTPUT_LINES = 12
 HOST_ROWS = 8  # running and failed hosts shown by name in the live view; the rest counted
@@ -170,7 +171,7 @@ class ConsoleRecorder(EventSink):
     ) -> None:
         number = measurement.get("number")
         which = "against the baseline" if number == 0 else f"measurement {number}"
-        value = measurement.get("value")
+        value = measurement_value(measurement.get("value"))
         note = f" ({measurement['message']})" if measurement.get("message") else ""
         verdict = str(measurement.get("verdict"))
         style = {"successful": None, "failed": "red"}.get(verdict, "yellow")
