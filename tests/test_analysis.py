@@ -164,10 +164,10 @@ def test_a_good_release_is_promoted_batch_by_batch_on_its_measurements(site: Sit
     assert "<batch_hosts[*] at run time>" in planned.stdout
 
 
-def test_an_analysis_between_batches_fails_the_run_and_rolls_back_what_it_changed(
-    site: Site, tmp_path: Path
-) -> None:
-    runbook = site.base / "runbooks" / "between.yml"
+def between(site: Site, name: str, *, approve: bool = False) -> Path:
+    """canary.yml with its analysis step moved between the batches (and, with `approve`,
+    an approval after it)."""
+    runbook = site.base / "runbooks" / f"{name}.yml"
     text = (site.base / "runbooks" / "canary.yml").read_text()
     gate = (
         "  between_batches:\n"
@@ -179,10 +179,17 @@ def test_an_analysis_between_batches_fails_the_run_and_rolls_back_what_it_change
         "        initial_delay: 3s\n"
         "        count: 2\n"
         "        interval: 1s\n"
-    )
+    ) + ("    - approve: Promote?\n" if approve else "")
     text = text.replace("  max_fail_percentage: 0\n", "  max_fail_percentage: 0\n" + gate)
     start = text.index("  - name: Error rate")
     runbook.write_text(text[:start] + text[text.index("rollback:") :])
+    return runbook
+
+
+def test_an_analysis_between_batches_fails_the_run_and_rolls_back_what_it_changed(
+    site: Site,
+) -> None:
+    runbook = between(site, "between")
     artifact = site.release("5.0-bad", error_rate=0.5)
     done = site(
         "run", runbook, "-e", "version=5.0-bad", "-e", f"artifact={artifact}", "-e",
@@ -199,6 +206,32 @@ def test_an_analysis_between_batches_fails_the_run_and_rolls_back_what_it_change
     assert gate_record["gate_key"] == "after:1:0"
     assert [m["verdict"] for m in shown["measurements"]] == ["failed"]
     assert shown["measurements"][0]["step"] == "between batches"
+
+
+def test_a_passed_analysis_between_batches_is_not_measured_again_on_resume(
+    site: Site,
+) -> None:
+    runbook = between(site, "between-approved", approve=True)
+    artifact = site.release("5.1", error_rate=0.0)
+    done = site(
+        "run", runbook, "-e", "version=5.1", "-e", f"artifact={artifact}", "-e",
+        f"prometheus={site.prometheus.url}", "--json", "--no-input",
+    )  # fmt: skip
+    assert done.returncode == 3, done.stdout + done.stderr  # after the analysis, a person
+    run_id = json.loads(done.stdout)["run_id"]
+    for _ in range(2):
+        assert site("approve", run_id, "-m", "metrics fine").returncode == 0
+        resumed = site("resume", run_id, "--no-input", "--json")
+        assert resumed.returncode in (0, 3), resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, resumed.stdout
+    shown = site.show(run_id)
+    gates = [(g["gate_key"], g["kind"], g["status"]) for g in shown["gates"]]
+    assert gates == [
+        ("after:1:0", "analysis", "passed"), ("after:1:1", "approve", "approved"),
+        ("after:2:0", "analysis", "passed"), ("after:2:1", "approve", "approved"),
+    ]  # fmt: skip
+    assert [m["batch"] for m in shown["measurements"]] == [1, 1, 2, 2]  # none twice
+    assert {site.live(h) for h in ("host1", "host2", "host3", "host4")} == {"5.1"}
 
 
 def test_an_inconclusive_analysis_asks_a_person_and_is_not_measured_again(

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..record.values import RunDetails
 
 T = TypeVar("T")
-PASSED = frozenset({"approved", "done"})  # a gate that no longer holds the run
+PASSED = frozenset({"approved", "done", "passed"})  # a gate that no longer holds the run
 
 
 @dataclass
