@@ -93,6 +93,21 @@ def test_good_runbook_loads_with_digest(write: Callable[[str, str], Path]) -> No
             id="gate with two things",
         ),
         pytest.param(
+            GOOD + "  - analysis: {prometheus: 'file:///etc/passwd', query: up, success: 'true'}\n",
+            "rb.yml:6: steps[1].analysis.prometheus: Prometheus is asked over HTTP",
+            id="analysis of a file",
+        ),
+        pytest.param(
+            GOOD + "  - analysis: {prometheus: 'http://p:9090', query: up, count: 0}\n",
+            "rb.yml:6: steps[1].analysis.count: an analysis takes from 1 to 10,000 measurements",
+            id="analysis counted none",
+        ),
+        pytest.param(
+            GOOD + "  - analysis: {prometheus: 'http://p:9090', query: up}\n",
+            "rb.yml:6: steps[1].analysis: an analysis needs `success`, `failure` or both",
+            id="analysis with no condition",
+        ),
+        pytest.param(
             GOOD + "    timeout: 3 minutes\n",
             "rb.yml:6: steps[0] (Hello).timeout: '3 minutes' is not a duration",
             id="bad duration",

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..durations import format_duration
 from ..fields import Duration, Strict, Templated, Timeout
@@ -42,7 +42,7 @@ class AnalysisSpec(Strict):
     """An expression on `result`; with `success` too, a value that meets neither is
     inconclusive."""
     interval: Duration | Templated = 10.0
-    count: Annotated[int, Field(ge=1, le=10_000)] | Templated = 3
+    count: int | Templated = 3
     initial_delay: Duration | Templated = 0.0
     failure_limit: int = Field(default=0, ge=0)
     """How many failed measurements are tolerated; one more fails the analysis."""
@@ -58,6 +58,20 @@ class AnalysisSpec(Strict):
     timeout: Timeout = 10.0
     """For each query."""
     compare: CompareSpec | None = None
+
+    @field_validator("count")
+    @classmethod
+    def _some(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 10_000:
+            raise ValueError("an analysis takes from 1 to 10,000 measurements")
+        return value
+
+    @field_validator("prometheus")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if "{{" not in value and not value.startswith(("http://", "https://")):
+            raise ValueError("Prometheus is asked over HTTP: an http:// or https:// URL")
+        return value
 
     @model_validator(mode="after")
     def _a_condition(self) -> AnalysisSpec:
