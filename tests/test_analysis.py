@@ -45,17 +45,25 @@ class Site:
     prometheus: Prometheus
     traffic: Traffic
 
-    def __call__(self, command: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    def argv(self, command: str, *args: str | Path) -> list[str]:
         extra: list[str | Path] = ["--db", f"sqlite:///{self.base / 'state.db'}"]
         if command == "run":
             extra += ["--known-hosts", self.hosts.known_hosts, "-i", self.base / "inventory"]
+        return [str(BIN / "runbook-exec"), command, *map(str, args), *map(str, extra)]
+
+    def env(self, **more: str) -> dict[str, str]:
+        return {**os.environ, "COLUMNS": "200", "XDG_STATE_HOME": str(self.base / ".state"), **more}
+
+    def __call__(
+        self, command: str, *args: str | Path, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "runbook-exec"), command, *map(str, args), *map(str, extra)],
+            self.argv(command, *args),
             capture_output=True,
             text=True,
             cwd=self.base,
             timeout=180,
-            env={**os.environ, "COLUMNS": "200", "XDG_STATE_HOME": str(self.base / ".state")},
+            env=env or self.env(),
         )
 
     def live(self, host: str) -> str:
@@ -314,6 +322,75 @@ def test_the_batch_against_its_baseline(site: Site) -> None:
             assert figures["p"] < 0.05 and figures["canary_median"] > figures["baseline_median"]
 
 
+def quick(site: Site, name: str, query: str, **fields: Any) -> Path:
+    """A runbook of one analysis step on the web hosts, in one batch."""
+    analysis = {"prometheus": "{{ prometheus }}", "query": query, "success": "result < 1"}
+    book = {
+        "name": name,
+        "targets": "web",
+        "params": {
+            "prometheus": {"type": "str"},
+            "token": {"type": "str", "secret": True, "env": "TOK"},
+        },
+        "steps": [{"name": "Judge", "analysis": {**analysis, **fields}}],
+    }
+    path = site.base / "runbooks" / f"{name}.yml"
+    path.write_text(json.dumps(book))
+    return path
+
+
+def test_what_a_query_makes_of_a_secret_is_recorded_masked(site: Site) -> None:
+    runbook = quick(site, "secret", "vector(0) # {{ token | upper }} {{ token }}", count=1)
+    secret = "s3cr3tTokenXyz"
+    done = site(
+        "run", runbook, "-e", f"prometheus={site.prometheus.url}", "--json", "--no-input",
+        env=site.env(TOK=secret),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    (measured,) = site.show(run_id)["measurements"]
+    assert measured["query"] == "vector(0) # ******** ********"
+    everything = site("show", run_id, "--json").stdout + site("report", run_id, "-f", "md").stdout
+    assert secret not in everything and secret.upper() not in everything
+    import sqlite3
+
+    with sqlite3.connect(site.base / "state.db") as connection:
+        dump = "\n".join(connection.iterdump())
+    assert dump and secret.upper() not in dump and secret not in dump
+
+
+def test_a_stop_during_an_analysis_is_no_verdict_and_resume_measures_again(site: Site) -> None:
+    import signal
+    import time
+
+    runbook = quick(site, "stopped", "vector(0)", count=8, interval="1s")
+    process = subprocess.Popen(
+        site.argv("run", runbook, "-e", f"prometheus={site.prometheus.url}", "--no-input"),
+        cwd=site.base, env=site.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    run_id = ""
+    while time.monotonic() < deadline:
+        runs = json.loads(site("runs", "--json").stdout)["runs"]
+        run_id = next((r["run_id"] for r in runs if r["runbook"] == "stopped"), "")
+        if run_id and site.show(run_id)["measurements"]:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    shown = site.show(run_id)
+    assert shown["status"] == "interrupted"
+    assert {s["status"] for s in shown["host_steps"]} == {"running"}  # no verdict recorded
+    assert {h["status"] for h in shown["hosts"]} != {"failed"}
+    taken = len(shown["measurements"])
+    resumed = site("resume", run_id, "--no-input", "--json")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    shown = site.show(run_id)
+    assert len(shown["measurements"]) == taken + 8  # measured again, whole
+    assert {s["status"] for s in shown["host_steps"]} == {"ok"}
+
+
 def test_the_web_view_shows_the_measurements(site: Site) -> None:
     runs = json.loads(site("runs", "--json").stdout)["runs"]
     measured = [
@@ -408,6 +485,11 @@ def tally(url: str, query: str, **fields: Any) -> tuple[Verdict, list[str], str]
         ("vector(0) / vector(0)", {"success": "result < 0.01", "count": 1}, "failed", ["failed"]),
         ("sum(", {"success": "result < 1", "count": 3, "error_limit": 1}, "error",
          ["error", "error"]),
+        # Errors under the limit, and nothing else: no measurement passed, so neither does it.
+        ("sum(", {"success": "result < 1", "count": 3}, "error", ["error"] * 3),
+        # Several series where the condition wants one: an error, never a pass.
+        ("vector(1) or label_replace(vector(2), 'a', 'b', '', '')",
+         {"success": "result < 3", "count": 2}, "error", ["error"] * 2),
     ],
 )  # fmt: skip
 def test_the_tally_follows_argo_rollouts_rules(
@@ -422,6 +504,46 @@ def test_a_server_that_does_not_answer_is_an_error_not_a_pass() -> None:
     got, measured, message = tally(url, "vector(0)", success="result < 1", count=10)
     assert (got, measured) == (Verdict.ERROR, ["error"] * 5)
     assert "5 measurements in a row could not be taken, more than the error_limit of 4" in message
+    got, measured, message = tally(url, "vector(0)", success="result < 1", count=3)
+    assert (got, measured) == (Verdict.ERROR, ["error"] * 3)  # under the limit: still no pass
+    assert "no measurement of 3 succeeded (3 errors)" in message
+
+
+def test_a_server_that_answers_a_byte_a_second_is_bounded_by_the_timeout() -> None:
+    """A socket timeout bounds each read, not the answer: the query's is for the whole."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        while not stop.is_set():
+            try:
+                server.settimeout(0.2)
+                connection, _ = server.accept()
+            except OSError:
+                continue
+            with connection:
+                connection.recv(4096)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100:
+                    if stop.wait(0.3):
+                        return
+                    connection.sendall(bytes([byte]))
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        got, measured, message = tally(
+            url, "vector(0)", success="result < 1", count=1, timeout="1s"
+        )
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    assert (got, measured) == (Verdict.ERROR, ["error"])
+    assert "no measurement of 1 succeeded" in message
 
 
 def test_mann_whitney_agrees_with_scipy() -> None:

@@ -8,13 +8,15 @@ queries go to a real Prometheus over its HTTP API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from .steps.analysis import AnalysisSpec, measurement_value
 
@@ -91,11 +93,23 @@ def _get(url: str, headers: Mapping[str, str], timeout: float) -> Any:
     import urllib.error  # 0.3 s to import: only when an analysis runs
     import urllib.request
 
+    if not url.startswith(("http://", "https://")):
+        raise QueryError("Prometheus is asked over HTTP: an http:// or https:// URL")
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        """A redirect is an error: the headers (a token) go to the server named, only."""
+
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirects())
     request = urllib.request.Request(url, headers={"Accept": "application/json", **headers})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             body = response.read(ANSWER_LIMIT + 1)
     except urllib.error.HTTPError as exc:  # 400/422: a bad query; the answer says why
+        if 300 <= exc.code < 400:
+            raise QueryError(f"HTTP {exc.code}: a redirect, not followed") from None
         body = exc.read(ANSWER_LIMIT + 1)
         try:
             said = json.loads(body).get("error") or body[:200].decode(errors="replace")
@@ -114,6 +128,10 @@ def _get(url: str, headers: Mapping[str, str], timeout: float) -> Any:
         said = answer.get("error") if isinstance(answer, dict) else None
         raise QueryError(f"Prometheus says: {said or 'no success'}")
     return answer.get("data")
+
+
+def _pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2
 
 
 def _number(text: Any) -> float:
@@ -137,7 +155,9 @@ def instant(
     if kind == "scalar" and isinstance(result, list) and len(result) == 2:
         return _number(result[1]), 1
     if kind == "vector" and isinstance(result, list):
-        values = [_number((s.get("value") or [None, None])[1]) for s in result]
+        if not all(isinstance(s, dict) and _pair(s.get("value")) for s in result):
+            raise QueryError("a malformed answer: a vector's series without a [time, value]")
+        values = [_number(s["value"][1]) for s in result]
         if not values:
             return None, 0
         return (values[0] if len(values) == 1 else values), len(values)
@@ -165,7 +185,9 @@ def samples(
     result = data.get("result") if isinstance(data, dict) else None
     if not isinstance(result, list):
         raise QueryError("no series in the answer")
-    values = [_number(v[1]) for series in result for v in series.get("values") or ()]
+    if not all(isinstance(s, dict) and isinstance(s.get("values"), list) for s in result):
+        raise QueryError("a malformed answer: a matrix's series without values")
+    values = [_number(v[1]) for s in result for v in s["values"] if _pair(v)]
     return [v for v in values if math.isfinite(v)]
 
 
@@ -210,16 +232,22 @@ async def analyse(
     async def take(number: int) -> None:
         nonlocal errors_in_a_row
         at = clock()
+        value: float | list[float] | None = None
+        series = 0
         try:
-            value, series = await asyncio.to_thread(
-                instant, spec.prometheus, query, at, spec.headers, spec.timeout
+            value, series = await bounded(
+                spec.timeout, instant, spec.prometheus, query, at, spec.headers, spec.timeout
             )
-            verdict = judge(spec, value, evaluate)
-            message = "no data" if value is None else ""
         except QueryError as exc:
-            value, series, verdict, message = None, 0, Verdict.ERROR, str(exc)
-        except Exception as exc:  # a condition that cannot be evaluated on this value
-            value, series, verdict, message = None, 0, Verdict.ERROR, f"condition: {exc}"
+            verdict, message = Verdict.ERROR, str(exc)
+        else:
+            try:
+                verdict = judge(spec, value, evaluate)
+                message = "no data" if value is None else ""
+            except Exception as exc:  # a condition that cannot be evaluated on this value
+                verdict = Verdict.ERROR
+                several = " (several series: `result` is a list)" if series > 1 else ""
+                message = f"the condition cannot be evaluated on this answer{several}: {exc}"
         counts[verdict] += 1
         errors_in_a_row = errors_in_a_row + 1 if verdict == Verdict.ERROR else 0
         measurement = Measurement(number, query, at, verdict, value, message, series)
@@ -267,6 +295,12 @@ async def analyse(
                 compared.verdict, f"against the baseline: {compared.message}", measurements
             )
     taken = count
+    if counts[Verdict.SUCCESSFUL] == 0:  # errors under the limit, and nothing else
+        return Outcome(
+            Verdict.ERROR,
+            f"no measurement of {taken} succeeded ({_count(counts[Verdict.ERROR], 'error')})",
+            measurements,
+        )
     return Outcome(
         Verdict.SUCCESSFUL,
         f"passed: {counts[Verdict.SUCCESSFUL]} of {taken} measurements successful"
@@ -284,20 +318,16 @@ async def compare(
     rule = spec.compare
     try:
         canary, base = await asyncio.gather(
-            asyncio.to_thread(
-                samples, spec.prometheus, query, start, end, rule.step, spec.headers, spec.timeout
+            bounded(
+                spec.timeout,
+                samples, spec.prometheus, query, start, end, rule.step, spec.headers, spec.timeout,
             ),
-            asyncio.to_thread(
-                samples,
-                spec.prometheus,
-                baseline,
-                start,
-                end,
-                rule.step,
-                spec.headers,
+            bounded(
+                spec.timeout,
+                samples, spec.prometheus, baseline, start, end, rule.step, spec.headers,
                 spec.timeout,
             ),
-        )
+        )  # fmt: skip
     except QueryError as exc:
         return Measurement(0, baseline, end, Verdict.ERROR, None, str(exc))
     figures: dict[str, Any] = {"query": baseline, "canary_samples": len(canary)}
@@ -319,6 +349,38 @@ async def compare(
     )
     verdict = Verdict.FAILED if worse else Verdict.SUCCESSFUL
     return Measurement(0, query, end, verdict, canary_median, message, 0, figures)
+
+
+T = TypeVar("T")
+
+
+async def bounded(seconds: float, call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` in a thread of its own, waited for `seconds` at most (a server that
+    answers a byte at a time is not bounded by a socket timeout). The thread is a daemon:
+    one left behind neither holds up the run nor keeps its process from ending."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def work() -> None:
+        try:
+            value = call(*args)
+        except BaseException as exc:
+            error = exc  # the name `exc` is gone once the except block ends
+            outcome = lambda: future.set_exception(error)  # noqa: E731
+        else:
+            outcome = lambda: future.set_result(value)  # noqa: E731
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=work, name="analysis-query", daemon=True).start()
+    try:
+        return await asyncio.wait_for(future, seconds)
+    except TimeoutError:
+        raise QueryError(f"no whole answer within {seconds:g}s") from None
 
 
 def median(values: Sequence[float]) -> float:

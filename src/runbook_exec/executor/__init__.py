@@ -28,6 +28,7 @@ from ..events import (
     StepStatus,
 )
 from ..inventory import Host
+from ..masking import MASK
 from ..params import ResolvedParams
 from ..plan import Plan, render_action
 from ..record.values import RecordAltered
@@ -126,6 +127,10 @@ class Executor:
         )
         base = {**context.params.values, "run": {"id": context.run_id, "operator": self.operator}}
         self.base_names = base
+        # For what is shown of a rendered value: each secret as the mask, so that what a
+        # template makes of one (`{{ token | upper }}`) shows masked too.
+        hidden = {name: MASK for name in context.params.secret_names}
+        self.masked_names = {**base, **hidden}
         self.names = {h.name: HostVars(h.template_vars(), base) for h in context.hosts}
         self.ansible = AnsibleStep(self)
         self.gates = Gates(self)

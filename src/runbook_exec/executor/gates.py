@@ -16,7 +16,7 @@ from ..analysis import Measurement, Outcome, Verdict, analyse
 from ..events import HostStepResult, RunStatus, StepStatus
 from ..steps import StepBase
 from ..steps.analysis import AnalysisSpec, AnalysisStep
-from ..templating import HostVars, TemplateProblem, evaluate, render_data
+from ..templating import HostVars, TemplateProblem, evaluate, render, render_data
 from .progress import PASSED
 
 if TYPE_CHECKING:
@@ -139,7 +139,10 @@ class Gates:
             self.ex.recorder.steps_started(number, section, index, step.title, todo)
             await self.ex.recorder.flush()
             started = time.monotonic()
-            outcome = await self._analyse(action.analysis, number, where, batch, live[0])
+            raw = step.analysis.model_dump(mode="json", exclude_unset=True)
+            outcome = await self._analyse(action.analysis, raw, number, where, batch, live[0])
+            if self.ex.stopping:  # not a verdict: the step runs again when resumed
+                return RunStatus.INTERRUPTED
             base = replace(base, duration=time.monotonic() - started)
             if outcome.verdict == Verdict.INCONCLUSIVE:
                 asked = await self._inconclusive(key, action.analysis, outcome)
@@ -198,9 +201,11 @@ class Gates:
         except (TemplateProblem, ValidationError) as exc:
             self.ex.recorder.gate(key, "analysis", f"cannot be rendered: {exc}", "failed")
             return RunStatus.FAILED
-        shown = self.ex.mask(f"analysis of batch {batch['batch_number']}: {spec.query}")
+        shown = self._shown(str(analysis.get("query")), spec.query, batch, None)
+        shown = f"analysis of batch {batch['batch_number']}: {shown}"
         self.ex.recorder.gate(key, "analysis", shown, "waiting")
-        outcome = await self._analyse(spec, int(batch["batch_number"]), {"gate": key}, batch, None)
+        number = int(batch["batch_number"])
+        outcome = await self._analyse(spec, analysis, number, {"gate": key}, batch, None)
         if self.ex.stopping:
             return RunStatus.INTERRUPTED
         if outcome.verdict == Verdict.INCONCLUSIVE:
@@ -214,9 +219,22 @@ class Gates:
         self.ex.progress.gates[key] = {"status": status}
         return None if passed else RunStatus.FAILED
 
+    def _shown(
+        self, template: str, rendered: str, batch: Mapping[str, Any], host: str | None
+    ) -> str:
+        """A query as records show it: rendered again with each secret as the mask."""
+        inventory = self.ex.hosts[host].template_vars() if host else {}
+        registered = self.ex.progress.registered.get(host, {}) if host else {}
+        names = HostVars(inventory, self.ex.masked_names).extended({**registered, **batch})
+        try:
+            return self.ex.mask(render(template, names))
+        except TemplateProblem:
+            return self.ex.mask(rendered)
+
     async def _analyse(
         self,
         spec: AnalysisSpec,
+        raw: Mapping[str, Any],
         number: int,
         where: Mapping[str, Any],
         batch: Mapping[str, Any],
@@ -224,13 +242,20 @@ class Gates:
     ) -> Outcome:
         names = self.ex.names_of(host) if host else HostVars({}, self.ex.base_names)
         names = names.extended(batch)
+        shown = {spec.query: self._shown(str(raw.get("query")), spec.query, batch, host)}
+        if spec.compare is not None:
+            template = str((raw.get("compare") or {}).get("baseline"))
+            shown[spec.compare.baseline] = self._shown(template, spec.compare.baseline, batch, host)
 
         def judge(expression: str, value: Any) -> Any:
             return evaluate(expression, names.extended({"result": value}))
 
         async def measured(measurement: Measurement) -> None:
             event = measurement.as_event()
-            event["query"] = self.ex.mask(event["query"])
+            event["query"] = shown.get(event["query"]) or self.ex.mask(event["query"])
+            if isinstance(event.get("baseline"), dict) and "query" in event["baseline"]:
+                query = event["baseline"]["query"]
+                event["baseline"]["query"] = shown.get(query) or self.ex.mask(query)
             self.ex.recorder.measured(number, where, self.ex.secrets.data(event))
             await self.ex.recorder.flush()
 
