@@ -148,6 +148,12 @@ def test_a_run_tells_its_targets_and_records_each_delivery(
         ({"webhook": "http://x/", "secret_env": "RBX_NO_SUCH_VARIABLE"}, "has no RBX_NO_SUCH"),
         ({"webhook": "http://x/", "secret": "s", "colour": "red"}, "unknown key"),
         ({"apprise": "json://x", "secret": "s"}, "carries its own credentials"),
+        ({"webhook": "http://[::1/hook", "secret": "s"}, "not a URL"),
+        ({"webhook": "http://127.0.0.1:99999/hook", "secret": "s"}, "not a URL"),
+        ({"webhook": "http://x/", "secret": "s", "timeout": float("nan")}, "at most 300"),
+        ({"webhook": "http://x/", "secret": "s", "timeout": float("inf")}, "at most 300"),
+        ({"webhook": "http://x/", "secret": 5}, "must be text"),
+        ({"webhook": "http://x/", "secret_env": 5}, "name of an environment variable"),
     ],
 )
 def test_a_mistake_in_a_target_names_the_file_and_the_table(
@@ -186,6 +192,55 @@ def _tables_with_rows(db: Path) -> set[str]:
             r[0] for r in connection.execute("select name from sqlite_master where type='table'")
         ]
         return {n for n in names if connection.execute(f"select count(*) from {n}").fetchone()[0]}
+
+
+def test_one_notify_table_is_a_list_of_one() -> None:
+    (target,) = targets({"notify": {"webhook": "https://ok/", "secret": "s"}})
+    assert target.url == "https://ok/"
+
+
+def test_a_target_that_hangs_holds_up_neither_the_run_nor_the_others(
+    hosts: SshLab, tmp_path: Path
+) -> None:
+    """Each target has its own deliveries; what is still going out when the process ends
+    is recorded as not delivered."""
+    import socket
+
+    hang = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    hang.listen(16)
+    try:
+        with WebhookReceiver(SECRET) as good:
+            (tmp_path / "runbook-exec.toml").write_text(
+                f'[[notify]]\nwebhook = "http://127.0.0.1:{hang.getsockname()[1]}/hook"\n'
+                f'secret = "{SECRET}"\ntimeout = 30\nretries = 10\n\n'
+                f'[[notify]]\nwebhook = "{good.url}"\nsecret = "{SECRET}"\n'
+            )
+            (tmp_path / "rb.yml").write_text("name: r\ntargets: app\nsteps:\n  - shell: 'true'\n")
+            db = f"sqlite:///{tmp_path / 'state.db'}"
+            done = subprocess.run(
+                [str(BIN / "runbook-exec"), "run", "rb.yml", *hosts.cli_args(), "--db", db,
+                 "--json"],
+                capture_output=True, text=True, cwd=tmp_path, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert good.events() == ["run.started", "run.finished"]
+    finally:
+        hang.close()
+    run_id = json.loads(done.stdout)["run_id"]
+    shown = subprocess.run(
+        [str(BIN / "runbook-exec"), "show", run_id, "--json", "--db", db],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    told = json.loads(shown.stdout)["notifications"]
+    assert sorted((n["notified"], n["delivered"]) for n in told) == [
+        ("run.finished", False), ("run.finished", True), ("run.started", False),
+        ("run.started", True),
+    ]  # fmt: skip
+    outcomes = {n["outcome"] for n in told if not n["delivered"]}
+    assert outcomes == {
+        "unknown: still being delivered when the run's process ended",
+        "not sent: the run's process ended first",
+    }
 
 
 def test_targets_are_shown_without_their_secrets() -> None:

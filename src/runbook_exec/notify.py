@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
+import math
 import os
 import queue
 import threading
@@ -71,7 +73,7 @@ def targets(settings: Mapping[str, Any], where: str = "settings") -> list[Target
     """The `[[notify]]` tables of the settings as targets; a mistake is bad input naming
     the file and the table."""
     tables = settings.get("notify") or []
-    if isinstance(tables, Mapping):
+    if isinstance(tables, Mapping):  # one [notify] table
         tables = [tables]
     found: list[Target] = []
     problems: list[Problem] = []
@@ -95,12 +97,24 @@ def targets(settings: Mapping[str, Any], where: str = "settings") -> list[Target
         if not isinstance(url, str) or "://" not in url:
             bad("must be a URL", kind)
             continue
-        if kind == "webhook" and urlsplit(url).scheme not in ("http", "https"):
-            bad("a webhook is an http:// or https:// URL", kind)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018  (raises on a port out of range)
+        except ValueError as exc:
+            bad(f"not a URL: {exc}", kind)
+            continue
+        if kind == "webhook" and (parts.scheme not in ("http", "https") or not parts.hostname):
+            bad("a webhook is an http:// or https:// URL with a host", kind)
         secret = table.get("secret")
+        if secret is not None and (not isinstance(secret, str) or not secret):
+            bad("must be text", "secret")
+            continue
         if "secret_env" in table:
             name = table["secret_env"]
-            secret = os.environ.get(str(name))
+            if not isinstance(name, str):
+                bad("must be the name of an environment variable", "secret_env")
+                continue
+            secret = os.environ.get(name)
             if not secret:
                 bad(f"the environment has no {name}", "secret_env")
         if kind == "webhook" and not secret:
@@ -116,8 +130,9 @@ def targets(settings: Mapping[str, Any], where: str = "settings") -> list[Target
             bad("a whole number from 0 to 10", "retries")
             continue
         timeout = table.get("timeout", 5)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            bad("a number of seconds, more than 0", "timeout")
+        number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        if not number or not math.isfinite(timeout) or not 0 < timeout <= 300:
+            bad("a number of seconds, more than 0 and at most 300", "timeout")
             continue
         found.append(Target(kind, url, secret, frozenset(events), retries, float(timeout)))
     if problems:
@@ -137,10 +152,20 @@ def targets(settings: Mapping[str, Any], where: str = "settings") -> list[Target
 
 
 def configured() -> list[Target]:
-    """The targets the settings files here name (see `settings`)."""
+    """The targets the settings files here name (see `settings`): the last file that has
+    `notify` wins, as for every setting."""
+    import tomllib
+
     from . import settings
 
-    return targets(settings.load(), " or ".join(str(p) for p in settings.config_files()))
+    found = settings.load()  # every file read and checked
+    if "notify" not in found:
+        return []
+    where = "settings"
+    for path in settings.config_files():
+        if path.is_file() and "notify" in tomllib.loads(path.read_text(encoding="utf-8")):
+            where = str(path)
+    return targets(found, where)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -166,12 +191,23 @@ class Notifier(EventSink):
         self.run = dict(run)
         self.secrets = secrets
         self.record = record
-        self.queue: queue.Queue[tuple[Target, dict[str, Any]] | None] = queue.Queue()
         self.failed_batches: set[int] = set()
         self.batch = 0
         self.rolling_back = False
-        self.thread = threading.Thread(target=self._deliver_all, name="notify", daemon=True)
-        self.thread.start()
+        # One queue and one thread a target: a slow one holds up no other. Each message
+        # is pending until its delivery (or failure) is recorded; what is still pending
+        # when the process must end is recorded as not delivered.
+        self.lock = threading.Lock()
+        self.pending: dict[int, tuple[Target, dict[str, Any]]] = {}
+        self.in_flight: set[int] = set()
+        self.numbers = itertools.count()
+        self.queues: list[queue.Queue[int | None]] = [queue.Queue() for _ in self.targets]
+        self.threads = [
+            threading.Thread(target=self._deliver_all, args=(n,), name="notify", daemon=True)
+            for n in range(len(self.targets))
+        ]
+        for thread in self.threads:
+            thread.start()
 
     # --- what the run says --------------------------------------------------------------------
 
@@ -186,9 +222,12 @@ class Notifier(EventSink):
                 "text": text,
             }
         )
-        for target in self.targets:
+        for position, target in enumerate(self.targets):
             if event in target.events:
-                self.queue.put((target, message))
+                with self.lock:
+                    number = next(self.numbers)
+                    self.pending[number] = (target, message)
+                self.queues[position].put(number)
 
     def _title(self) -> str:
         change = f", {self.run['change_id']}" if self.run.get("change_id") else ""
@@ -235,33 +274,56 @@ class Notifier(EventSink):
     # --- delivery ------------------------------------------------------------------------------
 
     def close(self, wait: float = DRAIN_SECONDS) -> None:
-        """Let what is queued go out, for `wait` seconds at most."""
-        self.queue.put(None)
-        self.thread.join(wait)
+        """Let what is queued go out, for `wait` seconds at most; record what did not."""
+        for waiting in self.queues:
+            waiting.put(None)
+        deadline = time.monotonic() + wait
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            left = sorted(self.pending.items())
+            flying = set(self.in_flight)
+            self.pending.clear()
+        for number, (target, message) in left:
+            said = (
+                "unknown: still being delivered when the run's process ended"
+                if number in flying
+                else "not sent: the run's process ended first"
+            )
+            self._recorded("notify.failed", target, message, 0, said)
 
-    def _deliver_all(self) -> None:
+    def _deliver_all(self, position: int) -> None:
         while True:
-            item = self.queue.get()
-            if item is None:
+            number = self.queues[position].get()
+            if number is None:
                 return
+            with self.lock:
+                item = self.pending.get(number)
+                self.in_flight.add(number)
+            if item is None:
+                continue
             target, message = item
             try:
-                self._deliver(target, message)
+                kind, attempts, said = self._deliver(target, message)
             except Exception as exc:  # a notifier's bug never reaches the run
-                self._recorded("notify.failed", target, message, 0, f"internal error: {exc!r}")
+                kind, attempts, said = "notify.failed", 0, f"internal error: {exc!r}"
+            with self.lock:
+                mine = self.pending.pop(number, None) is not None  # else close() took it
+                self.in_flight.discard(number)
+            if mine:
+                self._recorded(kind, target, message, attempts, said)
 
-    def _deliver(self, target: Target, message: Mapping[str, Any]) -> None:
+    def _deliver(self, target: Target, message: Mapping[str, Any]) -> tuple[str, int, str]:
         delay = 0.5
         said = ""
         for attempt in range(1, target.retries + 2):
             ok, said = (webhook if target.kind == "webhook" else chat)(target, message)
             if ok:
-                self._recorded("notify.delivered", target, message, attempt, said)
-                return
+                return "notify.delivered", attempt, said
             if attempt <= target.retries:
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
-        self._recorded("notify.failed", target, message, target.retries + 1, said)
+        return "notify.failed", target.retries + 1, said
 
     def _recorded(
         self, kind: str, target: Target, message: Mapping[str, Any], attempts: int, said: str

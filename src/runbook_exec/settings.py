@@ -78,7 +78,7 @@ def load() -> dict[str, Any]:
             if kind is None:
                 known = ", ".join(KEYS)
                 problems.append(Problem(f"unknown setting (known: {known})", str(path), field=key))
-            elif key == "notify" and isinstance(value, list):
+            elif key == "notify" and isinstance(value, list | dict):
                 merged[key] = value
             elif kind is list and isinstance(value, str):
                 merged[key] = [value]
