@@ -126,3 +126,25 @@ def test_the_live_release_is_not_deployed_again(site: Site) -> None:
     (failed,) = [s for s in shown["host_steps"] if s["status"] == "failed"]
     assert "1.0 is live already" in failed["message"]
     assert site.served() == {"1.0"}
+
+
+def test_switching_back_to_a_slot_a_later_deploy_took_starts_its_release_there_again(
+    site: Site,
+) -> None:
+    """4.0 goes green (1.0 stays on blue); a broken 9.1 then takes blue and fails there,
+    so 4.0 stays live; undoing 4.0's run must serve 1.0, not the broken release that now
+    runs in 1.0's slot."""
+    urls = [h.proxy_url for h in site.hosts.hosts]
+    with Traffic(urls, every=0.005) as traffic:
+        four = site.deploy("4.0")
+        assert four["status"] == "succeeded", four
+        broken = site.deploy("9.1-broken", healthy=False)
+        assert broken["status"] == "rolled_back", broken
+        assert site.served() == {"4.0"}
+        back = site("rollback", str(four["run_id"]), "--json", "--no-input")
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert site.served() == {"1.0"}
+    assert all(traffic.failed(url) == 0 for url in urls), traffic.counts
+    shown = json.loads(site("show", json.loads(back.stdout)["run_id"], "--json").stdout)
+    started = [s for s in shown["host_steps"] if s["step_name"] == "Start it there again"]
+    assert {s["host"] for s in started if s["status"] == "ok"} == {"host1"}  # its slot taken
