@@ -194,6 +194,34 @@ def _tables_with_rows(db: Path) -> set[str]:
         return {n for n in names if connection.execute(f"select count(*) from {n}").fetchone()[0]}
 
 
+def test_a_run_a_person_rejects_or_cancels_tells_of_its_end(hosts: SshLab, tmp_path: Path) -> None:
+    with WebhookReceiver(SECRET) as hook:
+        (tmp_path / "runbook-exec.toml").write_text(
+            f'[[notify]]\nwebhook = "{hook.url}"\nsecret = "{SECRET}"\n'
+        )
+        (tmp_path / "rb.yml").write_text(
+            "name: r\ntargets: app\nstrategy:\n  batches: [1, '100%']\n  between_batches:\n"
+            "    - approve: Go on?\nsteps:\n  - shell: 'true'\n"
+        )
+        db = f"sqlite:///{tmp_path / 'state.db'}"
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(BIN / "runbook-exec"), *args, "--db", db],
+                capture_output=True, text=True, cwd=tmp_path, timeout=120,
+            )  # fmt: skip
+
+        for decision in ("reject", "cancel"):
+            done = cli("run", "rb.yml", *hosts.cli_args(), "--json", "--no-input")
+            assert done.returncode == 3, done.stdout + done.stderr
+            run_id = json.loads(done.stdout)["run_id"]
+            decided = cli(decision, run_id, "-m", "not today")
+            assert decided.returncode == 0, decided.stderr
+    ends = [r["body"] for r in hook.received if r["body"]["event"] == "run.finished"]
+    assert [e["status"] for e in ends] == ["rejected", "cancelled"]
+    assert hook.events().count("gate.waiting") == 2
+
+
 def test_one_notify_table_is_a_list_of_one() -> None:
     (target,) = targets({"notify": {"webhook": "https://ok/", "secret": "s"}})
     assert target.url == "https://ok/"

@@ -263,7 +263,32 @@ class Service:
         if not approved and not roll_back:
             store.update_run(run_id, message=why)
             end_run(store, audit, run_id, RunStatus.REJECTED)
+            self._told_of_end(run, RunStatus.REJECTED)
         return Decision(str(gate.message), roll_back)
+
+    def _told_of_end(self, run: RunRecord, status: str) -> None:
+        """A run a decision ended (not its executor): its notification targets hear of it
+        as they hear of every end. Settings that cannot be read leave them unheard."""
+        from . import notify
+        from .masking import Secrets
+
+        try:
+            found = notify.configured()
+        except InputError:
+            return
+        about: dict[str, str | None] = {
+            "run_id": run.id,
+            "runbook": run.runbook_name,
+            "operator": run.operator,
+            "change_id": run.change_id,
+            "reason": run.reason,
+        }
+        auditor = Auditor.for_recorded(self.store, run, self.operator)
+        notifier = notify.for_run(found, about, Secrets(), lambda k, f: auditor.append(k, **f))
+        if notifier is not None:
+            hosts = {h.host: h.status for h in self.record.run(run.id, outputs=False).hosts}
+            notifier.finished(status, hosts)
+            notifier.close()
 
     def _may_approve(self, run: RunRecord) -> None:
         from .runbook import runbook_from_text
@@ -318,6 +343,7 @@ class Service:
             store.update_run(run_id, message=why)
         if not roll_back:
             end_run(store, audit, run_id, RunStatus.CANCELLED)
+            self._told_of_end(run, RunStatus.CANCELLED)
         return Decision(why, roll_back)
 
     def undo_plan(self, run_id: str | None, *, force: bool = False) -> UndoPlan:
