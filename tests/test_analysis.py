@@ -388,6 +388,9 @@ def test_a_stop_during_an_analysis_is_no_verdict_and_resume_measures_again(site:
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     shown = site.show(run_id)
     assert len(shown["measurements"]) == taken + 8  # measured again, whole
+    attempts = [(m["attempt"], m["number"]) for m in shown["measurements"]]
+    assert attempts == [(1, n) for n in range(1, taken + 1)] + [(2, n) for n in range(1, 9)]
+    assert "analysis: batch 1 · Judge (measured again: attempt 2)" in site("show", run_id).stdout
     assert {s["status"] for s in shown["host_steps"]} == {"ok"}
 
 

@@ -244,6 +244,7 @@ def measurement_json(m: MeasurementRecord) -> dict[str, Any]:
         "verdict": m.verdict,
         "message": m.message,
         "baseline": m.baseline,
+        "attempt": m.attempt,
         "at": _iso(m.at),
         "event": m.event,
     }
@@ -251,11 +252,12 @@ def measurement_json(m: MeasurementRecord) -> dict[str, Any]:
 
 def print_measurements(console: Console, measurements: Sequence[MeasurementRecord]) -> None:
     """Every measurement of the run's analyses: when, the query as sent, value, verdict."""
-    shown: tuple[int, str] | None = None
+    shown: tuple[int, str, int] | None = None
     for m in measurements:
-        if (m.batch, m.where) != shown:
-            shown = (m.batch, m.where)
-            console.print(f"analysis: batch {m.batch} · {escape(m.step)}")
+        if (m.batch, m.where, m.attempt) != shown:
+            shown = (m.batch, m.where, m.attempt)
+            again = f" (measured again: attempt {m.attempt})" if m.attempt > 1 else ""
+            console.print(f"analysis: batch {m.batch} · {escape(m.step)}{again}")
         which = "vs baseline" if m.number == 0 else f"#{m.number}"
         note = f" ({escape(m.message)})" if m.message else ""
         console.print(

@@ -64,6 +64,9 @@ class RunFold:
         self.ticks: list[TickRecord] = []
         self.measurements: list[MeasurementRecord] = []
         self.notifications: list[NotificationRecord] = []
+        # How many times each step started in each batch (a host starting it again begins
+        # another attempt), and the hosts of the latest: an analysis's attempts.
+        self.attempts: dict[tuple[str, int], tuple[int, set[str]]] = {}
         self.outputs: dict[tuple[str, int, str], tuple[str, str]] = {}  # digest, at
         self.flags: list[Flag] = []
         self.decided: str | None = None  # a person's cancel or reject, kept in the message
@@ -256,10 +259,12 @@ class RunFold:
     def _measured(self, seq: int, body: Mapping[str, Any]) -> None:
         measurement = body.get("measurement") or {}
         step = body.get("step")
+        batch = int(body.get("batch") or 0)
         if isinstance(step, Mapping):
             where, name = f"{step.get('section')}.{step.get('index')}", str(step.get("name"))
         else:
             where, name = str(body.get("gate")), "between batches"
+        attempt = self.attempts.get((where, batch), (1, set()))[0]
         baseline = measurement.get("baseline")
         self.measurements.append(
             MeasurementRecord(
@@ -274,11 +279,19 @@ class RunFold:
                 dict(baseline) if isinstance(baseline, Mapping) else None,
                 _seconds(measurement.get("at")),
                 seq,
+                attempt,
             )
         )
 
     def _started(self, seq: int, body: Mapping[str, Any], at: float) -> None:
         step = body.get("step") or {}
+        where = (f"{step.get('section')}.{step.get('index')}", int(body.get("batch") or 0))
+        host = str(body.get("host"))
+        count, hosts = self.attempts.get(where, (0, set()))
+        if count == 0 or host in hosts:
+            count, hosts = count + 1, set()
+        hosts.add(host)
+        self.attempts[where] = (count, hosts)
         key = (str(step.get("section")), int(step.get("index", 0)), str(body.get("host")))
         self.steps[key] = HostStepRecord(
             key[2], int(body.get("batch") or 0), key[0], key[1], str(step.get("name")),

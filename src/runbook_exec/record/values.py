@@ -173,6 +173,7 @@ class MeasurementRecord:
     baseline: dict[str, Any] | None
     at: float  # the evaluation time sent to Prometheus
     event: int
+    attempt: int = 1  # 2, 3, …: measured again after a stop (the earlier one gave no verdict)
 
 
 @dataclass(frozen=True)
