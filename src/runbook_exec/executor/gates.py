@@ -199,7 +199,8 @@ class Gates:
                 render_data(dict(analysis), names), context={"rendered": True}
             )
         except (TemplateProblem, ValidationError) as exc:
-            self.ex.recorder.gate(key, "analysis", f"cannot be rendered: {exc}", "failed")
+            said = self.ex.mask(f"cannot be rendered: {exc}")
+            self.ex.recorder.gate(key, "analysis", said, "failed")
             return RunStatus.FAILED
         shown = self._shown(str(analysis.get("query")), spec.query, batch, None)
         shown = f"analysis of batch {batch['batch_number']}: {shown}"
