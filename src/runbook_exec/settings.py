@@ -17,6 +17,8 @@ set in the option's environment variable, still wins:
     forks = 20
     timeout = "15m"
     connect_timeout = "10s"
+
+`[[notify]]` tables name where runs send notifications (see `notify`).
 """
 
 from __future__ import annotations
