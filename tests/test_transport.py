@@ -269,6 +269,37 @@ def test_an_http_check_answered_by_something_else_fails_saying_so() -> None:
     assert done.rc == 1 and "not an HTTP answer (BadStatusLine: SSH-2.0" in done.stderr
 
 
+def test_an_http_check_for_a_version_takes_it_whole() -> None:
+    """`contains: "1.0"` is met by "1.0.1"; `equals:` is not (blue-green checks what a
+    slot serves with it)."""
+    import http.server
+    import threading
+
+    from runbook_exec.transports.http import check_http
+
+    class Version(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "6")
+            self.end_headers()
+            self.wfile.write(b"1.0.1\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Version)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        assert asyncio.run(check_http({"url": url, "contains": "1.0"}, 5)).ok
+        assert asyncio.run(check_http({"url": url, "equals": "1.0.1"}, 5)).ok
+        wrong = asyncio.run(check_http({"url": url, "equals": "1.0"}, 5))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert wrong.rc == 1 and "the body is '1.0.1', not '1.0'" in wrong.stderr
+
+
 def test_a_command_is_its_own_shell_and_what_it_starts_in_the_background_is_its_own(
     hosts: SshLab,
 ) -> None:

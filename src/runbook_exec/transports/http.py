@@ -44,7 +44,8 @@ def _fetch(spec: Mapping[str, Any], timeout: float) -> tuple[int | None, bytes, 
 
 
 async def check_http(spec: Mapping[str, Any], timeout: float) -> CommandResult:
-    """rc 0 when the status is one of those expected and the body contains `contains`."""
+    """rc 0 when the status is one of those expected, the body contains `contains` and is
+    `equals` (white space around it aside)."""
     started = time.monotonic()
     status, body, error = await asyncio.to_thread(_fetch, spec, timeout)
     expected = spec.get("status", 200)
@@ -56,6 +57,8 @@ async def check_http(spec: Mapping[str, Any], timeout: float) -> CommandResult:
         message = f"HTTP {status}, expected {' or '.join(map(str, expected))}"
     elif spec.get("contains") and spec["contains"] not in text:
         message = f"HTTP {status}, but the body does not contain {spec['contains']!r}"
+    elif spec.get("equals") is not None and text.strip() != spec["equals"].strip():
+        message = f"HTTP {status}, but the body is {text.strip()[:80]!r}, not {spec['equals']!r}"
     else:
         message = ""
     return CommandResult(
