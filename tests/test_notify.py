@@ -222,6 +222,71 @@ def test_a_run_a_person_rejects_or_cancels_tells_of_its_end(hosts: SshLab, tmp_p
     assert hook.events().count("gate.waiting") == 2
 
 
+def test_a_signal_during_the_last_deliveries_cuts_the_wait_and_records_them(
+    hosts: SshLab, tmp_path: Path
+) -> None:
+    """The run has ended when its process waits for its last deliveries: Ctrl-C or a
+    SIGTERM then stops the wait, what did not go out is recorded, and the exit code is
+    the run's. A redirect is not a delivery."""
+    import http.server
+    import signal
+    import socket
+    import threading
+    import time
+
+    class Moved(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    moved = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Moved)
+    threading.Thread(target=moved.serve_forever, daemon=True).start()
+    hang = socket.create_server(("127.0.0.1", 0))
+    hang_port, moved_port = hang.getsockname()[1], moved.server_address[1]
+    try:
+        with WebhookReceiver(SECRET) as good:
+            (tmp_path / "runbook-exec.toml").write_text(
+                f'[[notify]]\nwebhook = "http://127.0.0.1:{hang_port}/hook"\n'
+                f'secret = "{SECRET}"\ntimeout = 60\nretries = 0\n\n'
+                f'[[notify]]\nwebhook = "http://127.0.0.1:{moved_port}/hook"\n'
+                f'secret = "{SECRET}"\nretries = 0\n\n'
+                f'[[notify]]\nwebhook = "{good.url}"\nsecret = "{SECRET}"\n'
+            )
+            (tmp_path / "rb.yml").write_text("name: r\ntargets: app\nsteps:\n  - shell: 'true'\n")
+            db = f"sqlite:///{tmp_path / 'state.db'}"
+            process = subprocess.Popen(
+                [str(BIN / "runbook-exec"), "run", "rb.yml", *hosts.cli_args(), "--db", db,
+                 "--json"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+            )  # fmt: skip
+            deadline = time.monotonic() + 60
+            while "run.finished" not in good.events() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=30)
+    finally:
+        hang.close()
+        moved.shutdown()
+        moved.server_close()
+    assert process.returncode == 0, out + err  # the run's own exit code
+    run_id = json.loads(out)["run_id"]
+    shown = subprocess.run(
+        [str(BIN / "runbook-exec"), "show", run_id, "--json", "--db", db],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    told = json.loads(shown.stdout)["notifications"]
+    outcomes = {(n["target"].split(":")[-1], n["notified"], n["outcome"]) for n in told}
+    not_sent = "not sent: the run's process ended first"
+    assert (f"{hang_port}/…", "run.finished", not_sent) in outcomes
+    assert {o for t, _, o in outcomes if t == f"{moved_port}/…"} == {"HTTP 302"}
+    assert not any(n["delivered"] for n in told if n["target"].endswith(f"{moved_port}/…"))
+
+
 def test_one_notify_table_is_a_list_of_one() -> None:
     (target,) = targets({"notify": {"webhook": "https://ok/", "secret": "s"}})
     assert target.url == "https://ok/"

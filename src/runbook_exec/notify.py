@@ -274,12 +274,25 @@ class Notifier(EventSink):
     # --- delivery ------------------------------------------------------------------------------
 
     def close(self, wait: float = DRAIN_SECONDS) -> None:
-        """Let what is queued go out, for `wait` seconds at most; record what did not."""
+        """Let what is queued go out, for `wait` seconds at most, or until Ctrl-C or a
+        SIGTERM cuts the wait short; record what did not go out."""
+        import signal
+
         for waiting in self.queues:
             waiting.put(None)
         deadline = time.monotonic() + wait
-        for thread in self.threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        cut = threading.Event()
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for which in (signal.SIGINT, signal.SIGTERM):
+                handlers[which] = signal.signal(which, lambda *_: cut.set())
+        try:
+            for thread in self.threads:
+                while thread.is_alive() and not cut.is_set() and time.monotonic() < deadline:
+                    thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
+        finally:
+            for which, handler in handlers.items():
+                signal.signal(which, handler)
         with self.lock:
             left = sorted(self.pending.items())
             flying = set(self.in_flight)
@@ -359,8 +372,17 @@ def webhook(target: Target, message: Mapping[str, Any]) -> tuple[bool, str]:
         SIGNATURE_HEADER: sign(target.secret or "", body),
     }
     request = urllib.request.Request(target.url, data=body, method="POST", headers=headers)
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        """A redirect is not a delivery: the message would go elsewhere, as a GET."""
+
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
     try:
-        with urllib.request.urlopen(request, timeout=target.timeout) as answer:
+        with urllib.request.build_opener(NoRedirects()).open(
+            request, timeout=target.timeout
+        ) as answer:
             return 200 <= answer.status < 300, f"HTTP {answer.status}"
     except urllib.error.HTTPError as exc:
         return False, f"HTTP {exc.code}"
