@@ -220,6 +220,7 @@ async def analyse(
     *,
     baseline: str | None = None,
     clock: Callable[[], float] = time.time,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Outcome:
     """Measure `count` times, `interval` apart after `initial_delay`, and tally. It ends
     early once a limit is passed. `sleep(seconds)` returns False when the run is stopping
@@ -236,8 +237,9 @@ async def analyse(
         series = 0
         try:
             value, series = await bounded(
-                spec.timeout, instant, spec.prometheus, query, at, spec.headers, spec.timeout
-            )
+                spec.timeout, instant, spec.prometheus, query, at, spec.headers, spec.timeout,
+                stopping=stopping,
+            )  # fmt: skip
         except QueryError as exc:
             verdict, message = Verdict.ERROR, str(exc)
         else:
@@ -354,10 +356,16 @@ async def compare(
 T = TypeVar("T")
 
 
-async def bounded(seconds: float, call: Callable[..., T], *args: Any) -> T:
+async def bounded(
+    seconds: float,
+    call: Callable[..., T],
+    *args: Any,
+    stopping: Callable[[], bool] = lambda: False,
+) -> T:
     """`call(*args)` in a thread of its own, waited for `seconds` at most (a server that
-    answers a byte at a time is not bounded by a socket timeout). The thread is a daemon:
-    one left behind neither holds up the run nor keeps its process from ending."""
+    answers a byte at a time is not bounded by a socket timeout), or until `stopping()`.
+    The thread is a daemon: one left behind neither holds up the run nor keeps its
+    process from ending."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -377,10 +385,15 @@ async def bounded(seconds: float, call: Callable[..., T], *args: Any) -> T:
             loop.call_soon_threadsafe(settle, outcome)
 
     threading.Thread(target=work, name="analysis-query", daemon=True).start()
-    try:
-        return await asyncio.wait_for(future, seconds)
-    except TimeoutError:
-        raise QueryError(f"no whole answer within {seconds:g}s") from None
+    deadline = loop.time() + seconds
+    while not future.done():
+        left = deadline - loop.time()
+        if left <= 0:
+            raise QueryError(f"no whole answer within {seconds:g}s")
+        if stopping():
+            raise QueryError("stopped while waiting for the answer")
+        await asyncio.wait({future}, timeout=min(0.2, left))
+    return future.result()
 
 
 def median(values: Sequence[float]) -> float:

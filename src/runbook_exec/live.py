@@ -171,9 +171,10 @@ class ConsoleRecorder(EventSink):
     ) -> None:
         number = measurement.get("number")
         which = "against the baseline" if number == 0 else f"measurement {number}"
-        value = measurement_value(measurement.get("value"))
-        note = f" ({measurement['message']})" if measurement.get("message") else ""
         verdict = str(measurement.get("verdict"))
+        raw = measurement.get("value")
+        value = "" if raw is None and verdict == "error" else measurement_value(raw)
+        note = f" ({measurement['message']})" if measurement.get("message") else ""
         style = {"successful": None, "failed": "red"}.get(verdict, "yellow")
         self._line(f"  analysis {which}: {value} {verdict}{note}", style)
 

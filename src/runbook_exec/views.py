@@ -265,6 +265,9 @@ def print_measurements(console: Console, measurements: Sequence[MeasurementRecor
             f"{_status(m.verdict)}{note}"
         )
         console.print(f"     [dim]query│[/dim] {escape(m.query)}", soft_wrap=True)
+        if m.number == 0 and m.baseline and m.baseline.get("query"):
+            said = escape(str(m.baseline["query"]))
+            console.print(f"  [dim]baseline│[/dim] {said}", soft_wrap=True)
 
 
 def print_flags(console: Console, flags: Sequence[Flag], limit: int = 20) -> None:

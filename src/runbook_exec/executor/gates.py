@@ -198,9 +198,18 @@ class Gates:
             spec = AnalysisSpec.model_validate(
                 render_data(dict(analysis), names), context={"rendered": True}
             )
-        except (TemplateProblem, ValidationError) as exc:
-            said = self.ex.mask(f"cannot be rendered: {exc}")
-            self.ex.recorder.gate(key, "analysis", said, "failed")
+        except (TemplateProblem, ValidationError):
+            # Why, as the same rendering with each secret as the mask says it: the real
+            # one's message may quote what a template made of a secret.
+            try:
+                masked = HostVars({}, self.ex.masked_names).extended(batch)
+                AnalysisSpec.model_validate(
+                    render_data(dict(analysis), masked), context={"rendered": True}
+                )
+                why = "cannot be rendered with the run's values"
+            except (TemplateProblem, ValidationError) as problem:
+                why = f"cannot be rendered: {problem}"
+            self.ex.recorder.gate(key, "analysis", self.ex.mask(why), "failed")
             return RunStatus.FAILED
         shown = self._shown(str(analysis.get("query")), spec.query, batch, None)
         shown = f"analysis of batch {batch['batch_number']}: {shown}"
@@ -247,6 +256,11 @@ class Gates:
         if spec.compare is not None:
             template = str((raw.get("compare") or {}).get("baseline"))
             shown[spec.compare.baseline] = self._shown(template, spec.compare.baseline, batch, host)
+        # What the masked rendering hides is secret, however a template changed it: hidden
+        # too wherever it shows up (Prometheus quotes a bad query in its error).
+        secrets = self.ex.secrets.adding(
+            part for sent, seen in shown.items() for part in _hidden(sent, seen)
+        )
 
         def judge(expression: str, value: Any) -> Any:
             return evaluate(expression, names.extended({"result": value}))
@@ -257,10 +271,24 @@ class Gates:
             if isinstance(event.get("baseline"), dict) and "query" in event["baseline"]:
                 query = event["baseline"]["query"]
                 event["baseline"]["query"] = shown.get(query) or self.ex.mask(query)
-            self.ex.recorder.measured(number, where, self.ex.secrets.data(event))
+            self.ex.recorder.measured(number, where, secrets.data(event))
             await self.ex.recorder.flush()
 
         baseline = None
         if spec.compare is not None and batch.get("baseline_hosts"):
             baseline = spec.compare.baseline
-        return await analyse(spec, spec.query, judge, measured, self._slept, baseline=baseline)
+        outcome = await analyse(
+            spec, spec.query, judge, measured, self._slept, baseline=baseline,
+            stopping=lambda: self.ex.stopping,
+        )  # fmt: skip
+        measurements = [replace(m, message=secrets.text(m.message)) for m in outcome.measurements]
+        return replace(outcome, message=secrets.text(outcome.message), measurements=measurements)
+
+
+def _hidden(sent: str, shown: str) -> list[str]:
+    """The parts of `sent` that its masked rendering `shown` does not have: what templates
+    made of secrets (at least 3 characters; shorter ones would mask too much)."""
+    import difflib
+
+    parts = difflib.SequenceMatcher(None, sent, shown, autojunk=False).get_opcodes()
+    return [sent[i1:i2] for tag, i1, i2, _, _ in parts if tag != "equal" and i2 - i1 >= 3]

@@ -238,6 +238,9 @@ class RunFold:
         gate = body.get("gate") or {}
         status = str(body["type"]).removeprefix("gate.")
         key = str(gate.get("key"))
+        if gate.get("kind") == "analysis" and status == "waiting":
+            count, _ = self.attempts.get((key, 0), (0, set()))
+            self.attempts[(key, 0)] = (count + 1, set())
         by = body.get("decided_by")
         self.gates[key] = GateRecord(
             key,
@@ -264,7 +267,10 @@ class RunFold:
             where, name = f"{step.get('section')}.{step.get('index')}", str(step.get("name"))
         else:
             where, name = str(body.get("gate")), "between batches"
-        attempt = self.attempts.get((where, batch), (1, set()))[0]
+        if isinstance(step, Mapping):
+            attempt = self.attempts.get((where, batch), (1, set()))[0]
+        else:  # a gate: each time it began waiting
+            attempt = self.attempts.get((where, 0), (1, set()))[0]
         baseline = measurement.get("baseline")
         self.measurements.append(
             MeasurementRecord(
