@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -239,6 +240,35 @@ def test_cancel_with_rollback_after_a_kill_mid_step_undoes_that_host(
     assert "rolling back" in cancelled.stdout, cancelled.stdout + cancelled.stderr
     assert lines(hosts, "host1", "undone") == 1  # its step started: perhaps it changed host1
     assert [lines(hosts, h, "undone") for h in ("host2", "host3", "host4")] == [0, 0, 0]
+
+
+def test_cancelling_a_run_interrupted_after_a_switch_warns_what_may_be_half_done(
+    runbook_exec: Run, write: Write, hosts: SshLab
+) -> None:
+    """The steps after a release switch (a restart, a proxy reload) may not have run on a
+    host where the run stopped: a cancel, which does not run them, says where."""
+    root = "{{ lab_root }}/app"
+    book = (
+        "name: switched\ntargets: app\nsteps:\n"
+        f"  - shell: mkdir -p {root}/releases/1.0 {root}/releases/2.0\n"
+        f"  - release: {{root: '{root}', activate: '2.0'}}\n"
+        "  - shell: sleep 30  # the restart that never came\n"
+    )
+    process = runbook_exec.spawn("run", write("rb.yml", book), "-l", "host1")  # type: ignore[attr-defined]
+    link = hosts.host("host1").root / "app" / "current"
+    wait_until(lambda: link.is_symlink())
+    time.sleep(1)  # the switch is recorded before the next step starts
+    process.send_signal(signal.SIGINT)  # no new work
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)  # and stop now: the sleep is abandoned
+    process.wait()
+    run_id = str(latest_run(runbook_exec)["run_id"])
+    cancelled = runbook_exec("cancel", run_id, "-m", "not now")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert (
+        "the steps after a switch (a restart, a proxy reload) may not have run" in cancelled.stderr
+    )
+    assert "host1: " in cancelled.stderr and "(none) → 2.0" in cancelled.stderr
 
 
 def test_runs_lists_as_many_as_asked_and_flags_none(

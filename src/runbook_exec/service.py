@@ -43,6 +43,9 @@ class Decision:
 
     message: str
     roll_back: bool
+    switched: tuple[str, ...] = ()
+    """An interrupted run's release switches ("host1: /srv/app 2.0 → 1.0"), whose later
+    steps (a restart, a proxy reload) may not have run: a cancel leaves them so."""
 
 
 @dataclass(frozen=True)
@@ -344,7 +347,13 @@ class Service:
         if not roll_back:
             end_run(store, audit, run_id, RunStatus.CANCELLED)
             self._told_of_end(run, RunStatus.CANCELLED)
-        return Decision(why, roll_back)
+        switched: tuple[str, ...] = ()
+        if run.status == RunStatus.INTERRUPTED and not roll_back:
+            switched = tuple(
+                f"{w.host}: {w.root} {w.from_version or '(none)'} → {w.to_version}"
+                for w in details.switches
+            )
+        return Decision(why, roll_back, switched)
 
     def undo_plan(self, run_id: str | None, *, force: bool = False) -> UndoPlan:
         """What undoing a run (by default the newest that deployed a release) would put

@@ -17,6 +17,7 @@ from .options import (
     KnownHostsOpt,
     OperatorOpt,
     become_password,
+    err,
     out,
     run_options,
 )
@@ -59,6 +60,17 @@ def cancel(
     else:
         nothing = " (it changed no host: nothing to roll back)" if rollback else ""
         out().print(f"run {run_id} {decision.message}{nothing}; its hosts are free")
+        if decision.switched:
+            err().print(
+                "warning: the run was interrupted after it switched releases, and the "
+                "steps after a switch (a restart, a proxy reload) may not have run there:"
+            )
+            for line in decision.switched:
+                err().print(f"  {escape(line)}")
+            err().print(
+                "what those hosts serve may not be what the record says is live: check "
+                "them (`releases --check`, the service itself) before the next run"
+            )
 
 
 def rollback(
