@@ -89,19 +89,31 @@ def files_holding(folders: list[Path], needles: list[bytes], since: float) -> li
     return hits
 
 
+def started_at(pid: int) -> str | None:
+    """When the process `pid` started (clock ticks since boot), or None if there is none:
+    with its pid, what tells one process from another that later got the same pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 @pytest.fixture
-def orphans() -> Iterator[set[int]]:
-    """Processes a killed command left running, killed in turn when the test ends."""
-    left: set[int] = set()
+def orphans() -> Iterator[dict[int, str | None]]:
+    """Processes a killed command left running (pid: when it started), killed in turn
+    when the test ends: each only while it is still that process. One that ended by
+    itself left its pid to be reused, under a parallel run perhaps by another test's
+    freshly started app (which then never answered its health check)."""
+    left: dict[int, str | None] = {}
     yield left
-    for pid in left:
-        if alive(pid):
+    for pid, since in left.items():
+        if since is not None and alive(pid) and started_at(pid) == since:
             os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
 def test_kill_9_in_a_playbook_step_leaves_no_secret_key_or_environment_on_disk(
-    runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path, orphans: set[int]
+    runbook_exec: Run, write: Write, hosts: SshLab, tmp_path: Path, orphans: dict[int, str | None]
 ) -> None:
     since = time.time() - 1
     secret = f"tok-{uuid.uuid4().hex}"
@@ -121,7 +133,7 @@ def test_kill_9_in_a_playbook_step_leaves_no_secret_key_or_environment_on_disk(
     wait_until(lambda: all(p.exists() for p in started) or process.poll() is not None, 60)
     assert process.poll() is None, process.communicate()
     left = descendants(process.pid)
-    orphans.update(left)
+    orphans.update({pid: started_at(pid) for pid in left})
     assert left, "the playbook step runs in processes of its own"
     process.send_signal(signal.SIGKILL)
     process.wait()

@@ -476,8 +476,10 @@ def stop_apps(lab: SshLab) -> None:
                 if Path(f"/proc/{pid}/cwd").resolve().is_relative_to(host.root.resolve()):
                     os.kill(pid, signal.SIGTERM)
         with contextlib.suppress(ValueError, OSError):  # the blue-green proxy, if started
-            pid = int((host.root / "nginx" / "nginx.pid").read_text().strip())
-            os.kill(pid, signal.SIGQUIT)
+            prefix = host.root / "nginx"
+            pid = int((prefix / "nginx.pid").read_text().strip())
+            if str(prefix).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGQUIT)
 
 
 NGINX_CONF = """\
