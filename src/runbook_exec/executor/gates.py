@@ -80,7 +80,14 @@ class Gates:
                 return RunStatus.INTERRUPTED
             self.ex.recorder.gate(key, "wait", f"wait {wait:g}s", "done")
             return None
-        message = approve or "Continue?"
+        approved = await self.ask(key, approve or "Continue?")
+        if isinstance(approved, str):
+            return approved
+        return None if approved else RunStatus.REJECTED
+
+    async def ask(self, key: str, message: str) -> bool | str:
+        """A person's yes or no at gate `key`, recorded as waiting then decided; or the run
+        status to stop with while the decision is still to come."""
         self.ex.recorder.gate(key, "approve", message, "waiting")
         answer = await self.ex.approver(message) if self.ex.approver else None
         if answer is None:
@@ -89,7 +96,7 @@ class Gates:
         status = "approved" if approved else "rejected"
         self.ex.recorder.gate(key, "approve", message, status, self.ex.operator, comment)
         self.ex.progress.gates[key] = {"status": status}
-        return None if approved else RunStatus.REJECTED
+        return approved
 
     async def sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -177,15 +184,11 @@ class Gates:
         if spec.inconclusive == "fail":
             return replace(outcome, verdict=Verdict.FAILED)
         message = self.ex.mask(f"Analysis inconclusive ({outcome.message}). Promote anyway?")
-        self.ex.recorder.gate(key, "approve", message, "waiting")
-        answer = await self.ex.approver(message) if self.ex.approver else None
-        if answer is None:
-            return RunStatus.AWAITING_APPROVAL
-        approved, comment = answer
-        status = "approved" if approved else "rejected"
-        self.ex.recorder.gate(key, "approve", message, status, self.ex.operator, comment)
-        self.ex.progress.gates[key] = {"status": status}
+        approved = await self.ask(key, message)
+        if isinstance(approved, str):
+            return approved
         verdict = Verdict.SUCCESSFUL if approved else Verdict.FAILED
+        status = "approved" if approved else "rejected"
         return replace(outcome, verdict=verdict, message=f"{outcome.message}; {status} by a person")
 
     async def analysis_gate(
