@@ -96,13 +96,9 @@ def _get(url: str, headers: Mapping[str, str], timeout: float) -> Any:
     if not url.startswith(("http://", "https://")):
         raise QueryError("Prometheus is asked over HTTP: an http:// or https:// URL")
 
-    class NoRedirects(urllib.request.HTTPRedirectHandler):
-        """A redirect is an error: the headers (a token) go to the server named, only."""
+    from .transports.http import without_redirects
 
-        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
-    opener = urllib.request.build_opener(NoRedirects())
+    opener = without_redirects()  # a redirect is an error: headers go where they are meant
     request = urllib.request.Request(url, headers={"Accept": "application/json", **headers})
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -320,16 +316,21 @@ async def compare(
     rule = spec.compare
     try:
         canary, base = await asyncio.gather(
-            bounded(
-                spec.timeout,
-                samples, spec.prometheus, query, start, end, rule.step, spec.headers, spec.timeout,
-            ),
-            bounded(
-                spec.timeout,
-                samples, spec.prometheus, baseline, start, end, rule.step, spec.headers,
-                spec.timeout,
-            ),
-        )  # fmt: skip
+            *(
+                bounded(
+                    spec.timeout,
+                    samples,
+                    spec.prometheus,
+                    asked,
+                    start,
+                    end,
+                    rule.step,
+                    spec.headers,
+                    spec.timeout,
+                )
+                for asked in (query, baseline)
+            )
+        )
     except QueryError as exc:
         return Measurement(0, baseline, end, Verdict.ERROR, None, str(exc))
     figures: dict[str, Any] = {"query": baseline, "canary_samples": len(canary)}

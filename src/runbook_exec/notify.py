@@ -373,16 +373,10 @@ def webhook(target: Target, message: Mapping[str, Any]) -> tuple[bool, str]:
     }
     request = urllib.request.Request(target.url, data=body, method="POST", headers=headers)
 
-    class NoRedirects(urllib.request.HTTPRedirectHandler):
-        """A redirect is not a delivery: the message would go elsewhere, as a GET."""
+    from .transports.http import without_redirects
 
-        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
-    try:
-        with urllib.request.build_opener(NoRedirects()).open(
-            request, timeout=target.timeout
-        ) as answer:
+    try:  # a redirect is not a delivery: the message would go elsewhere, as a GET
+        with without_redirects().open(request, timeout=target.timeout) as answer:
             return 200 <= answer.status < 300, f"HTTP {answer.status}"
     except urllib.error.HTTPError as exc:
         return False, f"HTTP {exc.code}"

@@ -17,6 +17,17 @@ from .base import CommandResult
 BODY_LIMIT = 64 * 1024
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def without_redirects() -> urllib.request.OpenerDirector:
+    """An opener that takes a redirect as the answer (an HTTPError of 3xx): what is sent,
+    a token in a header or a signed message, goes to the server named and nowhere else."""
+    return urllib.request.build_opener(_NoRedirects())
+
+
 def _fetch(spec: Mapping[str, Any], timeout: float) -> tuple[int | None, bytes, str]:
     data = spec["body"].encode() if spec.get("body") is not None else None
     request = urllib.request.Request(
