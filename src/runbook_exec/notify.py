@@ -32,12 +32,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .errors import InputError, Problem
 from .events import EventSink, HostStatus
 from .masking import Secrets
+
+if TYPE_CHECKING:
+    from .record import RunRecord
+    from .recorders import Auditor
 
 EVENTS = ("run.started", "gate.waiting", "run.failure", "run.rollback", "run.finished")
 """What a target may ask for (all of them when it names none)."""
@@ -403,7 +407,18 @@ def chat(target: Target, message: Mapping[str, Any]) -> tuple[bool, str]:
 
 
 def for_run(
-    found: Iterable[Target], run: Mapping[str, Any], secrets: Secrets, record: Record
+    found: Iterable[Target], run: RunRecord, secrets: Secrets, auditor: Auditor
 ) -> Notifier | None:
+    """The notifier of `run` for these targets (None for none), its deliveries recorded
+    by `auditor`."""
     listed = list(found)
-    return Notifier(listed, run, secrets, record) if listed else None
+    if not listed:
+        return None
+    about = {
+        "run_id": run.id,
+        "runbook": run.runbook_name,
+        "operator": run.operator,
+        "change_id": run.change_id,
+        "reason": run.reason,
+    }
+    return Notifier(listed, about, secrets, lambda kind, fields: auditor.append(kind, **fields))

@@ -262,18 +262,7 @@ def _execute(
         audit.append("run.resumed" if resumed else "run.started")
         store.update_run(run_id, status="running", pid=os.getpid(), machine=socket.gethostname())
     writer = StoreRecorder(store, run_id, audit)
-    notifier = notify.for_run(
-        targets,
-        {
-            "run_id": run_id,
-            "runbook": run.runbook_name,
-            "operator": run.operator,
-            "change_id": run.change_id,
-            "reason": run.reason,
-        },
-        prepared.params.secrets,
-        lambda kind, fields: Auditor.for_recorded(store, run, operator).append(kind, **fields),
-    )
+    notifier = notify.for_run(targets, run, prepared.params.secrets, audit)
     if notifier is not None:
         notifier.started(resumed)
 

@@ -279,15 +279,8 @@ class Service:
             found = notify.configured()
         except InputError:
             return
-        about: dict[str, str | None] = {
-            "run_id": run.id,
-            "runbook": run.runbook_name,
-            "operator": run.operator,
-            "change_id": run.change_id,
-            "reason": run.reason,
-        }
         auditor = Auditor.for_recorded(self.store, run, self.operator)
-        notifier = notify.for_run(found, about, Secrets(), lambda k, f: auditor.append(k, **f))
+        notifier = notify.for_run(found, run, Secrets(), auditor)
         if notifier is not None:
             hosts = {h.host: h.status for h in self.record.run(run.id, outputs=False).hosts}
             notifier.finished(status, hosts)
