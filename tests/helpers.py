@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 from pgserver import server_binaries
 from runbook_exec.store import engine_url
+from runbook_exec.testing.lab import SshLab
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None:
@@ -132,3 +133,18 @@ def chromium_browser() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+def apps(hosts: SshLab) -> str:
+    """Each host's sample app as the host has it: its pid file, whether that process runs,
+    its port, and the end of its log."""
+    lines = []
+    for host in hosts.hosts:
+        folder = host.root / "app"
+        pid = (folder / "app.pid").read_text().strip() if (folder / "app.pid").exists() else ""
+        running = bool(pid) and Path(f"/proc/{pid}").exists()
+        log = (folder / "app.log").read_text()[-400:] if (folder / "app.log").exists() else ""
+        lines.append(
+            f"{host.name}: port {host.app_port}, pid {pid or '-'} running={running}: {log!r}"
+        )
+    return "\n".join(lines)

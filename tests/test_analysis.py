@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from helpers import apps
 from runbook_exec.analysis import Verdict, analyse, mann_whitney
 from runbook_exec.steps.analysis import AnalysisSpec
 from runbook_exec.templating import evaluate
@@ -109,19 +110,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 yield site
             finally:
                 stop_apps(hosts)
-
-
-def apps(hosts: SshLab) -> str:
-    """Each host's sample app as the host has it (pid file, whether it runs, its log's
-    end): why a deploy's health check was refused, when it was."""
-    lines = []
-    for host in hosts.hosts:
-        folder = host.root / "app"
-        pid = (folder / "app.pid").read_text().strip() if (folder / "app.pid").exists() else ""
-        log = (folder / "app.log").read_text()[-300:] if (folder / "app.log").exists() else ""
-        running = bool(pid) and Path(f"/proc/{pid}").exists()
-        lines.append(f"{host.name}: port {host.app_port}, pid {pid or '-'} {running=}: {log!r}")
-    return "\n".join(lines)
 
 
 def canary(site: Site, version: str, *extra: str, **release: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from helpers import query
+from helpers import apps, query
 from runbook_exec.record.values import SwitchRecord, previous_of
 from runbook_exec.testing.lab import SshLab, sample_release
 
@@ -42,21 +42,6 @@ def site(tmp_path: Path, hosts: SshLab) -> Iterator[Path]:
 
 
 LABS: dict[Path, SshLab] = {}  # each site's hosts, to explain a deploy that failed
-
-
-def apps(hosts: SshLab) -> str:
-    """Each host's sample app as the host has it: its pid file, whether that process runs,
-    its port, and the end of its log."""
-    lines = []
-    for host in hosts.hosts:
-        folder = host.root / "app"
-        pid = (folder / "app.pid").read_text().strip() if (folder / "app.pid").exists() else ""
-        running = bool(pid) and Path(f"/proc/{pid}").exists()
-        log = (folder / "app.log").read_text()[-400:] if (folder / "app.log").exists() else ""
-        lines.append(
-            f"{host.name}: port {host.app_port}, pid {pid or '-'} running={running}: {log!r}"
-        )
-    return "\n".join(lines)
 
 
 def serving(hosts: SshLab, name: str) -> str:

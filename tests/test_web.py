@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import pytest
 
 from helpers import chromium_browser, query
 from runbook_exec.testing.lab import SshLab
+from runbook_exec.testing.services import free_port
 
 BIN = Path(sys.executable).parent
 PASSWORD = "correct horse battery"
@@ -46,12 +46,6 @@ class Served:
             cwd=self.base,
             timeout=120,
         )
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +90,7 @@ def serving(app: Any) -> Iterator[str]:
     """`app` under uvicorn in a thread, on a free port; its URL."""
     import uvicorn
 
-    port = _port()
+    port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="error", proxy_headers=False
     )
